@@ -1,0 +1,506 @@
+"""``SMEC``: fit / transform / extend / save / load for SMEC and its baselines behind one interface."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from .._fsutil import atomic_directory
+from .baselines import pca_projections, pca_rotation, truncate_projections
+from .model import Projection, StageModel
+from .train import StageReport, TrainConfig, TrainData, train_stage
+
+__all__ = ["SMEC", "NotFittedError", "METHODS", "FORMAT_VERSION"]
+
+METHODS = ("smec", "mrl", "search-adaptor", "pca", "truncate")
+FORMAT_VERSION = 1
+_CONFIG = "config.json"
+_WEIGHTS = "weights.safetensors"
+_FLAG_DEFAULTS = {
+    "smec": dict(sequential=True, ads=True, xbm=True),
+    "mrl": dict(sequential=False, ads=False, xbm=False),
+    "search-adaptor": dict(sequential=False, ads=False, xbm=False),
+}
+
+
+class NotFittedError(ValueError, AttributeError):
+    """Raised when a compressor is used before ``fit``."""
+
+
+def _check_matrix(X: Any, name: str, where: str, D: int | None = None) -> np.ndarray:
+    """A finite, non-empty 2-D float32 C-contiguous copy-or-view of X, else a specific error."""
+    if not isinstance(X, np.ndarray):
+        if isinstance(X, torch.Tensor):
+            X = X.detach().cpu().numpy()
+        else:
+            raise TypeError(f"{where}: {name} must be a numpy array, got {type(X).__name__}")
+    if X.dtype.kind != "f":
+        raise TypeError(f"{where}: {name} must have a floating dtype, got {X.dtype}")
+    expected = f"(n, {D})" if D is not None else "(n, D)"
+    if X.ndim != 2:
+        raise ValueError(f"{where}: {name} has shape {X.shape}; expected {expected}")
+    if X.shape[0] == 0:
+        raise ValueError(f"{where}: {name} is empty (shape {X.shape}); expected {expected} with n >= 1")
+    if D is not None and X.shape[1] != D:
+        raise ValueError(f"{where}: {name} has shape {X.shape}; expected {expected}")
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    if not np.isfinite(X).all():
+        bad = int((~np.isfinite(X)).any(axis=1).sum())
+        raise ValueError(f"{where}: {name} has {bad} row(s) with NaN or inf")
+    return X
+
+
+def _normalise(X: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    np.maximum(norms, 1e-12, out=norms)
+    return (X / norms).astype(np.float32, copy=False)
+
+
+def _check_pairs(qrels: Any, n_queries: int, n_docs: int, where: str) -> list[tuple[int, int, float]]:
+    if isinstance(qrels, (str, bytes)) or not isinstance(qrels, Iterable):
+        raise TypeError(f"{where}: qrels must be an iterable of (query_row, doc_row, relevance), got {type(qrels).__name__}")
+    pairs = []
+    for i, p in enumerate(qrels):
+        try:
+            q, d, r = p
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: qrels[{i}] = {p!r}; expected (query_row, doc_row, relevance)") from None
+        if not isinstance(q, (int, np.integer)) or not isinstance(d, (int, np.integer)):
+            raise TypeError(f"{where}: qrels[{i}] = {p!r}; query_row and doc_row must be integers")
+        if not 0 <= q < n_queries:
+            raise ValueError(f"{where}: qrels[{i}] query_row {q} out of range 0..{n_queries - 1}")
+        if not 0 <= d < n_docs:
+            raise ValueError(f"{where}: qrels[{i}] doc_row {d} out of range 0..{n_docs - 1}")
+        if not isinstance(r, (int, float, np.integer, np.floating)) or not np.isfinite(r):
+            raise ValueError(f"{where}: qrels[{i}] relevance {r!r} must be a finite number")
+        pairs.append((int(q), int(d), float(r)))
+    if not any(r > 0 for _, _, r in pairs):
+        raise ValueError(f"{where}: qrels has no pair with relevance > 0")
+    return pairs
+
+
+class SMEC:
+    """Sequential Matryoshka Embedding Compression and its baselines, behind one interface.
+
+    ``method`` is ``"smec"`` (the paper's SMRL + ADS + S-XBM; switch each module with
+    ``sequential=``, ``ads=``, ``xbm=`` for the ablation), ``"mrl"`` (Matryoshka-Adaptor: one
+    adaptor trained jointly over all dims, prefix truncation), ``"search-adaptor"`` (one adaptor
+    per dim), ``"pca"`` or ``"truncate"``. Inputs are L2-normalised before use (cosine geometry);
+    outputs are float32 and L2-normalised.
+
+    Example::
+
+        smec = SMEC(dims=(128, 64), seed=0).fit(corpus)
+        Z = smec.transform(queries, dim=64)
+    """
+
+    def __init__(
+        self,
+        dims: Iterable[int] = (256, 128, 64, 32),
+        method: str = "smec",
+        *,
+        sequential: bool | None = None,
+        ads: bool | None = None,
+        xbm: bool | None = None,
+        init: str = "identity",
+        seed: int = 0,
+        device: str | None = None,
+        progress: bool = True,
+        **train_options: Any,
+    ) -> None:
+        self.dims = self._check_dims(dims)
+        if method not in METHODS:
+            raise ValueError(f"SMEC: method must be one of {METHODS}, got {method!r}")
+        flags = {"sequential": sequential, "ads": ads, "xbm": xbm}
+        given = {k: v for k, v in flags.items() if v is not None}
+        if given and method != "smec":
+            raise ValueError(f"SMEC: {sorted(given)} only apply to method='smec' (the ablation switches), got method={method!r}")
+        if init not in ("identity", "pca"):
+            raise ValueError(f"SMEC: init must be 'identity' or 'pca', got {init!r}")
+        known = {f.name for f in fields(TrainConfig)} - {"xbm"}
+        unknown = sorted(set(train_options) - known)
+        if unknown:
+            raise TypeError(f"SMEC: unknown option(s) {unknown}; training options are {sorted(known)}")
+        self.method = method
+        defaults = _FLAG_DEFAULTS.get(method, dict(sequential=False, ads=False, xbm=False))
+        self.sequential = bool(given.get("sequential", defaults["sequential"]))
+        self.ads = bool(given.get("ads", defaults["ads"]))
+        self.xbm = bool(given.get("xbm", defaults["xbm"]))
+        self.init = init
+        self.seed = int(seed)
+        self.device = device
+        self.progress = progress
+        self.train_options = dict(train_options)
+        self._data: tuple[np.ndarray, np.ndarray | None, list | None] | None = None
+
+    # ----------------------------------------------------------------- validation helpers
+    @staticmethod
+    def _check_dims(dims: Iterable[int]) -> tuple[int, ...]:
+        if isinstance(dims, (int, np.integer)):
+            dims = (int(dims),)
+        try:
+            dims = tuple(dims)
+        except TypeError:
+            raise TypeError(f"SMEC: dims must be a sequence of ints, got {type(dims).__name__}") from None
+        if not dims:
+            raise ValueError("SMEC: dims is empty; expected at least one target dim, e.g. (256, 64)")
+        for d in dims:
+            if not isinstance(d, (int, np.integer)) or isinstance(d, bool):
+                raise TypeError(f"SMEC: dims must be ints, got {d!r} in {dims}")
+            if d <= 0:
+                raise ValueError(f"SMEC: dims must be positive, got {d} in {dims}")
+        if any(a <= b for a, b in zip(dims, dims[1:])):
+            raise ValueError(f"SMEC: dims must be strictly decreasing, got {dims}")
+        return tuple(int(d) for d in dims)
+
+    def _check_fitted(self, where: str) -> None:
+        if not hasattr(self, "projections_"):
+            raise NotFittedError(f"{where}: this SMEC is not fitted yet; call fit(corpus) first")
+
+    def _config(self) -> TrainConfig:
+        return TrainConfig(**{**self.train_options, "xbm": self.xbm})
+
+    def _device(self) -> torch.device:
+        if self.device is not None:
+            return torch.device(self.device)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    # ----------------------------------------------------------------- public API
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "projections_")
+
+    @property
+    def dims_(self) -> tuple[int, ...]:
+        """The trained reduced dims, largest first."""
+        self._check_fitted("dims_")
+        return tuple(sorted((d for d in self.projections_ if d != self.input_dim_), reverse=True))
+
+    def fit(self, corpus: np.ndarray, queries: np.ndarray | None = None, qrels: Iterable | None = None) -> "SMEC":
+        """Learn the projections from corpus embeddings (n, D); with ``queries`` and ``qrels``
+        (pairs of (query_row, doc_row, relevance)) also with the supervised rank loss."""
+        X, Q, pairs = self._check_fit_input(corpus, queries, qrels, "fit")
+        t0 = time.perf_counter()
+        D = X.shape[1]
+        projections: dict[int, Projection] = {D: Projection.identity(D)}
+        selections: dict[int, np.ndarray] = {}
+        reports: list[StageReport] = []
+        if self.method == "pca":
+            projections.update(pca_projections(X, self.dims))
+        elif self.method == "truncate":
+            projections.update(truncate_projections(D, self.dims))
+        else:
+            trainer = _Trainer(self, X, Q, pairs)
+            trainer.run(self.dims, projections, selections, reports)
+        self.input_dim_ = D
+        self.supervised_ = pairs is not None and self.method not in ("pca", "truncate")
+        self.projections_ = projections
+        self.selections_ = selections
+        self.reports_ = [r.to_dict() for r in reports]
+        self.train_s_ = time.perf_counter() - t0
+        self._data = (X, Q, pairs)
+        return self
+
+    def _check_fit_input(self, corpus, queries, qrels, where):
+        X = _check_matrix(corpus, "corpus", where)
+        D = X.shape[1]
+        if self.dims[0] >= D:
+            raise ValueError(f"{where}: dims {self.dims} must all be < the corpus dim {D}")
+        if (queries is None) != (qrels is None):
+            raise ValueError(f"{where}: queries and qrels go together for supervised fitting; got only "
+                             f"{'queries' if qrels is None else 'qrels'}")
+        Q, pairs = None, None
+        if queries is not None:
+            Q = _check_matrix(queries, "queries", where, D)
+            pairs = _check_pairs(qrels, Q.shape[0], X.shape[0], where)
+            Q = _normalise(Q)
+        return _normalise(X), Q, pairs
+
+    def transform(self, X: np.ndarray, dim: int) -> np.ndarray:
+        """Project rows of X (n, D) to ``dim`` dims: float32 (n, dim), L2-normalised.
+
+        ``dim = D`` gives the adapted full vector (the raw normalised vector unless trained supervised).
+        """
+        self._check_fitted("transform")
+        proj = self.projection(dim)
+        X = _check_matrix(X, "X", "transform", self.input_dim_)
+        return proj(_normalise(X))
+
+    def projection(self, dim: int) -> Projection:
+        """The affine map (M, c) of a trained dim; ``transform`` is ``normalise(normalise(X) @ M + c)``."""
+        self._check_fitted("projection")
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+            raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+        if int(dim) not in self.projections_:
+            raise ValueError(f"dim {dim} is not trained; trained dims: {self.dims_} (and {self.input_dim_} = full)")
+        return self.projections_[int(dim)]
+
+    def selected_dims(self, dim: int) -> np.ndarray:
+        """ADS's choice for a stage: the indices (sorted, distinct) of the stage input's adapted
+        coordinates kept at ``dim``. Methods without ADS keep a prefix: ``arange(dim)``."""
+        self.projection(dim)
+        if int(dim) in self.selections_:
+            return self.selections_[int(dim)].copy()
+        return np.arange(int(dim), dtype=np.int64)
+
+    def extend(
+        self,
+        dim: int,
+        corpus: np.ndarray | None = None,
+        queries: np.ndarray | None = None,
+        qrels: Iterable | None = None,
+    ) -> "SMEC":
+        """Continued training: add a new dim trained from the nearest larger trained stage.
+
+        Existing projections are not touched (bit-identical). Uses the data given, else the data
+        of the last ``fit`` in this process (after ``load`` the corpus must be given).
+        """
+        self._check_fitted("extend")
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+            raise TypeError(f"extend: dim must be an int, got {type(dim).__name__}")
+        dim = int(dim)
+        if not 0 < dim < self.input_dim_:
+            raise ValueError(f"extend: dim must be in 1..{self.input_dim_ - 1}, got {dim}")
+        if dim in self.projections_:
+            raise ValueError(f"extend: dim {dim} is already trained; trained dims: {self.dims_}")
+        if self.method == "mrl" or (self.method == "smec" and not self.sequential):
+            raise ValueError("extend: a jointly trained model (mrl, or smec with sequential=False) cannot add a dim "
+                             "without retraining every dim; fit a new model, or use method='smec'")
+        if corpus is None:
+            if self._data is None:
+                raise ValueError("extend: no training data in memory (the model was loaded); pass corpus=")
+            X, Q, pairs = self._data
+            if queries is not None or qrels is not None:
+                raise ValueError("extend: pass queries and qrels together with corpus")
+        else:
+            X, Q, pairs = self._check_fit_input(corpus, queries, qrels, "extend")
+            if X.shape[1] != self.input_dim_:
+                raise ValueError(f"extend: corpus has shape {X.shape}; expected (n, {self.input_dim_})")
+        projections = dict(self.projections_)
+        selections = dict(self.selections_)
+        reports: list[StageReport] = []
+        if self.method == "pca":
+            projections.update(pca_projections(X, (dim,)))
+        elif self.method == "truncate":
+            projections.update(truncate_projections(self.input_dim_, (dim,)))
+        else:
+            _Trainer(self, X, Q, pairs).extend(dim, projections, selections, reports)
+        self.projections_ = projections
+        self.selections_ = selections
+        self.reports_ = self.reports_ + [r.to_dict() for r in reports]
+        self.dims = self.dims_
+        self._data = (X, Q, pairs)
+        return self
+
+    # ----------------------------------------------------------------- persistence
+    def get_config(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "kind": "smec_index.SMEC",
+            "method": self.method,
+            "dims": list(self.dims),
+            "sequential": self.sequential,
+            "ads": self.ads,
+            "xbm": self.xbm,
+            "init": self.init,
+            "seed": self.seed,
+            "train_options": self.train_options,
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write ``config.json`` (format version, settings, trained state) and ``weights.safetensors``
+        into directory ``path``, atomically (a crash leaves the previous save intact)."""
+        from safetensors.numpy import save_file
+
+        self._check_fitted("save")
+        cfg = self.get_config()
+        cfg["fitted"] = {
+            "input_dim": self.input_dim_,
+            "dims": list(self.dims_),
+            "supervised": self.supervised_,
+            "selected": sorted(self.selections_),
+            "train_s": self.train_s_,
+            "reports": self.reports_,
+        }
+        tensors = {}
+        for d, p in self.projections_.items():
+            tensors[f"proj.{d}.M"] = p.M
+            tensors[f"proj.{d}.c"] = p.c
+        for d, idx in self.selections_.items():
+            tensors[f"ads.{d}"] = idx
+        with atomic_directory(path) as tmp:
+            (tmp / _CONFIG).write_text(json.dumps(cfg, indent=2))
+            save_file(tensors, str(tmp / _WEIGHTS))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SMEC":
+        """Read a directory written by ``save``; refuses other format versions."""
+        from safetensors.numpy import load_file
+
+        path = Path(path)
+        cfg_path = path / _CONFIG
+        if not cfg_path.is_file() or not (path / _WEIGHTS).is_file():
+            raise ValueError(f"SMEC.load: {str(path)!r} is not a saved SMEC (needs {_CONFIG} and {_WEIGHTS})")
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"SMEC.load: {cfg_path} is not valid JSON ({e})") from None
+        if cfg.get("kind") != "smec_index.SMEC":
+            raise ValueError(f"SMEC.load: {cfg_path} is not an SMEC config (kind={cfg.get('kind')!r})")
+        if cfg.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"SMEC.load: format version {cfg.get('format_version')!r} in {cfg_path}; "
+                             f"this smec_index reads version {FORMAT_VERSION}")
+        try:
+            tensors = load_file(str(path / _WEIGHTS))
+        except Exception as e:  # safetensors raises its own error types for a damaged file
+            raise ValueError(f"SMEC.load: {path / _WEIGHTS} is unreadable ({e})") from None
+        flags = {k: cfg[k] for k in ("sequential", "ads", "xbm")} if cfg["method"] == "smec" else {}
+        obj = cls(cfg["dims"], cfg["method"], init=cfg["init"], seed=cfg["seed"], **flags, **cfg["train_options"])
+        fitted = cfg["fitted"]
+        D = int(fitted["input_dim"])
+        obj.input_dim_ = D
+        obj.supervised_ = bool(fitted["supervised"])
+        obj.projections_ = {}
+        for d in [D] + list(fitted["dims"]):
+            M, c = tensors.get(f"proj.{d}.M"), tensors.get(f"proj.{d}.c")
+            if M is None or c is None or M.shape != (D, d) or c.shape != (d,):
+                raise ValueError(f"SMEC.load: projection for dim {d} missing or of the wrong shape in {path}")
+            obj.projections_[int(d)] = Projection(M.astype(np.float32), c.astype(np.float32))
+        obj.selections_ = {int(d): tensors[f"ads.{d}"].astype(np.int64) for d in fitted["selected"]}
+        obj.reports_ = fitted["reports"]
+        obj.train_s_ = fitted["train_s"]
+        return obj
+
+    def __repr__(self) -> str:
+        state = f"fitted, dims={self.dims_}" if self.is_fitted else "not fitted"
+        return f"SMEC(method={self.method!r}, dims={self.dims}, {state})"
+
+
+class _Trainer:
+    """Builds the frozen tensors for each training run and composes the trained stages into projections."""
+
+    def __init__(self, smec: SMEC, X: np.ndarray, Q: np.ndarray | None, pairs: list | None) -> None:
+        self.smec, self.X, self.Q, self.pairs = smec, X, Q, pairs
+        self.cfg = smec._config()
+        self.device = smec._device()
+        self.rng = np.random.default_rng(smec.seed)
+        n = X.shape[0]
+        n_val = min(max(1, int(round(n * self.cfg.val_fraction))), self.cfg.max_val) if n >= 20 else 0
+        perm = self.rng.permutation(n)
+        self.val_rows = np.sort(perm[:n_val]) if n_val else np.sort(perm[: max(1, n // 5)])
+        self.train_rows = np.sort(perm[n_val:]) if n_val else np.arange(n)
+        self.X_t = torch.as_tensor(X, device=self.device)
+        self.sup = None
+        if pairs is not None:
+            positives: dict[int, list[tuple[int, float]]] = {}
+            for q, d, r in pairs:
+                if r > 0:
+                    positives.setdefault(q, []).append((d, r))
+            labelled = np.array(sorted(positives), dtype=np.int64)
+            qperm = self.rng.permutation(labelled)
+            n_qval = int(round(len(labelled) * self.cfg.val_fraction)) if len(labelled) >= 20 else 0
+            train_q = np.sort(qperm[n_qval:])
+            val_q = np.sort(qperm[:n_qval]) if n_qval else train_q
+            pos_list = [positives.get(i, []) for i in range(Q.shape[0])]
+            # hard negatives: each query's nearest documents at full dim
+            mined = min(self.cfg.mined + max(len(p) for p in pos_list), X.shape[0])
+            sims = torch.as_tensor(Q, device=self.device) @ self.X_t.T
+            neg_pool = torch.topk(sims, mined, dim=1).indices.cpu().numpy()
+            self.sup = dict(positives=pos_list, neg_pool=neg_pool, train_q=train_q, val_q=val_q,
+                            Q_t=torch.as_tensor(Q, device=self.device))
+
+    def _data(self, proj_in: Projection, teacher: torch.Tensor) -> TrainData:
+        inputs = torch.as_tensor(proj_in.raw(self.X), device=self.device)
+        data = TrainData(teacher=teacher, inputs=inputs, train_rows=self.train_rows, val_rows=self.val_rows)
+        if self.sup is not None:
+            data.q_inputs = torch.as_tensor(proj_in.raw(self.Q), device=self.device)
+            data.positives = self.sup["positives"]
+            data.neg_pool = self.sup["neg_pool"]
+            data.train_q = self.sup["train_q"]
+            data.val_q = self.sup["val_q"]
+        return data
+
+    def _model(self, n_in: int, out_dims: tuple[int, ...], ads: bool, inputs: torch.Tensor) -> StageModel:
+        x = inputs.cpu().numpy()
+        var = x.var(axis=0).astype(np.float64)
+        init_logits = None
+        if self.smec.init == "pca":
+            mu, R, var = pca_rotation(x)
+        if ads:
+            lv = np.log(np.maximum(var, 1e-12))
+            init_logits = torch.as_tensor((lv - lv.mean()) / (lv.std() + 1e-12), dtype=torch.float32)
+        model = StageModel(n_in, out_dims, ads, init_logits).to(self.device)
+        if self.smec.init == "pca":
+            with torch.no_grad():
+                # adapter output = (x - mu) R: the principal coordinates of the stage input
+                model.adapter.linear.weight.copy_(torch.as_tensor(R.T - np.eye(n_in), dtype=torch.float32))
+                model.adapter.linear.bias.copy_(torch.as_tensor(-(mu @ R), dtype=torch.float32))
+        return model
+
+    def _train(self, model: StageModel, data: TrainData, desc: str, reports: list[StageReport], offset: int):
+        reports.append(train_stage(model, data, self.cfg, self.smec.seed + offset, self.smec.progress, desc))
+
+    def _compose(self, model: StageModel, proj_in: Projection, out: dict[int, Projection], sel: dict[int, np.ndarray]):
+        A, b = model.adapter.affine()
+        for d in model.out_dims:
+            idx = model.selection(d)
+            out[d] = proj_in.then(A, b, idx)
+            if model.ads and d < model.n_in and self.smec.sequential:
+                sel[d] = idx
+
+    def run(self, dims, projections, selections, reports) -> None:
+        D = self.X.shape[1]
+        raw_teacher = self.X_t
+        full = (D,) if self.sup is not None else ()
+        ident = Projection.identity(D)
+        method = self.smec.method
+        if method == "search-adaptor":
+            for i, d in enumerate(full + tuple(dims)):
+                data = self._data(ident, raw_teacher)
+                model = self._model(D, (d,), False, data.inputs)
+                self._train(model, data, f"search-adaptor {d}", reports, i)
+                self._compose(model, ident, projections, selections)
+            return
+        if not self.smec.sequential:
+            data = self._data(ident, raw_teacher)
+            model = self._model(D, full + tuple(dims), self.smec.ads, data.inputs)
+            self._train(model, data, f"{method} joint", reports, 0)
+            self._compose(model, ident, projections, selections)
+            if self.smec.ads:
+                selections.update({d: model.selection(d) for d in dims})
+            return
+        prev = D
+        for i, d in enumerate(dims):
+            self._stage(prev, d, projections, selections, reports, i, with_full=(i == 0))
+            prev = d
+
+    def _stage(self, src: int, d: int, projections, selections, reports, offset: int, with_full: bool) -> None:
+        """One SMRL stage: train src -> d on the frozen projection to ``src``, then freeze it."""
+        D = self.X.shape[1]
+        proj_in = projections[src]
+        if with_full or self.sup is None:
+            teacher = self.X_t
+        else:
+            teacher = torch.as_tensor(projections[D](self.X), device=self.device)
+        data = self._data(proj_in, teacher)
+        out_dims = ((src,) if with_full and self.sup is not None and src == D else ()) + (d,)
+        model = self._model(src, out_dims, self.smec.ads, data.inputs)
+        self._train(model, data, f"smec {src}->{d}", reports, offset)
+        self._compose(model, proj_in, projections, selections)
+
+    def extend(self, dim: int, projections, selections, reports) -> None:
+        D = self.X.shape[1]
+        if self.smec.method == "search-adaptor":
+            data = self._data(Projection.identity(D), self.X_t)
+            model = self._model(D, (dim,), False, data.inputs)
+            self._train(model, data, f"search-adaptor {dim}", reports, len(projections))
+            self._compose(model, Projection.identity(D), projections, selections)
+            return
+        src = min(d for d in projections if d > dim)
+        self._stage(src, dim, projections, selections, reports, len(projections), with_full=False)

@@ -1,0 +1,172 @@
+"""The trainable pieces of a compression stage: a residual linear adapter and the ADS selector.
+
+A stage maps its input (n_in dims) through ``y = x + x W^T + b`` and keeps n_out of the n_in
+coordinates, chosen either by ADS (learned importance) or as a prefix (Matryoshka truncation).
+Everything is linear, so a chain of frozen stages collapses to one affine map ``X @ M + c`` that
+is applied with numpy at query time (see ``Projection``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["ResidualAdapter", "DimensionSelector", "StageModel", "Projection", "relaxed_topk"]
+
+
+@dataclass(frozen=True)
+class Projection:
+    """An affine map to a reduced space: ``normalise(X @ M + c)``; M is (D, d), c is (d,), float32."""
+
+    M: np.ndarray
+    c: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        return int(self.M.shape[1])
+
+    def raw(self, X: np.ndarray) -> np.ndarray:
+        """The un-normalised image ``X @ M + c`` (the input of a next stage)."""
+        out = X @ self.M
+        out += self.c
+        return out
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        out = self.raw(X)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        np.maximum(norms, 1e-12, out=norms)
+        out /= norms
+        return out.astype(np.float32, copy=False)
+
+    def then(self, A: np.ndarray, b: np.ndarray, idx: np.ndarray | slice) -> "Projection":
+        """This projection followed by ``y = x A + b`` and the coordinate selection ``idx``."""
+        A64, M64 = A.astype(np.float64), self.M.astype(np.float64)
+        M = (M64 @ A64)[:, idx]
+        c = (self.c.astype(np.float64) @ A64 + b.astype(np.float64))[idx]
+        return Projection(np.ascontiguousarray(M, dtype=np.float32), np.ascontiguousarray(c, dtype=np.float32))
+
+    @staticmethod
+    def identity(D: int) -> "Projection":
+        return Projection(np.eye(D, dtype=np.float32), np.zeros(D, dtype=np.float32))
+
+
+class ResidualAdapter(nn.Module):
+    """``y = x + x W^T + b`` with W and b starting at zero, so training starts from the input itself."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(n, n)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.linear(x)
+
+    def affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """(A, b) with ``y = x A + b``, as float32 numpy."""
+        W = self.linear.weight.detach().cpu().numpy().astype(np.float64)
+        A = np.eye(W.shape[0]) + W.T
+        return A.astype(np.float32), self.linear.bias.detach().cpu().numpy().astype(np.float32)
+
+
+def relaxed_topk(scores: torch.Tensor, k: int, tau: float) -> torch.Tensor:
+    """Differentiable k-hot relaxation of top-k by k successive tempered softmaxes (Gumbel top-k).
+
+    Each round takes a softmax over the scores with the mass already chosen masked out in log
+    space; the sum of the k rounds is a soft k-hot vector that tends to the hard top-k as tau -> 0.
+    """
+    khot = torch.zeros_like(scores)
+    onehot = torch.zeros_like(scores)
+    s = scores / tau
+    for _ in range(k):
+        s = s + torch.log1p(-onehot.clamp(max=1 - 1e-6))
+        onehot = torch.softmax(s, dim=-1)
+        khot = khot + onehot
+    return khot
+
+
+class DimensionSelector(nn.Module):
+    """ADS: learnable per-dimension importance logits; keeps ``k`` of ``n`` coordinates.
+
+    Training draws Gumbel(0, 1) noise onto the logits and uses a straight-through estimator: the
+    forward pass applies the hard top-k mask of the perturbed logits, the backward pass the gradient
+    of its tempered relaxation (``relaxed_topk``). Inference keeps the hard, deterministic top-k of
+    the logits themselves (ties go to the lower index), returned sorted.
+    """
+
+    def __init__(self, n: int, k: int, init_logits: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if not 0 < k <= n:
+            raise ValueError(f"DimensionSelector: k={k} must be in 1..{n}")
+        self.n, self.k = n, k
+        self.logits = nn.Parameter(init_logits.clone().float() if init_logits is not None else torch.zeros(n))
+
+    def indices(self) -> np.ndarray:
+        logits = self.logits.detach().cpu().numpy()
+        return np.sort(np.argsort(-logits, kind="stable")[: self.k]).astype(np.int64)
+
+    def mask(self, tau: float, generator: torch.Generator | None = None, relax_k: int | None = None) -> torch.Tensor:
+        """A straight-through k-hot mask over the n coordinates for one training step."""
+        u = torch.rand(self.n, generator=generator, device="cpu").to(self.logits.device)
+        gumbel = -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-10)))
+        perturbed = self.logits + gumbel
+        hard = torch.zeros_like(perturbed)
+        hard[torch.topk(perturbed.detach(), self.k).indices] = 1.0
+        soft = _fast_relaxed_topk(perturbed, self.k, tau)
+        return hard + soft - soft.detach()
+
+
+def _fast_relaxed_topk(scores: torch.Tensor, k: int, tau: float) -> torch.Tensor:
+    """A k-hot relaxation of top-k: a tempered sigmoid around the threshold between the k-th and
+    (k+1)-th largest scores. Same limit as ``relaxed_topk`` (hard top-k as tau -> 0) at O(n) cost."""
+    if k >= scores.shape[-1]:
+        return torch.ones_like(scores)
+    top = torch.topk(scores.detach(), k + 1).values
+    threshold = 0.5 * (top[k - 1] + top[k])
+    return torch.sigmoid((scores - threshold) / tau)
+
+
+class StageModel(nn.Module):
+    """One trainable unit: a shared residual adapter over n_in dims and one output per target dim.
+
+    Each output keeps ``d`` coordinates of the adapter output, by ADS (``ads=True``) or by prefix.
+    ``forward_train`` returns, per output dim, a tensor whose cosine similarities equal those of the
+    selected coordinates (a masked n_in vector under ADS, the prefix slice otherwise).
+    """
+
+    def __init__(self, n_in: int, out_dims: tuple[int, ...], ads: bool, init_logits: torch.Tensor | None = None):
+        super().__init__()
+        self.n_in, self.out_dims, self.ads = n_in, tuple(out_dims), ads
+        self.adapter = ResidualAdapter(n_in)
+        self.selectors = nn.ModuleDict(
+            {str(d): DimensionSelector(n_in, d, init_logits) for d in out_dims if ads and d < n_in}
+        )
+
+    def forward_train(
+        self, x: torch.Tensor, tau: float, generator: torch.Generator | None = None
+    ) -> dict[int, torch.Tensor]:
+        y = self.adapter(x)
+        out: dict[int, torch.Tensor] = {}
+        for d in self.out_dims:
+            if d == self.n_in:
+                out[d] = y
+            elif self.ads:
+                out[d] = y * self.selectors[str(d)].mask(tau, generator)
+            else:
+                out[d] = y[:, :d]
+        return out
+
+    def forward_eval(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        y = self.adapter(x)
+        return {d: y[:, self.selection(d)] for d in self.out_dims}
+
+    def selection(self, d: int) -> np.ndarray:
+        """Indices of the adapter coordinates kept for output dim ``d``."""
+        if d == self.n_in:
+            return np.arange(d, dtype=np.int64)
+        if self.ads:
+            return self.selectors[str(d)].indices()
+        return np.arange(d, dtype=np.int64)

@@ -1,0 +1,64 @@
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from smec_index.datasets import hash_split, load_beir
+
+
+def _write_beir(root, with_train=True):
+    (root / "qrels").mkdir(parents=True)
+    emb = root / "emb" / "toy"
+    emb.mkdir(parents=True)
+    docs = [{"_id": f"d{i}", "title": f"T{i}", "text": f"text {i}"} for i in range(6)]
+    with gzip.open(root / "corpus.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps(d) + "\n" for d in docs)
+    with gzip.open(root / "queries.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps({"_id": f"q{i}", "text": f"query {i}"}) + "\n" for i in range(8))
+    rng = np.random.default_rng(0)
+    np.save(emb / "corpus.f16.npy", rng.normal(size=(6, 4)).astype(np.float16))
+    np.save(emb / "queries.f16.npy", rng.normal(size=(8, 4)).astype(np.float16))
+    (emb / "corpus_ids.txt").write_text("\n".join(d["_id"] for d in docs))
+    (emb / "query_ids.txt").write_text("\n".join(f"q{i}" for i in range(8)))
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td1\t1\nq1\td2\t2\nq2\td3\t0\nq3\td4\t1\n")
+    if with_train:
+        (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq5\td0\t1\nq6\td5\t1\n")
+
+
+def test_load_beir_layout(tmp_path):
+    _write_beir(tmp_path)
+    ds = load_beir(tmp_path, "toy")
+    assert ds.corpus.dtype == np.float32 and ds.corpus.shape == (6, 4)
+    np.testing.assert_allclose(np.linalg.norm(ds.corpus, axis=1), 1.0, atol=1e-6)
+    Q, qids, qrels = ds.split_queries("test")
+    assert qids == ["q0", "q1", "q3"]  # q2 has no relevant document
+    assert Q.shape == (3, 4)
+    Qt, triples = ds.pairs(["q5", "q6"], "train")
+    assert triples == [(0, 0, 1.0), (1, 5, 1.0)]
+    assert ds.corpus_texts()["d2"] == "T2 text 2"
+    assert ds.supervised_split()[1] == "train"
+
+
+def test_without_train_split_uses_hash_halves(tmp_path):
+    _write_beir(tmp_path, with_train=False)
+    ds = load_beir(tmp_path, "toy")
+    tr, tr_split, ev, ev_split = ds.supervised_split(seed=0)
+    assert tr_split == ev_split == "test"
+    assert sorted(tr + ev) == ["q0", "q1", "q3"] and not set(tr) & set(ev)
+
+
+def test_hash_split_is_stable_and_seeded():
+    ids = [str(i) for i in range(1000)]
+    a, b = hash_split(ids, 0)
+    assert hash_split(list(reversed(ids)), 0)[0] == list(reversed(a))
+    assert 400 < len(a) < 600
+    assert hash_split(ids, 1)[0] != a
+
+
+def test_load_beir_errors(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_beir(tmp_path / "nope", "toy")
+    _write_beir(tmp_path)
+    with pytest.raises(ValueError, match="available: \\['toy'\\]"):
+        load_beir(tmp_path, "other")
