@@ -1,0 +1,252 @@
+"""FAISS backend: any ``index_factory`` spec ("Flat", "HNSW32", "IVF1024,Flat", "IVF256,PQ16", "SQ8", ...).
+
+The facade's slots are the FAISS labels. IVF indexes store labels natively (``add_with_ids``); every other
+index is wrapped in ``IndexIDMap``, which keeps labels stable when FAISS compacts storage on removal
+(Flat, PQ, SQ). ``IndexIDMap`` must not wrap an IVF: IVF removal does not renumber, IDMap assumes it does.
+Indexes that cannot remove (HNSW, NSG) keep removed labels as tombstones and exclude them at search time
+with an ``IDSelector``, as hnswlib's ``mark_deleted`` does.
+
+Two process-wide FAISS settings are handled around each call (see ``shared/notes/faiss-speed.md``):
+a single query runs on one OpenMP thread (FAISS splits one query's scan across threads and gets slower),
+and batches lower ``distance_compute_blas_threshold`` so small-dim batches take the sgemm path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import faiss
+import numpy as np
+
+from .base import METRIC_TYPE
+
+__all__ = ["FaissBackend", "faiss_threads"]
+
+_CONFIG = "faiss.json"
+_INDEX = "index.faiss"
+_DELETED = "deleted.npy"
+
+# Batches of at least this many query coordinates (nq * d) take FAISS's sgemm path; FAISS's default is
+# 128,000, which sends a batch of 1000 queries at d=64 down the query-by-query scan.
+BATCH_BLAS_THRESHOLD = 4096
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_saved = 0
+
+
+@contextlib.contextmanager
+def faiss_threads(nq: int) -> Iterator[None]:
+    """One OpenMP thread for a single query; for a batch, the lowered BLAS threshold (restored afterwards).
+
+    ``omp_set_num_threads`` is per calling thread; the BLAS threshold is a global, so concurrent batches
+    share one lowered value, and the original comes back when the last of them finishes.
+    """
+    global _blas_users, _blas_saved
+    if nq == 1:
+        prev = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            yield
+        finally:
+            faiss.omp_set_num_threads(prev)
+        return
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_saved = faiss.cvar.distance_compute_blas_threshold
+            faiss.cvar.distance_compute_blas_threshold = BATCH_BLAS_THRESHOLD
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                faiss.cvar.distance_compute_blas_threshold = _blas_saved
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+
+
+def _min_train_rows(index: faiss.Index) -> int:
+    """Training rows FAISS needs for this index: one per IVF list, 2**nbits per PQ codebook, else 1."""
+    if index.is_trained:
+        return 0
+    need = 1
+    parts = [faiss.downcast_index(index)]
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        need = max(need, int(ivf.nlist))
+        parts.append(faiss.downcast_index(ivf))
+    for part in parts:
+        pq = getattr(part, "pq", None)
+        if pq is not None:
+            need = max(need, int(pq.ksub))
+    return need
+
+
+def _can_remove(index: faiss.Index) -> bool:
+    """Whether FAISS removes natively from this index; the probe removes label -1, which no slot has."""
+    try:
+        index.remove_ids(np.array([-1], dtype=np.int64))
+    except RuntimeError:
+        return False
+    return True
+
+
+class FaissBackend:
+    """A FAISS index built by ``index_factory(dim, spec, metric)``, labels = the facade's slots.
+
+    ``params`` are FAISS search-time parameters set through ``ParameterSpace`` (e.g. ``{"efSearch": 64}``,
+    ``{"nprobe": 16}``); they are saved and re-applied on load.
+    """
+
+    name: ClassVar[str] = "faiss"
+
+    def __init__(self, dim: int, metric: str = "ip", spec: str = "Flat", params: dict[str, Any] | None = None) -> None:
+        if not isinstance(spec, str) or not spec.strip():
+            raise TypeError(f"faiss backend: spec must be an index_factory string such as 'HNSW32', got {spec!r}")
+        if "IDMap" in spec:
+            raise ValueError(f"faiss backend: spec {spec!r} contains IDMap; ids are handled by CompressedIndex, "
+                             f"give the spec without it")
+        try:
+            inner = faiss.index_factory(int(dim), spec, METRIC_TYPE[metric])
+        except RuntimeError as e:
+            raise ValueError(f"faiss backend: index_factory({dim}, {spec!r}) failed: {_first_line(e)}") from None
+        index = inner if faiss.try_extract_index_ivf(inner) is not None else faiss.IndexIDMap(inner)
+        self._setup(index, int(dim), metric, spec, dict(params or {}), np.empty(0, dtype=np.int64))
+
+    def _setup(self, index: faiss.Index, dim: int, metric: str, spec: str, params: dict, deleted: np.ndarray) -> None:
+        self.index, self.dim, self.metric, self.spec = index, dim, metric, spec
+        self.params: dict[str, Any] = {}
+        self.set_params(**params)
+        self._native_remove = _can_remove(index)
+        self._deleted = deleted
+        self._deleted_bits = _bitmap(deleted)
+
+    def set_params(self, **params: Any) -> None:
+        """Set FAISS search-time parameters (``efSearch``, ``nprobe``, ...) by ``ParameterSpace`` name."""
+        space = faiss.ParameterSpace()
+        for key, value in params.items():
+            try:
+                space.set_index_parameter(self.index, key, value)
+            except RuntimeError as e:
+                raise ValueError(f"faiss backend: parameter {key}={value!r} does not apply to spec "
+                                 f"{self.spec!r}: {_first_line(e)}") from None
+            self.params[key] = value
+
+    # ----------------------------------------------------------------- protocol
+    @property
+    def is_trained(self) -> bool:
+        return bool(self.index.is_trained)
+
+    @property
+    def _inner(self) -> faiss.Index:
+        """The factory index (inside the IDMap wrapper, if any); valid while ``self.index`` lives."""
+        return faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap) else self.index
+
+    @property
+    def min_train_rows(self) -> int:
+        return _min_train_rows(self._inner)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal) - int(self._deleted.size)
+
+    @property
+    def nbytes(self) -> int:
+        """Size of FAISS's serialised index (its codes, graph and id map), counted without a copy."""
+        total = 0
+
+        def count(chunk: bytes) -> int:
+            nonlocal total
+            total += len(chunk)
+            return len(chunk)
+
+        writer = faiss.PyCallbackIOWriter(count)
+        faiss.write_index(self.index, writer)
+        del writer
+        return total + int(self._deleted.nbytes + self._deleted_bits.nbytes)
+
+    def options(self) -> dict[str, Any]:
+        return {"spec": self.spec, "params": dict(self.params)}
+
+    def train(self, X: np.ndarray) -> None:
+        if not self.index.is_trained:
+            with faiss_threads(X.shape[0]):
+                self.index.train(X)
+
+    def add(self, ids: np.ndarray, X: np.ndarray) -> None:
+        with faiss_threads(X.shape[0]):
+            self.index.add_with_ids(X, ids)
+
+    def search(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        params = self._tombstone_params()
+        with faiss_threads(Q.shape[0]):
+            D, I = self.index.search(Q, k, params=params)
+        return D, I
+
+    def remove(self, ids: np.ndarray) -> int:
+        if self._native_remove:
+            return int(self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))
+        self._deleted = np.union1d(self._deleted, ids).astype(np.int64)
+        self._deleted_bits = _bitmap(self._deleted)
+        return int(ids.shape[0])
+
+    def reset(self) -> None:
+        self.index.reset()
+        self._deleted = np.empty(0, dtype=np.int64)
+        self._deleted_bits = _bitmap(self._deleted)
+
+    def _tombstone_params(self) -> faiss.SearchParameters | None:
+        """Per-call search parameters that skip tombstoned labels (None when there are none).
+
+        Made fresh for every call: ``IndexIDMap.search`` swaps the selector inside the parameters while
+        it runs, so sharing one object between threads would race.
+        """
+        if not self._deleted.size:
+            return None
+        inner = self._inner
+        if isinstance(inner, faiss.IndexHNSW):
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = inner.hnsw.efSearch
+        else:
+            params = faiss.SearchParameters()
+        bits = self._deleted_bits
+        params.sel = faiss.IDSelectorNot(faiss.IDSelectorBitmap(bits.shape[0], faiss.swig_ptr(bits)))
+        return params
+
+    # ----------------------------------------------------------------- persistence
+    def save(self, path: Path) -> None:
+        faiss.write_index(self.index, str(path / _INDEX))
+        np.save(path / _DELETED, self._deleted)
+        cfg = {"dim": self.dim, "metric": self.metric, "spec": self.spec, "params": self.params}
+        (path / _CONFIG).write_text(json.dumps(cfg, indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> "FaissBackend":
+        cfg = json.loads((path / _CONFIG).read_text())
+        index = faiss.read_index(str(path / _INDEX))  # already the concrete type; downcasting a temporary would free it
+        labelled = isinstance(index, faiss.IndexIDMap) or faiss.try_extract_index_ivf(index) is not None
+        if not labelled or index.d != cfg["dim"] or index.metric_type != METRIC_TYPE[cfg["metric"]]:
+            raise ValueError(f"read_index: {path / _INDEX} is not an IndexIDMap or IVF index of dim {cfg['dim']} "
+                             f"and metric {cfg['metric']!r}")
+        obj = cls.__new__(cls)
+        obj._setup(index, int(cfg["dim"]), cfg["metric"], cfg["spec"], cfg["params"],
+                   np.load(path / _DELETED, allow_pickle=False).astype(np.int64))
+        return obj
+
+
+def _bitmap(labels: np.ndarray) -> np.ndarray:
+    """Packed little-endian bitmap with the given labels set (the layout ``IDSelectorBitmap`` reads)."""
+    if not labels.size:
+        return np.zeros(1, dtype=np.uint8)
+    bits = np.zeros(int(labels.max()) + 1, dtype=bool)
+    bits[labels] = True
+    return np.packbits(bits, bitorder="little")
+

@@ -1,0 +1,561 @@
+"""``CompressedIndex``: a FAISS-shaped index that searches SMEC-compressed vectors and reranks exactly.
+
+Each configured reduced dim has its own real index (a ``Backend``: FAISS through any ``index_factory``
+spec, or hnswlib). A search runs on the smallest dim, passes ``candidates`` results on, rescores them
+exactly at each larger configured dim, then at full dim (``rerank="full"``) against the full store: the
+raw vectors as added, or the compressor's adapted full vectors when it was trained supervised (raw
+vectors would undo the adaptation).
+
+FAISS semantics (see ``shared/notes/faiss-contract.md``): ``d`` is the full input dim; inputs are float
+arrays of shape (n, d) (other float dtypes are converted to float32); ``search`` returns float32 and int64
+arrays of shape (nq, k), best first, padded with id -1 and -FLT_MAX (``ip``) or +FLT_MAX (``l2``, squared
+distances). Vectors added with ``add`` are numbered 0..ntotal-1 and renumbered on removal like
+``IndexFlat``; vectors added with ``add_with_ids`` keep their ids like ``IndexIDMap``; one index holds
+one kind. ``faiss.write_index`` cannot save this Python object: use ``smec_index.write_index`` /
+``read_index`` (they also pass plain FAISS indexes through to FAISS).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import faiss
+import numpy as np
+
+from .._fsutil import atomic_directory
+from ..compressor import SMEC
+from .backends import METRIC_TYPE, METRICS, Backend, backend_class, make_backend, pad_results, worst_distance
+from .errors import IndexStateError
+from .ids import EXPLICIT, SEQUENTIAL, IdMap
+from .persist import read_manifest, write_manifest
+from .store import STORE_DTYPES, STORE_KINDS, VectorStore
+
+__all__ = ["CompressedIndex", "write_index", "read_index", "RERANK"]
+
+RERANK = ("full", "cascade", "none")
+FULL = "full"
+_RESCORE_CHUNK_FLOATS = 1 << 22  # rows gathered per rescoring chunk: 16 MiB of float32
+
+
+class _RWLock:
+    """Many concurrent searches, or one mutation."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+# --------------------------------------------------------------------- argument checks
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _check_vectors(x: Any, where: str, d: int | None) -> np.ndarray:
+    """float32 C-contiguous (n, d) with finite values, else a TypeError/ValueError naming what came.
+
+    ``d=None`` accepts any width (the dim is learned from this data)."""
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    if x.dtype.kind != "f":
+        raise TypeError(f"{where}: x must be a float array, got dtype {x.dtype}")
+    if x.ndim != 2 or (d is not None and x.shape[1] != d) or x.shape[1] == 0:
+        raise ValueError(f"{where}: x has shape {x.shape}; expected (n, {'D' if d is None else d})")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{where}: x has {int(bad.sum())} row(s) with NaN or inf (first: row {int(np.argmax(bad))}); "
+                         f"expected finite float32 values")
+    return x
+
+
+def _check_ids(ids: Any, where: str, n: int | None) -> np.ndarray:
+    """A 1-D int64 array of non-negative ids (of length n when given)."""
+    arr = np.asarray(ids)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{where}: ids must be integers (int64), got dtype {arr.dtype}")
+    if arr.ndim != 1 or (n is not None and arr.shape[0] != n):
+        expected = f"({n},)" if n is not None else "(n,)"
+        raise ValueError(f"{where}: ids has shape {arr.shape}; expected {expected}")
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{where}: ids must fit in int64, got {int(arr.max())}")
+    arr = arr.astype(np.int64)
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"{where}: ids must be >= 0 (-1 marks a missing result), got {int(arr.min())}")
+    return arr
+
+
+def _normalise(X: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    np.maximum(norms, 1e-12, out=norms)
+    return X / norms
+
+
+class CompressedIndex:
+    """A drop-in for a FAISS index that searches SMEC-compressed vectors, then reranks exactly.
+
+    Args:
+        smec: the compressor; ``train`` fits it when it is not fitted yet.
+        dims: the reduced dims to index, each its own backend (default: every dim of ``smec``).
+        backend: ``"faiss"`` (option ``spec``: any ``index_factory`` string, ``params``: search-time
+            parameters such as ``{"efSearch": 64}``) or ``"hnswlib"`` (options ``M``, ``ef_construction``, ``ef``).
+        metric: ``"ip"`` (inner product) or ``"l2"`` (squared L2), or ``faiss.METRIC_*``.
+        rerank: default for ``search``: ``"full"`` (cascade, then exact full dim), ``"cascade"`` (exact at
+            each larger configured dim only) or ``"none"`` (the backend's answer at the searched dim).
+        candidates: how many results each stage passes on to the next: one int for every stage, or one
+            per configured dim (smallest first). The last stage keeps k.
+        full_store: where the full-dim vectors live: ``"memory"``, ``"mmap"`` (a file, paged in by the
+            OS) or None (no full rerank, no ``reconstruct``). Intermediate cascade stores follow it.
+        store_dtype: ``"float32"`` or ``"float16"`` (half the bytes; slower rerank, tiny score error).
+        d: the full input dim, only needed to know ``d`` before ``train`` fits an unfitted ``smec``.
+    """
+
+    def __init__(
+        self,
+        smec: SMEC,
+        dims: Sequence[int] | None = None,
+        backend: str = "faiss",
+        *,
+        metric: str | int = "ip",
+        rerank: str = "full",
+        candidates: int | Sequence[int] = 100,
+        full_store: str | None = "memory",
+        store_dtype: str = "float32",
+        d: int | None = None,
+        **backend_options: Any,
+    ) -> None:
+        where = "CompressedIndex"
+        if not isinstance(smec, SMEC):
+            raise TypeError(f"{where}: smec must be a smec_index.SMEC, got {type(smec).__name__}")
+        metric = self._check_metric(metric)
+        available = smec.dims_ if smec.is_fitted else smec.dims
+        dims = self._check_dims(available if dims is None else dims, available)
+        if full_store not in STORE_KINDS and full_store is not None:
+            raise ValueError(f"{where}: full_store must be one of {STORE_KINDS} or None, got {full_store!r}")
+        if store_dtype not in STORE_DTYPES:
+            raise ValueError(f"{where}: store_dtype must be one of {STORE_DTYPES}, got {store_dtype!r}")
+        if rerank not in RERANK:
+            raise ValueError(f"{where}: rerank must be one of {RERANK}, got {rerank!r}")
+        if rerank == FULL and full_store is None:
+            raise ValueError(f"{where}: rerank='full' needs a full store; pass full_store='memory' or 'mmap', "
+                             f"or rerank='cascade'/'none'")
+        if d is not None:
+            if not _is_int(d) or d <= max(dims):
+                raise ValueError(f"{where}: d must be an int above the largest dim {max(dims)}, got {d!r}")
+            if smec.is_fitted and d != smec.input_dim_:
+                raise ValueError(f"{where}: d={d} but smec was fitted on {smec.input_dim_}-dim vectors")
+        backends = {dim: make_backend(backend, dim, metric, backend_options) for dim in dims}
+        self._configure(smec, dims, backend, metric, rerank, self._check_candidates(candidates, dims),
+                        full_store, store_dtype, backends)
+        if d is not None:
+            self._d = int(d)
+
+    def _configure(self, smec: SMEC, dims: tuple[int, ...], backend: str, metric: str, rerank: str,
+                   candidates: tuple[int, ...], full_store: str | None, store_dtype: str,
+                   backends: dict[int, Backend]) -> None:
+        self.smec = smec
+        self.dims = dims
+        self.backend = backend
+        self.metric = metric
+        self.rerank = rerank
+        self.candidates = candidates
+        self.full_store = full_store
+        self.store_dtype = store_dtype
+        self.backends = backends
+        self._d: int | None = smec.input_dim_ if smec.is_fitted else None
+        self._ids = IdMap()
+        self._stores: dict[int | str, VectorStore] = {}
+        self._lock = _RWLock()
+
+    # ----------------------------------------------------------------- argument checks
+    @staticmethod
+    def _check_metric(metric: Any) -> str:
+        by_type = {v: k for k, v in METRIC_TYPE.items()}
+        if _is_int(metric) and int(metric) in by_type:
+            return by_type[int(metric)]
+        if metric not in METRICS:
+            raise ValueError(f"CompressedIndex: metric must be one of {METRICS} or faiss.METRIC_INNER_PRODUCT/"
+                             f"METRIC_L2, got {metric!r}")
+        return metric
+
+    @staticmethod
+    def _check_dims(dims: Any, available: Sequence[int]) -> tuple[int, ...]:
+        where = "CompressedIndex"
+        if _is_int(dims):
+            dims = (dims,)
+        try:
+            dims = tuple(dims)
+        except TypeError:
+            raise TypeError(f"{where}: dims must be a sequence of ints, got {type(dims).__name__}") from None
+        if not dims or not all(_is_int(x) for x in dims):
+            raise ValueError(f"{where}: dims must be a non-empty sequence of ints, got {dims!r}")
+        missing = sorted(set(int(x) for x in dims) - set(available))
+        if missing:
+            raise ValueError(f"{where}: dims {missing} are not dims of the compressor; it has {tuple(available)}")
+        if len(set(dims)) != len(dims):
+            raise ValueError(f"{where}: dims repeat: {dims}")
+        return tuple(sorted(int(x) for x in dims))
+
+    @staticmethod
+    def _check_candidates(candidates: Any, dims: tuple[int, ...]) -> tuple[int, ...]:
+        where = "CompressedIndex"
+        if _is_int(candidates):
+            candidates = (candidates,) * len(dims)
+        try:
+            candidates = tuple(candidates)
+        except TypeError:
+            raise TypeError(f"{where}: candidates must be an int or one int per dim, got {candidates!r}") from None
+        if len(candidates) != len(dims) or not all(_is_int(c) and c > 0 for c in candidates):
+            raise ValueError(f"{where}: candidates must be a positive int or {len(dims)} positive ints "
+                             f"(one per dim of {dims}, smallest first), got {candidates!r}")
+        return tuple(int(c) for c in candidates)
+
+    def _require_trained(self, where: str) -> int:
+        if not self.is_trained:
+            raise IndexStateError(f"{where}: the index is not trained; call train(X) first")
+        return self._d
+
+    # ----------------------------------------------------------------- FAISS attributes
+    @property
+    def d(self) -> int | None:
+        """The full input dim (None only while an unfitted compressor has not seen data and no d was given)."""
+        return self._d
+
+    @property
+    def ntotal(self) -> int:
+        """Live vectors."""
+        return self._ids.ntotal
+
+    @property
+    def is_trained(self) -> bool:
+        return self.smec.is_fitted and all(b.is_trained for b in self.backends.values())
+
+    @property
+    def metric_type(self) -> int:
+        """``faiss.METRIC_INNER_PRODUCT`` (0) or ``faiss.METRIC_L2`` (1)."""
+        return int(METRIC_TYPE[self.metric])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in RAM: every backend, the stores kept in memory, and the id map."""
+        return (sum(b.nbytes for b in self.backends.values()) + sum(s.nbytes for s in self._stores.values())
+                + self._ids.nbytes)
+
+    def __repr__(self) -> str:
+        return (f"CompressedIndex(d={self._d}, dims={self.dims}, backend={self.backend!r}, metric={self.metric!r}, "
+                f"rerank={self.rerank!r}, ntotal={self.ntotal})")
+
+    # ----------------------------------------------------------------- training and adding
+    def train(self, x: np.ndarray) -> None:
+        """Fit the compressor if it is not fitted yet, then train the backends that need it (IVF, PQ)."""
+        where = "train"
+        X = _check_vectors(x, where, self._d)
+        need = max(b.min_train_rows for b in self.backends.values())
+        if X.shape[0] < max(need, 1):
+            raise ValueError(f"{where}: x has {X.shape[0]} rows; the {self.backend} backends need at least "
+                             f"{max(need, 1)} to train")
+        with self._lock.write():
+            if not self.smec.is_fitted:
+                if X.shape[1] <= max(self.dims):
+                    raise ValueError(f"{where}: x has shape {X.shape}; expected (n, D) with D above the largest "
+                                     f"dim {max(self.dims)}")
+                self.smec.fit(X)
+                self._d = self.smec.input_dim_
+            Xn = _normalise(X)
+            for dim, b in self.backends.items():
+                if not b.is_trained:
+                    b.train(self.smec.projection(dim)(Xn))
+
+    def add(self, x: np.ndarray) -> None:
+        """Add vectors numbered ``ntotal .. ntotal+n-1`` (renumbered on removal, like ``IndexFlat``)."""
+        self._add(x, None, "add")
+
+    def add_with_ids(self, x: np.ndarray, ids: np.ndarray) -> None:
+        """Add vectors under caller-chosen int64 ids (stable on removal, like ``IndexIDMap``)."""
+        self._add(x, ids, "add_with_ids")
+
+    def _add(self, x: Any, ids: Any, where: str) -> None:
+        d = self._require_trained(where)
+        X = _check_vectors(x, where, d)
+        ids = None if ids is None else _check_ids(ids, where, X.shape[0])
+        mode = SEQUENTIAL if ids is None else EXPLICIT
+        Xn = _normalise(X)
+        reduced = {dim: self.smec.projection(dim)(Xn) for dim in self.dims}
+        with self._lock.write():
+            self._ids.check_add(mode, ids, where)
+            if X.shape[0] == 0:
+                return
+            slots = self._ids.assign(X.shape[0], ids)
+            for dim, b in self.backends.items():
+                b.add(slots, reduced[dim])
+            for key in self._store_keys():
+                if key not in self._stores:
+                    dim = d if key == FULL else key
+                    self._stores[key] = VectorStore(dim, self.store_dtype, self.full_store or "memory")
+                self._stores[key].append(self._full_vectors(X, Xn) if key == FULL else reduced[key])
+
+    def _store_keys(self) -> list[int | str]:
+        """Stores needed: each configured dim above the smallest (cascade rescoring), and the full one."""
+        return list(self.dims[1:]) + ([FULL] if self.full_store is not None else [])
+
+    def _full_vectors(self, X: np.ndarray, Xn: np.ndarray) -> np.ndarray:
+        """What full-dim rerank scores: the adapted full vectors if supervised, else the raw input."""
+        return self.smec.projection(self._d)(Xn) if self.smec.supervised_ else X
+
+    # ----------------------------------------------------------------- search
+    def search(
+        self,
+        x: np.ndarray,
+        k: int,
+        *,
+        dim: int | None = None,
+        rerank: str | None = None,
+        candidates: int | Sequence[int] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The k best ids per query, best first: ``(D float32 (nq, k), I int64 (nq, k))``.
+
+        ``dim`` picks the configured dim to search (default the smallest); ``rerank`` and ``candidates``
+        override the index defaults for this call. Thread-safe: searches run concurrently.
+        """
+        where = "search"
+        d = self._require_trained(where)
+        X = _check_vectors(x, where, d)
+        if not _is_int(k) or k <= 0:
+            raise ValueError(f"{where}: k must be a positive int, got {k!r}")
+        if dim is None:
+            dim = self.dims[0]
+        elif not _is_int(dim) or int(dim) not in self.dims:
+            raise ValueError(f"{where}: dim must be one of the configured dims {self.dims}, got {dim!r}")
+        rerank = self.rerank if rerank is None else rerank
+        if rerank not in RERANK:
+            raise ValueError(f"{where}: rerank must be one of {RERANK}, got {rerank!r}")
+        if rerank == FULL and self.full_store is None:
+            raise ValueError(f"{where}: rerank='full' needs a full store; this index has full_store=None")
+        cands = self.candidates if candidates is None else self._check_candidates(candidates, self.dims)
+        k = int(k)
+        with self._lock.read():
+            return self._search(X, k, self.dims.index(int(dim)), rerank, cands)
+
+    def _stages(self, start: int, rerank: str) -> list[int | str]:
+        if rerank == "none":
+            return [self.dims[start]]
+        return list(self.dims[start:]) + ([FULL] if rerank == FULL else [])
+
+    def _search(self, X: np.ndarray, k: int, start: int, rerank: str, cands: tuple[int, ...]):
+        nq = X.shape[0]
+        if nq == 0 or self.ntotal == 0:
+            return pad_results(np.empty((nq, 0), np.float32), np.empty((nq, 0), np.int64), k, self.metric)
+        stages = self._stages(start, rerank)
+        Xn = _normalise(X)
+        first = stages[0]
+        fetch = k if len(stages) == 1 else max(k, cands[start])
+        D, S = self.backends[first].search(self._project(first, X, Xn), fetch)
+        for j, stage in enumerate(stages[1:], 1):
+            keep = k if j == len(stages) - 1 else max(k, cands[start + j])
+            D, S = self.rescore(self._project(stage, X, Xn), S, stage, keep)
+        return pad_results(D, self._ids.to_external(S), k, self.metric)
+
+    def _project(self, stage: int | str, X: np.ndarray, Xn: np.ndarray) -> np.ndarray:
+        """The query at a stage: projected to a reduced dim, or as the full store holds vectors."""
+        if stage == FULL:
+            return self._full_vectors(X, Xn)
+        return self.smec.projection(stage)(Xn)
+
+    def rescore(self, Q: np.ndarray, slots: np.ndarray, stage: int | str, keep: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact scores of candidate slots (nq, m; -1 = none) at a stage's store; the ``keep`` best, sorted.
+
+        ``Q`` is already projected for the stage (see ``_project``). Public so benchmarks can time it.
+        """
+        store = self._stores[stage]
+        nq, m = slots.shape
+        valid = slots >= 0
+        gather = np.where(valid, slots, 0)
+        scores = np.empty((nq, m), dtype=np.float32)
+        step = max(1, _RESCORE_CHUNK_FLOATS // max(1, m * store.dim))
+        for s in range(0, nq, step):
+            rows = store.take(gather[s : s + step])  # (c, m, dim)
+            q = Q[s : s + step]
+            if self.metric == "ip":
+                scores[s : s + step] = np.matmul(rows, q[:, :, None])[:, :, 0]
+            else:
+                diff = rows - q[:, None, :]
+                scores[s : s + step] = np.einsum("qmd,qmd->qm", diff, diff)
+        scores[~valid] = worst_distance(self.metric)
+        order = np.argsort(-scores if self.metric == "ip" else scores, axis=1, kind="stable")[:, : min(keep, m)]
+        return np.take_along_axis(scores, order, axis=1), np.take_along_axis(slots, order, axis=1)
+
+    # ----------------------------------------------------------------- removal and access
+    def remove_ids(self, ids: Any) -> int:
+        """Remove vectors by id; returns how many were present. Ids from ``add`` are then renumbered."""
+        arr = _check_ids(ids, "remove_ids", None)
+        with self._lock.write():
+            slots = self._ids.lookup(np.unique(arr))
+            slots = slots[slots >= 0]
+            if slots.shape[0]:
+                for b in self.backends.values():
+                    b.remove(slots)
+                self._ids.remove(arr)
+            return int(slots.shape[0])
+
+    def reconstruct(self, key: int) -> np.ndarray:
+        """The stored full-dim vector of id ``key`` (raw as added; adapted when the compressor is supervised)."""
+        if not _is_int(key):
+            raise TypeError(f"reconstruct: key must be an int id, got {type(key).__name__}")
+        with self._lock.read():
+            store = self._full_store("reconstruct")
+            slot = int(self._ids.lookup(np.array([key]))[0])
+            if slot < 0:
+                raise ValueError(f"reconstruct: id {key} is not in the index (ntotal={self.ntotal})")
+            return store.take(np.array([slot]))[0]
+
+    def reconstruct_n(self, i0: int = 0, ni: int | None = None) -> np.ndarray:
+        """Full-dim vectors of the live entries ``i0 .. i0+ni-1`` in insertion order (ids from ``add`` = positions)."""
+        with self._lock.read():
+            store = self._full_store("reconstruct_n")
+            live = self._ids.live_slots()
+            ni = live.shape[0] - i0 if ni is None else ni
+            if not (_is_int(i0) and _is_int(ni)) or i0 < 0 or ni < 0 or i0 + ni > live.shape[0]:
+                raise ValueError(f"reconstruct_n: range i0={i0!r}, ni={ni!r} is outside 0..{live.shape[0]}")
+            return store.take(live[i0 : i0 + ni])
+
+    def _full_store(self, where: str) -> VectorStore:
+        if self.full_store is None:
+            raise IndexStateError(f"{where}: this index keeps no full-dim vectors (full_store=None)")
+        return self._stores.get(FULL) or VectorStore(self._d or 0, self.store_dtype)
+
+    def reset(self) -> None:
+        """Remove every vector; training (compressor, IVF/PQ) is kept, as in FAISS."""
+        with self._lock.write():
+            for b in self.backends.values():
+                b.reset()
+            self._ids.reset()
+            self._stores = {}
+
+    def merge_from(self, other: "CompressedIndex", add_id: int = 0) -> None:
+        """Move ``other``'s vectors into this index (renumbered like ``add``, or under their ids), then empty it.
+
+        Needs ``other`` to keep raw full vectors (they are re-projected with this index's compressor).
+        """
+        if not isinstance(other, CompressedIndex):
+            raise TypeError(f"merge_from: other must be a CompressedIndex, got {type(other).__name__}")
+        if add_id != 0:
+            raise ValueError(f"merge_from: add_id={add_id!r} is not supported; only 0")
+        if other.d != self.d:
+            raise ValueError(f"merge_from: other has d={other.d}; expected {self.d}")
+        if other.full_store is None or other.smec.supervised_:
+            raise IndexStateError("merge_from: other keeps no raw full-dim vectors (full_store=None or a "
+                                  "supervised compressor), so its vectors cannot be re-added")
+        X = other.reconstruct_n(0, other.ntotal)
+        if other._ids.mode == EXPLICIT:
+            self.add_with_ids(X, other._ids.slot_ids[other._ids.live_slots()])
+        else:
+            self.add(X)
+        other.reset()
+
+    # ----------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> None:
+        """Write the whole index to directory ``path`` atomically (a crash leaves the old save intact)."""
+        self._require_trained("save")
+        with self._lock.read(), atomic_directory(path) as tmp:
+            self.smec.save(tmp / "smec")
+            np.save(tmp / "ids.npy", self._ids.slot_ids)
+            for dim, b in self.backends.items():
+                (tmp / f"backend-{dim}").mkdir()
+                b.save(tmp / f"backend-{dim}")
+            for key, store in self._stores.items():
+                store.save(tmp / f"store-{key}.npy")
+            write_manifest(tmp, {
+                "d": self._d, "dims": list(self.dims), "backend": self.backend, "metric": self.metric,
+                "rerank": self.rerank, "candidates": list(self.candidates), "full_store": self.full_store,
+                "store_dtype": self.store_dtype, "full_vectors": "adapted" if self.smec.supervised_ else "raw",
+                "id_mode": self._ids.mode, "ntotal": self.ntotal, "n_slots": self._ids.n_slots,
+                "stores": sorted(str(k) for k in self._stores),
+                "backend_options": {str(dim): b.options() for dim, b in self.backends.items()},
+            })
+
+    @classmethod
+    def load(cls, path: str | Path, *, full_store: str | None = None, verify: bool = True) -> "CompressedIndex":
+        """Read a directory written by ``save``, after checking its manifest and every file's checksum.
+
+        ``full_store`` ("memory" or "mmap") overrides how the saved stores are held; ``verify=False``
+        skips the sha256 pass over the data files (their sizes are still checked).
+        """
+        path = Path(path)
+        m = read_manifest(path, verify)
+        kind = m["full_store"] if full_store is None else full_store
+        if kind not in STORE_KINDS and not (kind is None and m["full_store"] is None):
+            raise ValueError(f"read_index: full_store must be one of {STORE_KINDS}, got {full_store!r}")
+        if m["full_store"] is None and full_store is not None:
+            raise ValueError(f"read_index: {path} was saved without a full store; full_store={full_store!r} "
+                             f"cannot add one")
+        smec = SMEC.load(path / "smec")
+        dims = tuple(m["dims"])
+        if smec.input_dim_ != m["d"] or not set(dims) <= set(smec.dims_):
+            raise ValueError(f"read_index: the saved compressor (D={smec.input_dim_}, dims={smec.dims_}) does not "
+                             f"match the manifest (d={m['d']}, dims={dims})")
+        bcls = backend_class(m["backend"])
+        backends = {dim: bcls.load(path / f"backend-{dim}") for dim in dims}
+        obj = cls.__new__(cls)
+        obj._configure(smec, dims, m["backend"], m["metric"], m["rerank"], tuple(m["candidates"]), kind,
+                       m["store_dtype"], backends)
+        obj._ids = IdMap.from_slot_ids(m["id_mode"], np.load(path / "ids.npy", allow_pickle=False))
+        for key in m["stores"]:
+            skey: int | str = key if key == FULL else int(key)
+            sdim = m["d"] if key == FULL else skey
+            obj._stores[skey] = VectorStore.load(path / f"store-{key}.npy", sdim, m["store_dtype"], kind or "memory",
+                                                 m["n_slots"])
+        counts = {"ids": obj._ids.ntotal, **{f"backend-{dim}": b.ntotal for dim, b in backends.items()}}
+        if obj._ids.n_slots != m["n_slots"] or any(c != m["ntotal"] for c in counts.values()):
+            raise ValueError(f"read_index: {path} is inconsistent: the manifest says ntotal={m['ntotal']}, "
+                             f"n_slots={m['n_slots']}; the files hold {counts}, n_slots={obj._ids.n_slots}")
+        return obj
+
+
+def write_index(index: "CompressedIndex | faiss.Index", path: str | Path) -> None:
+    """Save a CompressedIndex (a directory) or a plain FAISS index (a file, via ``faiss.write_index``)."""
+    if isinstance(index, CompressedIndex):
+        index.save(path)
+    elif isinstance(index, faiss.Index):
+        faiss.write_index(index, str(path))
+    else:
+        raise TypeError(f"write_index: index must be a CompressedIndex or a faiss.Index, got {type(index).__name__}")
+
+
+def read_index(path: str | Path, **kwargs: Any) -> "CompressedIndex | faiss.Index":
+    """Load what ``write_index`` wrote: a CompressedIndex directory, or a FAISS index file."""
+    p = Path(path)
+    if p.is_file():
+        if kwargs:
+            raise TypeError(f"read_index: {sorted(kwargs)} only apply to a CompressedIndex directory")
+        return faiss.read_index(str(p))
+    return CompressedIndex.load(p, **kwargs)
