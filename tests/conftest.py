@@ -28,10 +28,13 @@ def synth() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def synth_supervised(synth):
-    """Queries that are noisy copies of corpus rows, labelled with the row they came from."""
+    """Queries that are distorted, noisy copies of corpus rows, labelled with the row they came from.
+
+    The distortion (a fixed random linear map) is what a supervised adaptor can learn to undo."""
     rng = np.random.default_rng(1)
     rows = rng.choice(synth.shape[0], 80, replace=False)
-    Q = synth[rows] + rng.normal(scale=0.05, size=(80, synth.shape[1])).astype(np.float32)
+    distort = np.eye(synth.shape[1]) + rng.normal(scale=0.25, size=(synth.shape[1], synth.shape[1]))
+    Q = synth[rows] @ distort + rng.normal(scale=0.05, size=(80, synth.shape[1]))
     Q /= np.linalg.norm(Q, axis=1, keepdims=True)
     pairs = [(i, int(r), 1.0) for i, r in enumerate(rows)]
     return Q.astype(np.float32), pairs

@@ -433,8 +433,13 @@ class _Trainer:
         if self.smec.init == "pca":
             mu, R, var = pca_rotation(x)
         if ads:
+            import os
             lv = np.log(np.maximum(var, 1e-12))
             init_logits = torch.as_tensor((lv - lv.mean()) / (lv.std() + 1e-12), dtype=torch.float32)
+            if os.environ.get("ADS_INIT") == "zero":
+                init_logits = torch.zeros(n_in)
+            if os.environ.get("ADS_INIT") == "desc":
+                init_logits = torch.linspace(1, -1, n_in)
         model = StageModel(n_in, out_dims, ads, init_logits).to(self.device)
         if self.smec.init == "pca":
             with torch.no_grad():

@@ -80,10 +80,10 @@ def relaxed_topk(scores: torch.Tensor, k: int, tau: float) -> torch.Tensor:
     """
     khot = torch.zeros_like(scores)
     onehot = torch.zeros_like(scores)
-    s = scores / tau
+    s = scores
     for _ in range(k):
         s = s + torch.log1p(-onehot.clamp(max=1 - 1e-6))
-        onehot = torch.softmax(s, dim=-1)
+        onehot = torch.softmax(s / tau, dim=-1)
         khot = khot + onehot
     return khot
 
@@ -105,17 +105,29 @@ class DimensionSelector(nn.Module):
         self.logits = nn.Parameter(init_logits.clone().float() if init_logits is not None else torch.zeros(n))
 
     def indices(self) -> np.ndarray:
+        import os
         logits = self.logits.detach().cpu().numpy()
-        return np.sort(np.argsort(-logits, kind="stable")[: self.k]).astype(np.int64)
+        top = np.argsort(-logits, kind="stable")[: self.k].astype(np.int64)
+        return top if os.environ.get("ADS_ORDER") == "importance" else np.sort(top)
 
     def mask(self, tau: float, generator: torch.Generator | None = None, relax_k: int | None = None) -> torch.Tensor:
         """A straight-through k-hot mask over the n coordinates for one training step."""
+        import os
+        mode = os.environ.get("ADS_MODE", "st")
+        noise = float(os.environ.get("ADS_NOISE", "1"))
         u = torch.rand(self.n, generator=generator, device="cpu").to(self.logits.device)
         gumbel = -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-10)))
-        perturbed = self.logits + gumbel
+        if os.environ.get("ADS_NOISE_TAU"):
+            noise = noise * tau
+        perturbed = self.logits + noise * gumbel
+        if mode == "succ":
+            soft = relaxed_topk(perturbed, self.k, tau)
+        else:
+            soft = _fast_relaxed_topk(perturbed, self.k, tau)
+        if mode in ("soft", "succ"):
+            return soft
         hard = torch.zeros_like(perturbed)
         hard[torch.topk(perturbed.detach(), self.k).indices] = 1.0
-        soft = _fast_relaxed_topk(perturbed, self.k, tau)
         return hard + soft - soft.detach()
 
 
@@ -145,16 +157,18 @@ class StageModel(nn.Module):
             {str(d): DimensionSelector(n_in, d, init_logits) for d in out_dims if ads and d < n_in}
         )
 
-    def forward_train(
-        self, x: torch.Tensor, tau: float, generator: torch.Generator | None = None
-    ) -> dict[int, torch.Tensor]:
+    def sample_masks(self, tau: float, generator: torch.Generator | None = None) -> dict[int, torch.Tensor]:
+        """One training step's ADS masks (shared by every row of the step)."""
+        return {int(d): sel.mask(tau, generator) for d, sel in self.selectors.items()}
+
+    def forward_train(self, x: torch.Tensor, masks: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         y = self.adapter(x)
         out: dict[int, torch.Tensor] = {}
         for d in self.out_dims:
             if d == self.n_in:
                 out[d] = y
-            elif self.ads:
-                out[d] = y * self.selectors[str(d)].mask(tau, generator)
+            elif d in masks:
+                out[d] = y * masks[d]
             else:
                 out[d] = y[:, :d]
         return out

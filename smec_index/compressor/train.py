@@ -36,10 +36,12 @@ class TrainConfig:
     alpha: float = 1.0
     memory_size: int = 5000
     neighbours: int = 10
+    neighbour_pool: int = 10
     negatives: int = 32
     mined: int = 100
     tau_start: float = 1.0
     tau_end: float = 0.05
+    anneal_epochs: int = 10
     rank_temperature: float = 0.05
     val_fraction: float = 0.1
     max_val: int = 1000
@@ -68,6 +70,20 @@ class TrainData:
     @property
     def supervised(self) -> bool:
         return self.q_inputs is not None
+
+    def val_gains(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gain of every corpus row for each validation query (nv, n), each query's judged gains (nv, P))."""
+        if getattr(self, "_val_gains", None) is None:
+            n = self.inputs.shape[0]
+            gains = torch.zeros(len(self.val_q), n, device=self.inputs.device)
+            width = max(len(self.positives[q]) for q in self.val_q)
+            ideal = torch.zeros(len(self.val_q), max(width, 1), device=self.inputs.device)
+            for i, q in enumerate(self.val_q):
+                for j, (r, y) in enumerate(self.positives[q]):
+                    gains[i, r] = y
+                    ideal[i, j] = y
+            self._val_gains = (gains, ideal)
+        return self._val_gains
 
 
 @dataclass
@@ -109,16 +125,13 @@ def _validate(model: StageModel, data: TrainData) -> float:
     scores = []
     if data.supervised:
         q_out = _eval_outputs(model, data.q_inputs[data.val_q])
-        discounts = 1.0 / torch.log2(torch.arange(2, 12, dtype=torch.float32))
+        gains, ideal = data.val_gains()
+        discounts = 1.0 / torch.log2(torch.arange(2, 12, dtype=torch.float32, device=gains.device))
+        idcg = (torch.sort(ideal, dim=1, descending=True).values[:, :10] * discounts[: min(10, ideal.shape[1])]).sum(1)
         for d in model.out_dims:
             top = torch.topk(q_out[d] @ corpus_out[d].T, 10, dim=1).indices
-            total = 0.0
-            for i, qi in enumerate(data.val_q):
-                rels = dict(data.positives[qi])
-                gains = torch.tensor([rels.get(int(j), 0.0) for j in top[i]])
-                ideal = torch.tensor(sorted(rels.values(), reverse=True)[:10])
-                total += float((gains * discounts).sum() / (ideal * discounts[: len(ideal)]).sum())
-            scores.append(total / len(data.val_q))
+            dcg = (gains.gather(1, top) * discounts).sum(1)
+            scores.append(float((dcg / idcg).mean()))
     else:
         val = torch.as_tensor(data.val_rows)
         exact = torch.topk(data.teacher[val] @ data.teacher[train_rows].T, 10, dim=1).indices
@@ -191,7 +204,8 @@ def train_stage(
     cpos = 0
     bar = tqdm(range(cfg.max_epochs), desc=desc, disable=not progress, leave=False)
     for epoch in bar:
-        tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** (epoch / max(cfg.max_epochs - 1, 1))
+        annealing = bool(model.selectors) and epoch < cfg.anneal_epochs
+        tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** min(1.0, epoch / max(cfg.anneal_epochs - 1, 1))
         q_order = rng.permutation(data.train_q) if data.supervised else None
         for step in range(n_steps):
             if cpos + cfg.batch_size > len(corpus_order):
@@ -201,33 +215,37 @@ def train_stage(
             rows_t = torch.as_tensor(rows, device=device)
             a_teacher, a_in = data.teacher[rows_t], data.inputs[rows_t]
             B = len(rows)
+            masks = model.sample_masks(tau, gen)
             parts = [a_in]
+            pos = None
             if memory is not None and len(memory) > 0:
-                pos, t_sims, valid = memory.topk(a_teacher, rows_t, cfg.neighbours)
-                parts.append(memory.inputs[pos.reshape(-1)])
-            elif memory is None:
+                pos, t_sims, valid = memory.topk(a_teacher, rows_t, max(cfg.neighbour_pool, cfg.neighbours))
+            elif memory is None and B > 1:
                 sims = a_teacher @ a_teacher.T
                 sims.fill_diagonal_(float("-inf"))
-                t_sims, pos = torch.topk(sims, min(cfg.neighbours, B - 1), dim=1)
+                t_sims, pos = torch.topk(sims, min(max(cfg.neighbour_pool, cfg.neighbours), B - 1), dim=1)
                 valid = torch.ones_like(t_sims, dtype=torch.bool)
-            else:
-                pos = None
+            if pos is not None and pos.shape[1] > cfg.neighbours:
+                pick = torch.argsort(torch.rand(pos.shape, generator=gen).to(device), dim=1)[:, : cfg.neighbours]
+                pos, t_sims, valid = pos.gather(1, pick), t_sims.gather(1, pick), valid.gather(1, pick)
             if data.supervised:
                 qs = q_order[step * cfg.query_batch_size : (step + 1) * cfg.query_batch_size]
                 c_rows, c_rel, c_valid = _query_batch(data, qs, cfg, rng)
                 q_t = torch.as_tensor(qs, device=device)
                 parts += [data.q_inputs[q_t], data.inputs[torch.as_tensor(c_rows.reshape(-1), device=device)]]
-            outs = model.forward_train(torch.cat(parts), tau, gen)
+            outs = model.forward_train(torch.cat(parts), masks)
+            n_outs = None
+            if memory is not None and pos is not None:
+                # memory neighbours are re-projected by the current stage every step (no drift); their
+                # side of the pair carries no gradient, as a key encoder's: each row gets its gradient as an anchor
+                with torch.no_grad():
+                    n_outs = model.forward_train(memory.inputs[pos.reshape(-1)], masks)
             loss = torch.zeros((), device=device)
-            for z in outs.values():
+            for d, z in outs.items():
                 za = z[:B]
                 off = B
                 if pos is not None:
-                    if memory is not None:
-                        zn = z[off : off + pos.numel()].reshape(B, pos.shape[1], -1)
-                        off += pos.numel()
-                    else:
-                        zn = za[pos]
+                    zn = n_outs[d].reshape(B, pos.shape[1], -1) if n_outs is not None else za[pos]
                     loss = loss + cfg.alpha * sp_loss(t_sims, za, zn, valid)
                 if data.supervised:
                     nq = len(qs)
@@ -249,7 +267,7 @@ def train_stage(
         if score > best:
             best, bad, report.best_epoch = score, 0, epoch + 1
             best_state = copy.deepcopy(model.state_dict())
-        else:
+        elif not annealing:
             bad += 1
             if bad >= cfg.patience:
                 break

@@ -1,0 +1,122 @@
+"""Compressor quality on a BEIR-layout data set: every method x dim x mode, plus the paper's ablation.
+
+    python benchmarks/quality.py --model all-MiniLM-L6-v2
+    python benchmarks/quality.py --data DIR --model NAME --dims 128,64,32 --methods smec,pca \
+        --mode both --json out.json --ablation
+
+Prints markdown tables and writes JSON (records with keys method, dim, mode, ndcg@10, recall@100,
+mrr@10, train_s) with the machine and versions that produced them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, describe_machine, machine_info, markdown_table, write_json  # noqa: E402
+
+from smec_index.compressor import METHODS  # noqa: E402
+from smec_index.datasets import default_data_dir, load_beir  # noqa: E402
+from smec_index.quality import MODES, default_dims, run_ablation, run_quality  # noqa: E402
+
+
+def _csv(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def quality_tables(records: list[dict], dims: list[int], D: int) -> str:
+    out = []
+    for mode in MODES:
+        recs = [r for r in records if r["mode"] == mode]
+        if not recs:
+            continue
+        methods = list(dict.fromkeys(r["method"] for r in recs if r["method"] != "full"))
+        cols = list(dims) + [D]
+        rows = []
+        for m in methods:
+            by_dim = {r["dim"]: r for r in recs if r["method"] == m}
+            rows.append([m] + [by_dim[d]["ndcg@10"] if d in by_dim else "-" for d in cols]
+                        + [by_dim[dims[0]]["train_s"]])
+        full = next(r for r in recs if r["method"] == "full")
+        rows.append(["full (raw)"] + ["-"] * len(dims) + [full["ndcg@10"], 0.0])
+        out.append(f"### nDCG@10, {mode}\n\n" + markdown_table(["method"] + [str(d) for d in cols] + ["train_s"], rows))
+    return "\n\n".join(out)
+
+
+def ablation_table(rows: list[dict], dims: list[int]) -> str:
+    return markdown_table(["method"] + [str(d) for d in dims] + ["train_s"],
+                          [[r["variant"]] + [r[f"ndcg@10@{d}"] for d in dims] + [r["train_s"]] for r in rows])
+
+
+def plot(records: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, mode in zip(axes, MODES):
+        recs = [r for r in records if r["mode"] == mode and r["method"] != "full"]
+        for m in dict.fromkeys(r["method"] for r in recs):
+            pts = sorted((r["dim"], r["ndcg@10"]) for r in recs if r["method"] == m)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+        full = [r for r in records if r["mode"] == mode and r["method"] == "full"]
+        if full:
+            ax.axhline(full[0]["ndcg@10"], color="grey", ls="--", label="full dim (raw)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("dims (bytes/vector = 4 x dims)")
+        ax.set_title(mode)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("nDCG@10")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(default_data_dir()), help="BEIR-layout directory (default: shared SciFact)")
+    p.add_argument("--model", default="all-MiniLM-L6-v2", help="embedding model under DATA/emb/")
+    p.add_argument("--dims", type=lambda s: [int(x) for x in _csv(s)], default=None)
+    p.add_argument("--methods", type=_csv, default=list(METHODS))
+    p.add_argument("--mode", choices=["unsupervised", "supervised", "both"], default="both")
+    p.add_argument("--ablation", action="store_true", help="also run the paper's Table 1 ablation (supervised)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="output JSON (default benchmarks/results/quality-<data>-<model>.json)")
+    p.add_argument("--plot", default=None, help="output PNG of nDCG@10 against dims")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    a = p.parse_args(argv)
+
+    ds = load_beir(a.data, a.model)
+    dims = a.dims or list(default_dims(ds.dim))
+    modes = list(MODES) if a.mode == "both" else [a.mode]
+    info = machine_info()
+    print(f"# quality: {ds.name} / {ds.model} (D={ds.dim}), dims {dims}, methods {a.methods}, modes {modes}")
+    print(f"# machine: {describe_machine(info)}")
+    t0 = time.perf_counter()
+    records = run_quality(ds, a.methods, dims, modes, a.seed, progress=not a.quiet)
+    payload = {"data": str(a.data), "dataset": ds.name, "model": ds.model, "dim": ds.dim, "dims": dims,
+               "seed": a.seed, "machine": info, "records": records}
+    print(quality_tables(records, dims, ds.dim))
+    if a.ablation:
+        rows = run_ablation(ds, dims, "supervised", a.seed, progress=not a.quiet)
+        payload["ablation"] = {"mode": "supervised", "rows": rows}
+        print("\n### Ablation (paper Table 1 layout), nDCG@10, supervised\n")
+        print(ablation_table(rows, dims))
+    payload["wall_s"] = round(time.perf_counter() - t0, 1)
+    out = Path(a.json) if a.json else RESULTS / f"quality-{ds.name}-{ds.model}.json"
+    write_json(out, payload)
+    print(f"\nwrote {out}")
+    if a.plot:
+        plot(records, Path(a.plot), f"{ds.name} / {ds.model}")
+        print(f"wrote {a.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""The compressor quality benchmark as a library function (used by ``benchmarks/quality.py`` and the CLI).
+
+For each (method, dim, mode) it fits the compressor on the corpus (and, in supervised mode, on the
+training queries' qrels), projects the evaluation queries and the corpus, runs exact search and
+reports nDCG@10, Recall@100 and MRR@10 with trec_eval semantics.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+import numpy as np
+
+from .compressor import METHODS, SMEC
+from .datasets import BeirDataset
+from .metrics import evaluate_embeddings
+
+__all__ = ["default_dims", "run_quality", "run_ablation", "ABLATION"]
+
+MODES = ("unsupervised", "supervised")
+# The paper's Table 1, built from the same code: MRL, then each SMEC module added alone, then all three.
+ABLATION = {
+    "MRL (baseline)": dict(sequential=False, ads=False, xbm=False),
+    "w/ SMRL": dict(sequential=True, ads=False, xbm=False),
+    "w/ ADS": dict(sequential=False, ads=True, xbm=False),
+    "w/ S-XBM": dict(sequential=False, ads=False, xbm=True),
+    "SMEC (all three)": dict(sequential=True, ads=True, xbm=True),
+}
+
+
+def default_dims(D: int) -> tuple[int, ...]:
+    """256/128/64/32 below two thirds of D (768 -> 256..32, 384 -> 128..32)."""
+    dims = tuple(d for d in (256, 128, 64, 32) if d < D / 1.5)
+    return dims or tuple(d for d in (D // 2, D // 4, D // 8) if d > 0)
+
+
+def _eval_split(ds: BeirDataset, seed: int):
+    train_qids, train_split, eval_qids, eval_split = ds.supervised_split(seed)
+    Q, qids, qrels = ds.split_queries(eval_split)
+    keep = [i for i, q in enumerate(qids) if q in set(eval_qids)]
+    Qe = Q[keep]
+    qids = [qids[i] for i in keep]
+    Qt, pairs = ds.pairs(train_qids, train_split)
+    return Qe, qids, {q: qrels[q] for q in qids}, Qt, pairs
+
+
+def _score(smec: SMEC, ds: BeirDataset, Qe, qids, qrels, dim: int) -> dict:
+    return evaluate_embeddings(smec.transform(Qe, dim), smec.transform(ds.corpus, dim), qids, ds.doc_ids, qrels)
+
+
+def run_quality(
+    ds: BeirDataset,
+    methods: Iterable[str] = METHODS,
+    dims: Iterable[int] | None = None,
+    modes: Iterable[str] = MODES,
+    seed: int = 0,
+    progress: bool = True,
+    method_options: dict | None = None,
+) -> list[dict]:
+    """One record per (method, dim, mode): ``method, dim, mode, ndcg@10, recall@100, mrr@10, train_s``.
+
+    Also a ``full`` record per mode (exact raw full-dim search) and, per learned method in
+    supervised mode, its adapted full vector (``dim`` = D).
+    """
+    dims = tuple(dims) if dims is not None else default_dims(ds.dim)
+    Qe, qids, qrels, Qt, pairs = _eval_split(ds, seed)
+    records: list[dict] = []
+    full = evaluate_embeddings(Qe, ds.corpus, qids, ds.doc_ids, qrels)
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"run_quality: mode must be one of {MODES}, got {mode!r}")
+        records.append({"method": "full", "dim": ds.dim, "mode": mode, **full, "train_s": 0.0})
+        for method in methods:
+            sup = mode == "supervised" and method not in ("pca", "truncate")
+            opts = dict((method_options or {}).get(method, {}))
+            t0 = time.perf_counter()
+            smec = SMEC(dims, method, seed=seed, progress=progress, **opts)
+            if sup:
+                smec.fit(ds.corpus, queries=Qt, qrels=pairs)
+            else:
+                smec.fit(ds.corpus)
+            train_s = time.perf_counter() - t0
+            out_dims = list(dims) + ([ds.dim] if sup else [])
+            for d in out_dims:
+                records.append({"method": method, "dim": d, "mode": mode, **_score(smec, ds, Qe, qids, qrels, d),
+                                "train_s": round(train_s, 2)})
+    return records
+
+
+def run_ablation(
+    ds: BeirDataset,
+    dims: Iterable[int] | None = None,
+    mode: str = "supervised",
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict]:
+    """The paper's Table 1 layout: nDCG@10 per dim for MRL, +SMRL, +ADS, +S-XBM and all three."""
+    dims = tuple(dims) if dims is not None else default_dims(ds.dim)
+    Qe, qids, qrels, Qt, pairs = _eval_split(ds, seed)
+    rows = []
+    for name, flags in ABLATION.items():
+        t0 = time.perf_counter()
+        smec = SMEC(dims, "smec", seed=seed, progress=progress, **flags)
+        if mode == "supervised":
+            smec.fit(ds.corpus, queries=Qt, qrels=pairs)
+        else:
+            smec.fit(ds.corpus)
+        row = {"variant": name, **flags, "mode": mode, "train_s": round(time.perf_counter() - t0, 2)}
+        for d in dims:
+            row[f"ndcg@10@{d}"] = _score(smec, ds, Qe, qids, qrels, d)["ndcg@10"]
+        rows.append(row)
+    return rows
+
+
+def summarize(records: list[dict]) -> dict[str, np.ndarray]:
+    """{method/mode: nDCG@10 per dim} for quick comparisons in reports."""
+    out: dict[str, dict[int, float]] = {}
+    for r in records:
+        out.setdefault(f"{r['method']}/{r['mode']}", {})[r["dim"]] = r["ndcg@10"]
+    return out

@@ -1,0 +1,361 @@
+"""Unit tests of the compressor: ADS, S-XBM memory, losses, stages, the SMEC API and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from smec_index import SMEC, NotFittedError
+from smec_index.compressor.losses import RankLoss, SimilarityPreservationLoss
+from smec_index.compressor.memory import CrossBatchMemory
+from smec_index.compressor.model import DimensionSelector, Projection, StageModel, relaxed_topk
+from smec_index.metrics import evaluate_embeddings
+
+FAST = dict(max_epochs=3, anneal_epochs=2, patience=2, batch_size=64, memory_size=200, progress=False)
+LEARNED = ["smec", "mrl", "search-adaptor"]
+
+
+# ---------------------------------------------------------------- ADS
+@pytest.mark.parametrize("n,k", [(10, 1), (48, 16), (48, 48), (7, 6)])
+def test_ads_inference_picks_exactly_k_distinct_sorted(n, k):
+    sel = DimensionSelector(n, k, torch.randn(n, generator=torch.Generator().manual_seed(0)))
+    idx = sel.indices()
+    assert idx.shape == (k,) and len(set(idx.tolist())) == k
+    assert np.all(np.diff(idx) > 0) and idx.min() >= 0 and idx.max() < n
+    # deterministic top-k of the logits
+    assert set(idx.tolist()) == set(torch.topk(sel.logits, k).indices.tolist())
+    np.testing.assert_array_equal(idx, sel.indices())
+
+
+def test_ads_ties_go_to_lower_index():
+    sel = DimensionSelector(8, 3, torch.zeros(8))
+    np.testing.assert_array_equal(sel.indices(), [0, 1, 2])
+
+
+def test_ads_training_mask_is_k_hot_forward_and_differentiable():
+    sel = DimensionSelector(20, 5, torch.randn(20, generator=torch.Generator().manual_seed(1)))
+    g = torch.Generator().manual_seed(0)
+    m = sel.mask(0.5, g)
+    assert torch.allclose(m.detach().sum(), torch.tensor(5.0), atol=1e-5)
+    assert set(m.detach().unique().tolist()) <= {0.0, 1.0} or torch.all((m.detach() - m.detach().round()).abs() < 1e-5)
+    (m * torch.arange(20.0)).sum().backward()
+    assert sel.logits.grad is not None and sel.logits.grad.abs().sum() > 0
+
+
+def test_gumbel_noise_varies_the_training_selection():
+    sel = DimensionSelector(30, 10, torch.zeros(30))
+    g = torch.Generator().manual_seed(0)
+    masks = {tuple(sel.mask(1.0, g).detach().round().nonzero().flatten().tolist()) for _ in range(5)}
+    assert len(masks) > 1
+
+
+def test_relaxed_topk_tends_to_hard_topk():
+    s = torch.tensor([3.0, 1.0, 2.0, -1.0, 0.5])
+    soft = relaxed_topk(s, 2, 0.01)
+    torch.testing.assert_close(soft, torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0]), atol=1e-3, rtol=0)
+    assert relaxed_topk(s, 2, 1.0).sum().item() == pytest.approx(2.0, abs=1e-4)
+
+
+# ---------------------------------------------------------------- S-XBM memory
+def test_memory_is_fifo_and_skips_own_id():
+    mem = CrossBatchMemory(5, 3, 2)
+    for i in range(7):
+        t = torch.tensor([[float(i), 0.0, 0.0]])
+        mem.enqueue(t, torch.tensor([[float(i), 1.0]]), torch.tensor([i]))
+    assert len(mem) == 5
+    assert sorted(mem.ids.tolist()) == [2, 3, 4, 5, 6]  # 0 and 1 were overwritten first
+    pos, sims, valid = mem.topk(torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([6]), 2)
+    assert mem.ids[pos[0]].tolist() == [5, 4] and valid.all()
+    assert sims[0].tolist() == [5.0, 4.0]
+
+
+def test_memory_topk_equals_brute_force():
+    g = torch.Generator().manual_seed(0)
+    mem = CrossBatchMemory(50, 8, 4)
+    teacher = torch.nn.functional.normalize(torch.randn(80, 8, generator=g), dim=1)
+    for s in range(0, 80, 16):
+        mem.enqueue(teacher[s : s + 16], teacher[s : s + 16, :4], torch.arange(s, s + 16))
+    q = torch.nn.functional.normalize(torch.randn(6, 8, generator=g), dim=1)
+    qids = torch.arange(1000, 1006)
+    pos, sims, valid = mem.topk(q, qids, 7)
+    held = teacher[mem.ids]
+    ref = torch.topk(q @ held.T, 7, dim=1)
+    torch.testing.assert_close(sims, ref.values)
+    assert torch.equal(mem.ids[pos], mem.ids[ref.indices])
+
+
+def test_memory_reports_empty_slots_invalid():
+    mem = CrossBatchMemory(10, 2, 2)
+    mem.enqueue(torch.eye(2), torch.eye(2), torch.tensor([0, 1]))
+    _, _, valid = mem.topk(torch.eye(2), torch.tensor([0, 1]), 4)
+    assert valid.sum(dim=1).tolist() == [1, 1]
+
+
+# ---------------------------------------------------------------- losses
+def test_similarity_preservation_zero_when_preserved_and_positive_otherwise():
+    loss = SimilarityPreservationLoss()
+    za = torch.nn.functional.normalize(torch.randn(4, 6), dim=1)
+    zn = torch.nn.functional.normalize(torch.randn(4, 3, 6), dim=2)
+    teacher = torch.einsum("bd,bkd->bk", za, zn)
+    assert loss(teacher, za, zn).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(teacher + 0.3, za, zn).item() == pytest.approx(0.3, abs=1e-5)
+    valid = torch.zeros(4, 3, dtype=torch.bool)
+    valid[:, 0] = True
+    assert loss(teacher + 0.3, za, zn, valid).item() == pytest.approx(0.3, abs=1e-5)
+
+
+def test_similarity_preservation_gradient_moves_student_towards_teacher():
+    za = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    zn = torch.tensor([[[0.0, 1.0]]])
+    SimilarityPreservationLoss()(torch.tensor([[0.9]]), za, zn).backward()
+    # teacher similarity is higher than the student's (0): the anchor must move towards the neighbour
+    assert za.grad[0, 1] < 0
+
+
+def test_rank_loss_sign_and_gradient():
+    loss = RankLoss(temperature=0.1)
+    q = torch.tensor([[1.0, 0.0]])
+    good = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # relevant doc first and aligned
+    bad = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])  # relevant doc orthogonal, negative aligned
+    rel = torch.tensor([[1.0, 0.0]])
+    valid = torch.ones(1, 2, dtype=torch.bool)
+    assert loss(q, good, rel, valid) < loss(q, bad, rel, valid)
+    docs = torch.tensor([[[0.2, 1.0], [1.0, 0.3]]], requires_grad=True)
+    before = loss(q, docs, rel, valid)
+    before.backward()
+    assert docs.grad[0, 0, 0] < 0  # turning the relevant doc towards the query lowers the loss
+    assert docs.grad[0, 1, 0] > 0  # turning the negative towards the query raises the loss
+    with torch.no_grad():
+        assert loss(q, docs - 0.1 * docs.grad, rel, valid) < before
+
+
+def test_rank_loss_uses_graded_relevance_and_masks():
+    loss = RankLoss(temperature=1.0)
+    q = torch.tensor([[1.0, 0.0]])
+    docs = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]]])
+    valid = torch.tensor([[True, True, False]])
+    l1 = loss(q, docs, torch.tensor([[1.0, 0.0, 0.0]]), valid)
+    l2 = loss(q, docs, torch.tensor([[2.0, 0.0, 0.0]]), valid)
+    assert l2.item() == pytest.approx(2 * l1.item())
+    assert loss(q, docs, torch.zeros(1, 3), valid).item() == 0.0
+
+
+# ---------------------------------------------------------------- stages and projections
+def test_stage_model_eval_equals_composed_projection(synth):
+    X = synth[:50]
+    m = StageModel(48, (16,), ads=True, init_logits=torch.randn(48))
+    with torch.no_grad():
+        m.adapter.linear.weight.normal_(std=0.1)
+        m.adapter.linear.bias.normal_(std=0.1)
+    A, b = m.adapter.affine()
+    proj = Projection.identity(48).then(A, b, m.selection(16))
+    with torch.no_grad():
+        ref = m.forward_eval(torch.as_tensor(X))[16].numpy()
+    np.testing.assert_allclose(proj.raw(X), ref, atol=1e-5)
+
+
+# ---------------------------------------------------------------- SMEC API
+@pytest.mark.parametrize("method", ["smec", "mrl", "search-adaptor", "pca", "truncate"])
+def test_fit_transform_shapes_and_norms(synth, method):
+    smec = SMEC((24, 8), method, seed=0, **FAST).fit(synth)
+    assert smec.dims_ == (24, 8) and smec.input_dim_ == 48
+    for d in (24, 8, 48):
+        Z = smec.transform(synth[:10], d)
+        assert Z.dtype == np.float32 and Z.shape == (10, d)
+        np.testing.assert_allclose(np.linalg.norm(Z, axis=1), 1.0, atol=1e-5)
+    assert not smec.supervised_
+    np.testing.assert_allclose(smec.transform(synth[:10], 48), synth[:10], atol=1e-6)
+
+
+@pytest.mark.parametrize("method", LEARNED)
+def test_supervised_fit_adapts_full_vector(synth, synth_supervised, method):
+    Q, pairs = synth_supervised
+    smec = SMEC((16, 8), method, seed=0, **FAST).fit(synth, queries=Q, qrels=pairs)
+    assert smec.supervised_
+    assert smec.transform(Q, 16).shape == (80, 16)
+    assert not np.allclose(smec.transform(synth[:5], 48), synth[:5], atol=1e-4)
+
+
+def test_seed_makes_training_reproducible(synth):
+    a = SMEC((16, 8), seed=3, **FAST).fit(synth).transform(synth[:20], 8)
+    b = SMEC((16, 8), seed=3, **FAST).fit(synth).transform(synth[:20], 8)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_smec_stages_are_frozen_and_extend_keeps_them_bit_identical(synth):
+    smec = SMEC((24, 12), seed=0, **FAST).fit(synth)
+    before = {d: smec.transform(synth, d) for d in (24, 12)}
+    sel = smec.selected_dims(12)
+    smec.extend(6)
+    assert smec.dims_ == (24, 12, 6)
+    for d, Z in before.items():
+        np.testing.assert_array_equal(smec.transform(synth, d), Z)
+    np.testing.assert_array_equal(smec.selected_dims(12), sel)
+    assert smec.transform(synth[:3], 6).shape == (3, 6)
+
+
+def test_later_stage_is_computed_from_the_frozen_earlier_stage(synth):
+    """A 1-stage model and a 2-stage model with the same seed share the first stage bit for bit."""
+    one = SMEC((24,), seed=0, **FAST).fit(synth)
+    two = SMEC((24, 12), seed=0, **FAST).fit(synth)
+    np.testing.assert_array_equal(one.transform(synth, 24), two.transform(synth, 24))
+
+
+def test_selected_dims_of_ads_stage(synth):
+    smec = SMEC((24, 12), seed=0, **FAST).fit(synth)
+    for d, n_in in ((24, 48), (12, 24)):
+        idx = smec.selected_dims(d)
+        assert len(idx) == d == len(set(idx.tolist())) and idx.max() < n_in
+    np.testing.assert_array_equal(SMEC((24,), "mrl", **FAST).fit(synth).selected_dims(24), np.arange(24))
+
+
+@pytest.mark.parametrize("method", ["smec", "pca", "search-adaptor"])
+def test_save_load_round_trip_is_exact(tmp_path, synth, method):
+    smec = SMEC((24, 8), method, seed=0, **FAST).fit(synth)
+    smec.save(tmp_path / "m")
+    back = SMEC.load(tmp_path / "m")
+    assert back.dims_ == smec.dims_ and back.method == method and back.supervised_ == smec.supervised_
+    for d in (24, 8, 48):
+        np.testing.assert_array_equal(back.transform(synth, d), smec.transform(synth, d))
+        np.testing.assert_array_equal(back.selected_dims(d), smec.selected_dims(d))
+    back.extend(4, corpus=synth)
+    np.testing.assert_array_equal(back.transform(synth, 8), smec.transform(synth, 8))
+
+
+def test_save_replaces_atomically_and_load_checks_version(tmp_path, synth):
+    path = tmp_path / "m"
+    SMEC((8,), "pca").fit(synth).save(path)
+    SMEC((16, 4), "truncate").fit(synth).save(path)
+    assert SMEC.load(path).dims_ == (16, 4)
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temp directory left behind
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["format_version"] = 99
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="format version 99"):
+        SMEC.load(path)
+    with pytest.raises(ValueError, match="not a saved SMEC"):
+        SMEC.load(tmp_path / "nothing")
+
+
+def test_load_refuses_damaged_weights(tmp_path, synth):
+    path = tmp_path / "m"
+    SMEC((8,), "pca").fit(synth).save(path)
+    w = path / "weights.safetensors"
+    w.write_bytes(w.read_bytes()[:100])
+    with pytest.raises(ValueError, match="unreadable"):
+        SMEC.load(path)
+
+
+def test_failed_save_keeps_previous(tmp_path, synth, monkeypatch):
+    path = tmp_path / "m"
+    SMEC((8,), "pca").fit(synth).save(path)
+    import safetensors.numpy
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", boom)
+    with pytest.raises(OSError, match="disk full"):
+        SMEC((16,), "pca").fit(synth).save(path)
+    assert SMEC.load(path).dims_ == (8,)
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "dims,exc,msg",
+    [
+        ((32, 64), ValueError, "strictly decreasing"),
+        ((32, 32), ValueError, "strictly decreasing"),
+        ((), ValueError, "empty"),
+        ((16, 0), ValueError, "positive"),
+        ((16.0,), TypeError, "ints"),
+        ("abc", TypeError, "ints"),
+    ],
+)
+def test_bad_dims(dims, exc, msg):
+    with pytest.raises(exc, match=msg):
+        SMEC(dims)
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="method must be one of"):
+        SMEC((8,), "lda")
+    with pytest.raises(ValueError, match="only apply to method='smec'"):
+        SMEC((8,), "mrl", ads=True)
+    with pytest.raises(TypeError, match="unknown option"):
+        SMEC((8,), learning_rate=0.1)
+
+
+def test_bad_fit_input_leaves_object_untouched(synth, synth_supervised):
+    Q, pairs = synth_supervised
+    smec = SMEC((16, 8), "pca")
+    cases = [
+        (dict(corpus=synth[:, :10]), ValueError, "must all be < the corpus dim 10"),
+        (dict(corpus=synth[0]), ValueError, "shape \\(48,\\); expected \\(n, D\\)"),
+        (dict(corpus=synth[:0]), ValueError, "empty"),
+        (dict(corpus=synth.astype(np.int32)), TypeError, "floating dtype"),
+        (dict(corpus=synth.tolist()), TypeError, "numpy array"),
+        (dict(corpus=np.where(np.arange(48) == 3, np.nan, synth)), ValueError, "NaN or inf"),
+        (dict(corpus=synth, queries=Q), ValueError, "go together"),
+        (dict(corpus=synth, queries=Q[:, :20], qrels=pairs), ValueError, "expected \\(n, 48\\)"),
+        (dict(corpus=synth, queries=Q, qrels=[(0, 600, 1)]), ValueError, "doc_row 600 out of range"),
+        (dict(corpus=synth, queries=Q, qrels=[(80, 0, 1)]), ValueError, "query_row 80 out of range"),
+        (dict(corpus=synth, queries=Q, qrels=[(0, 1)]), ValueError, "expected \\(query_row, doc_row, relevance\\)"),
+        (dict(corpus=synth, queries=Q, qrels=[(0, 1, 0)]), ValueError, "no pair with relevance > 0"),
+        (dict(corpus=synth, queries=Q, qrels=[(0.5, 1, 1)]), TypeError, "must be integers"),
+    ]
+    for kwargs, exc, msg in cases:
+        with pytest.raises(exc, match=msg):
+            smec.fit(**kwargs)
+        assert not smec.is_fitted
+    smec.fit(synth)
+    before = smec.transform(synth, 8)
+    with pytest.raises(ValueError, match="corpus dim 4"):
+        smec.fit(synth[:, :4])
+    np.testing.assert_array_equal(smec.transform(synth, 8), before)
+
+
+def test_bad_transform_and_extend_input(synth):
+    smec = SMEC((16, 8), seed=0, **FAST)
+    with pytest.raises(NotFittedError, match="not fitted"):
+        smec.transform(synth, 8)
+    smec.fit(synth)
+    with pytest.raises(ValueError, match="dim 12 is not trained"):
+        smec.transform(synth, 12)
+    with pytest.raises(ValueError, match="expected \\(n, 48\\)"):
+        smec.transform(synth[:, :10], 8)
+    with pytest.raises(TypeError, match="dim must be an int"):
+        smec.transform(synth, "8")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        smec.transform(np.full((2, 48), np.inf, dtype=np.float32), 8)
+    with pytest.raises(ValueError, match="already trained"):
+        smec.extend(8)
+    with pytest.raises(ValueError, match="in 1..47"):
+        smec.extend(48)
+    with pytest.raises(ValueError, match="jointly trained"):
+        SMEC((16,), "mrl", **FAST).fit(synth).extend(8)
+    assert smec.dims_ == (16, 8)
+
+
+def test_load_then_extend_needs_corpus(tmp_path, synth):
+    SMEC((16,), seed=0, **FAST).fit(synth).save(tmp_path / "m")
+    with pytest.raises(ValueError, match="pass corpus="):
+        SMEC.load(tmp_path / "m").extend(8)
+
+
+# ---------------------------------------------------------------- real data
+@pytest.mark.realdata
+def test_unsupervised_smec_beats_truncation_at_64_on_scifact(scifact_minilm):
+    ds = scifact_minilm
+    Q, qids, qrels = ds.split_queries("test")
+    scores = {}
+    for method in ("smec", "truncate"):
+        smec = SMEC((128, 64), method, seed=0, progress=False, max_epochs=15).fit(ds.corpus)
+        r = evaluate_embeddings(smec.transform(Q, 64), smec.transform(ds.corpus, 64), qids, ds.doc_ids, qrels)
+        scores[method] = r["ndcg@10"]
+    assert scores["truncate"] == pytest.approx(0.4841, abs=1e-3)
+    assert scores["smec"] > scores["truncate"] + 0.03, scores
