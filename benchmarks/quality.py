@@ -72,7 +72,9 @@ def plot(records: list[dict], path: Path, title: str) -> None:
         ax.set_title(mode)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("nDCG@10")
-    axes[1].legend(fontsize=8)
+    for ax in axes:
+        if ax.lines:
+            ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                "seed": a.seed, "machine": info, "records": records}
     print(quality_tables(records, dims, ds.dim))
     if a.ablation:
-        rows = run_ablation(ds, dims, "supervised", a.seed, progress=not a.quiet)
+        rows = run_ablation(ds, dims, "supervised", a.seed, progress=not a.quiet, known=records)
         payload["ablation"] = {"mode": "supervised", "rows": rows}
         print("\n### Ablation (paper Table 1 layout), nDCG@10, supervised\n")
         print(ablation_table(rows, dims))

@@ -427,21 +427,14 @@ class _Trainer:
         return data
 
     def _model(self, n_in: int, out_dims: tuple[int, ...], ads: bool, inputs: torch.Tensor) -> StageModel:
-        x = inputs.cpu().numpy()
-        var = x.var(axis=0).astype(np.float64)
         init_logits = None
-        if self.smec.init == "pca":
-            mu, R, var = pca_rotation(x)
         if ads:
-            import os
-            lv = np.log(np.maximum(var, 1e-12))
-            init_logits = torch.as_tensor((lv - lv.mean()) / (lv.std() + 1e-12), dtype=torch.float32)
-            if os.environ.get("ADS_INIT") == "zero":
-                init_logits = torch.zeros(n_in)
-            if os.environ.get("ADS_INIT") == "desc":
-                init_logits = torch.linspace(1, -1, n_in)
+            # a mild preference for the input's leading coordinates: before any evidence ADS keeps the
+            # prefix (the previous stage's most important outputs come first), and Gumbel noise explores
+            init_logits = torch.linspace(1.0, -1.0, n_in)
         model = StageModel(n_in, out_dims, ads, init_logits).to(self.device)
         if self.smec.init == "pca":
+            mu, R, _ = pca_rotation(inputs.cpu().numpy())
             with torch.no_grad():
                 # adapter output = (x - mu) R: the principal coordinates of the stage input
                 model.adapter.linear.weight.copy_(torch.as_tensor(R.T - np.eye(n_in), dtype=torch.float32))
@@ -456,7 +449,7 @@ class _Trainer:
         for d in model.out_dims:
             idx = model.selection(d)
             out[d] = proj_in.then(A, b, idx)
-            if model.ads and d < model.n_in and self.smec.sequential:
+            if model.ads and d < model.n_in:
                 sel[d] = idx
 
     def run(self, dims, projections, selections, reports) -> None:
@@ -477,8 +470,6 @@ class _Trainer:
             model = self._model(D, full + tuple(dims), self.smec.ads, data.inputs)
             self._train(model, data, f"{method} joint", reports, 0)
             self._compose(model, ident, projections, selections)
-            if self.smec.ads:
-                selections.update({d: model.selection(d) for d in dims})
             return
         prev = D
         for i, d in enumerate(dims):

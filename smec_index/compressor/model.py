@@ -91,10 +91,13 @@ def relaxed_topk(scores: torch.Tensor, k: int, tau: float) -> torch.Tensor:
 class DimensionSelector(nn.Module):
     """ADS: learnable per-dimension importance logits; keeps ``k`` of ``n`` coordinates.
 
-    Training draws Gumbel(0, 1) noise onto the logits and uses a straight-through estimator: the
-    forward pass applies the hard top-k mask of the perturbed logits, the backward pass the gradient
-    of its tempered relaxation (``relaxed_topk``). Inference keeps the hard, deterministic top-k of
-    the logits themselves (ties go to the lower index), returned sorted.
+    Training draws Gumbel(0, 1) noise onto the logits and applies the Gumbel-softmax relaxation of
+    top-k (``relaxed_topk``: k successive softmaxes at temperature tau, annealed by the trainer) as a
+    soft mask, so every coordinate gets a gradient. (A straight-through hard mask does not work here:
+    a coordinate masked to zero in both vectors of a cosine gets exactly zero gradient, so ADS could
+    never discover an unselected dimension.) Inference keeps the deterministic hard top-k of the logits
+    themselves: exactly k distinct coordinates, ordered by decreasing importance (ties go to the
+    lower index), so a following stage sees its most important inputs first.
     """
 
     def __init__(self, n: int, k: int, init_logits: torch.Tensor | None = None) -> None:
@@ -105,40 +108,20 @@ class DimensionSelector(nn.Module):
         self.logits = nn.Parameter(init_logits.clone().float() if init_logits is not None else torch.zeros(n))
 
     def indices(self) -> np.ndarray:
-        import os
         logits = self.logits.detach().cpu().numpy()
-        top = np.argsort(-logits, kind="stable")[: self.k].astype(np.int64)
-        return top if os.environ.get("ADS_ORDER") == "importance" else np.sort(top)
+        return np.argsort(-logits, kind="stable")[: self.k].astype(np.int64)
 
-    def mask(self, tau: float, generator: torch.Generator | None = None, relax_k: int | None = None) -> torch.Tensor:
-        """A straight-through k-hot mask over the n coordinates for one training step."""
-        import os
-        mode = os.environ.get("ADS_MODE", "st")
-        noise = float(os.environ.get("ADS_NOISE", "1"))
-        u = torch.rand(self.n, generator=generator, device="cpu").to(self.logits.device)
+    def hard_mask(self) -> torch.Tensor:
+        """The inference selection as a 0/1 mask over the n coordinates (no noise, no gradient)."""
+        m = torch.zeros(self.n, device=self.logits.device)
+        m[torch.as_tensor(self.indices(), device=self.logits.device)] = 1.0
+        return m
+
+    def mask(self, tau: float, generator: torch.Generator | None = None, noise: float = 1.0) -> torch.Tensor:
+        """A relaxed k-hot mask over the n coordinates for one training step (sums to k; hard as tau -> 0)."""
+        u = torch.rand(self.n, generator=generator).to(self.logits.device)
         gumbel = -torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-10)))
-        if os.environ.get("ADS_NOISE_TAU"):
-            noise = noise * tau
-        perturbed = self.logits + noise * gumbel
-        if mode == "succ":
-            soft = relaxed_topk(perturbed, self.k, tau)
-        else:
-            soft = _fast_relaxed_topk(perturbed, self.k, tau)
-        if mode in ("soft", "succ"):
-            return soft
-        hard = torch.zeros_like(perturbed)
-        hard[torch.topk(perturbed.detach(), self.k).indices] = 1.0
-        return hard + soft - soft.detach()
-
-
-def _fast_relaxed_topk(scores: torch.Tensor, k: int, tau: float) -> torch.Tensor:
-    """A k-hot relaxation of top-k: a tempered sigmoid around the threshold between the k-th and
-    (k+1)-th largest scores. Same limit as ``relaxed_topk`` (hard top-k as tau -> 0) at O(n) cost."""
-    if k >= scores.shape[-1]:
-        return torch.ones_like(scores)
-    top = torch.topk(scores.detach(), k + 1).values
-    threshold = 0.5 * (top[k - 1] + top[k])
-    return torch.sigmoid((scores - threshold) / tau)
+        return relaxed_topk(self.logits + noise * gumbel, self.k, tau)
 
 
 class StageModel(nn.Module):
@@ -157,8 +140,11 @@ class StageModel(nn.Module):
             {str(d): DimensionSelector(n_in, d, init_logits) for d in out_dims if ads and d < n_in}
         )
 
-    def sample_masks(self, tau: float, generator: torch.Generator | None = None) -> dict[int, torch.Tensor]:
-        """One training step's ADS masks (shared by every row of the step)."""
+    def sample_masks(self, tau: float | None, generator: torch.Generator | None = None) -> dict[int, torch.Tensor]:
+        """One training step's ADS masks (shared by every row of the step); ``tau=None`` gives the
+        fixed inference selection (used once the selection is settled)."""
+        if tau is None:
+            return {int(d): sel.hard_mask() for d, sel in self.selectors.items()}
         return {int(d): sel.mask(tau, generator) for d, sel in self.selectors.items()}
 
     def forward_train(self, x: torch.Tensor, masks: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
