@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gzip
+import json
+
 import numpy as np
 import pytest
 
@@ -54,3 +57,24 @@ def scifact_minilm():
 @pytest.fixture(scope="session")
 def scifact_mpnet():
     return load_beir(_require_data(), "all-mpnet-base-v2")
+
+
+def write_toy_beir(root: Path, with_train: bool = True, n_docs: int = 6, n_queries: int = 8, dim: int = 4) -> Path:
+    """A tiny BEIR-layout directory with one model "toy" (random embeddings); returns root."""
+    (root / "qrels").mkdir(parents=True)
+    emb = root / "emb" / "toy"
+    emb.mkdir(parents=True)
+    docs = [{"_id": f"d{i}", "title": f"T{i}", "text": f"text {i}"} for i in range(n_docs)]
+    with gzip.open(root / "corpus.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps(d) + "\n" for d in docs)
+    with gzip.open(root / "queries.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps({"_id": f"q{i}", "text": f"query {i}"}) + "\n" for i in range(n_queries))
+    rng = np.random.default_rng(0)
+    np.save(emb / "corpus.f16.npy", rng.normal(size=(n_docs, dim)).astype(np.float16))
+    np.save(emb / "queries.f16.npy", rng.normal(size=(n_queries, dim)).astype(np.float16))
+    (emb / "corpus_ids.txt").write_text("\n".join(d["_id"] for d in docs))
+    (emb / "query_ids.txt").write_text("\n".join(f"q{i}" for i in range(n_queries)))
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td1\t1\nq1\td2\t2\nq2\td3\t0\nq3\td4\t1\n")
+    if with_train:
+        (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq5\td0\t1\nq6\td5\t1\n")
+    return root

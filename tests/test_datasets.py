@@ -1,29 +1,9 @@
-import gzip
-import json
-
 import numpy as np
 import pytest
 
+from conftest import write_toy_beir as _write_beir
+
 from smec_index.datasets import hash_split, load_beir
-
-
-def _write_beir(root, with_train=True):
-    (root / "qrels").mkdir(parents=True)
-    emb = root / "emb" / "toy"
-    emb.mkdir(parents=True)
-    docs = [{"_id": f"d{i}", "title": f"T{i}", "text": f"text {i}"} for i in range(6)]
-    with gzip.open(root / "corpus.jsonl.gz", "wt") as f:
-        f.writelines(json.dumps(d) + "\n" for d in docs)
-    with gzip.open(root / "queries.jsonl.gz", "wt") as f:
-        f.writelines(json.dumps({"_id": f"q{i}", "text": f"query {i}"}) + "\n" for i in range(8))
-    rng = np.random.default_rng(0)
-    np.save(emb / "corpus.f16.npy", rng.normal(size=(6, 4)).astype(np.float16))
-    np.save(emb / "queries.f16.npy", rng.normal(size=(8, 4)).astype(np.float16))
-    (emb / "corpus_ids.txt").write_text("\n".join(d["_id"] for d in docs))
-    (emb / "query_ids.txt").write_text("\n".join(f"q{i}" for i in range(8)))
-    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td1\t1\nq1\td2\t2\nq2\td3\t0\nq3\td4\t1\n")
-    if with_train:
-        (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq5\td0\t1\nq6\td5\t1\n")
 
 
 def test_load_beir_layout(tmp_path):

@@ -1,0 +1,69 @@
+"""The quality benchmark as a library function and as the benchmarks/quality.py program."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import write_toy_beir
+
+from smec_index.datasets import load_beir
+from smec_index.quality import default_dims, run_ablation, run_quality
+
+KEYS = {"method", "dim", "mode", "ndcg@10", "recall@100", "mrr@10", "train_s"}
+FAST = dict(max_epochs=2, ads_epochs=1, patience=1, batch_size=16, memory_size=50, neighbour_pool=8)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return load_beir(write_toy_beir(tmp_path_factory.mktemp("beir"), n_docs=40, n_queries=10, dim=16), "toy")
+
+
+def test_default_dims():
+    assert default_dims(768) == (256, 128, 64, 32)
+    assert default_dims(384) == (128, 64, 32)
+    assert default_dims(16) == (8, 4, 2)
+
+
+def test_run_quality_records(toy):
+    recs = run_quality(toy, ["smec", "pca", "truncate"], (8, 4), progress=False, method_options={"smec": FAST})
+    assert all(set(r) == KEYS for r in recs)
+    got = {(r["method"], r["dim"], r["mode"]) for r in recs}
+    for mode in ("unsupervised", "supervised"):
+        assert ("full", 16, mode) in got
+        for m in ("smec", "pca", "truncate"):
+            assert {(m, 8, mode), (m, 4, mode)} <= got
+    assert ("smec", 16, "supervised") in got  # the adapted full vector of a supervised fit
+    assert ("smec", 16, "unsupervised") not in got
+    pca = {r["mode"]: r["ndcg@10"] for r in recs if r["method"] == "pca" and r["dim"] == 4}
+    assert pca["unsupervised"] == pca["supervised"]
+    with pytest.raises(ValueError, match="mode must be one of"):
+        run_quality(toy, ["pca"], (4,), modes=["semi"], progress=False)
+
+
+def test_ablation_reuses_known_rows(toy):
+    known = [{"method": m, "dim": d, "mode": "supervised", "ndcg@10": v, "train_s": 1.0}
+             for m, v in (("mrl", 0.11), ("smec", 0.22)) for d in (8, 4)]
+    rows = run_ablation(toy, (8, 4), progress=False, known=known)
+    by = {r["variant"]: r for r in rows}
+    assert len(rows) == 5
+    assert by["MRL (baseline)"]["ndcg@10@4"] == 0.11 and by["SMEC (all three)"]["ndcg@10@8"] == 0.22
+    assert 0.0 <= by["w/ SMRL"]["ndcg@10@4"] <= 1.0
+
+
+def test_quality_program_writes_json_and_table(tmp_path, toy):
+    out = tmp_path / "q.json"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--data", str(toy.root), "--model", "toy",
+         "--methods", "pca,truncate", "--dims", "8,4", "--json", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "| pca |" in res.stdout and "machine:" in res.stdout
+    payload = json.loads(out.read_text())
+    assert payload["model"] == "toy" and payload["machine"]["cores"] >= 1
+    assert {r["method"] for r in payload["records"]} == {"full", "pca", "truncate"}
