@@ -8,10 +8,12 @@ from typing import Any
 from .base import METRIC_TYPE, METRICS, Backend, pad_results, worst_distance
 from .faiss import FaissBackend
 from .hnswlib import HnswlibBackend
+from .qdrant_edge import QdrantEdgeBackend
 
 __all__ = ["Backend", "BACKENDS", "METRICS", "METRIC_TYPE", "make_backend", "backend_class", "pad_results", "worst_distance"]
 
-BACKENDS: dict[str, type] = {FaissBackend.name: FaissBackend, HnswlibBackend.name: HnswlibBackend}
+BACKENDS: dict[str, type] = {FaissBackend.name: FaissBackend, HnswlibBackend.name: HnswlibBackend,
+                             QdrantEdgeBackend.name: QdrantEdgeBackend}
 
 
 def backend_class(name: str) -> type:
