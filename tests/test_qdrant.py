@@ -308,7 +308,8 @@ def test_bad_upsert_options(make, pca, synth, kwargs, exc, match):
 
 
 @pytest.mark.parametrize("kwargs,exc,match", [
-    ({"query_vectors": np.ones((2, 47), np.float32)}, ValueError, r"query_vectors has shape \(2, 47\); expected \(n, 48\)"),
+    ({"query_vectors": np.ones((2, 47), np.float32)}, ValueError,
+     r"query_vectors has shape \(2, 47\); expected \(n, 48\)"),
     ({"query_vectors": "text"}, TypeError, "query_vectors must be a float array"),
     ({"k": 0}, ValueError, "k must be an int >= 1, got 0"),
     ({"k": 2.5}, ValueError, "k must be an int >= 1, got 2.5"),
@@ -362,7 +363,7 @@ def test_engine_errors_become_specific_errors(tmp_path):
     engine = EdgeEngine.create(tmp_path / "s", spec)
     with pytest.raises(FileExistsError, match="already contains segment data"):
         EdgeEngine.create(tmp_path / "s", spec)
-    with pytest.raises(ValueError, match="Qdrant Edge refused the input: Vector dimension error: expected dim: 4, got 3"):
+    with pytest.raises(ValueError, match="Edge refused the input: Vector dimension error: expected dim: 4, got 3"):
         engine.query([Stage("v", np.ones((1, 3), np.float32), 5)], StageParams(), None)
     with pytest.raises(ValueError, match="Not existing vector name error: w"):
         engine.query([Stage("w", np.ones((1, 4), np.float32), 5)], StageParams(), None)

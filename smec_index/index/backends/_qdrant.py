@@ -25,6 +25,7 @@ from .base import FLT_MAX
 __all__ = [
     "DISTANCES", "QUANTIZATIONS", "DATATYPES", "VectorSpec", "CollectionSpec", "Stage", "StageParams",
     "QdrantEngine", "QdrantEngineError", "QdrantLayoutError", "translate_error", "nest_chain", "to_arrays",
+    "stage_search_params",
     "check_ids", "check_payloads", "check_batch_size", "check_int", "check_same_layout", "allocated_bytes",
     "copy_tree_sparse",
 ]
@@ -126,6 +127,22 @@ class QdrantEngine(Protocol):
 
 
 # --------------------------------------------------------------------- chain and results
+def stage_search_params(spec: VectorSpec | None, params: StageParams | None, search_params: Callable[..., Any],
+                        quantization_params: Callable[..., Any]) -> Any:
+    """A stage's search parameters, built with the engine's two classes (both engines name them alike).
+
+    The first stage (``params`` given) gets HNSW ef, exact, and for a quantized vector explicit quantization
+    parameters (Qdrant's default re-score differs between int8 and binary). A re-scoring stage (``params``
+    None) scores its candidates with the float vectors. ``spec`` is None for a name the layout lacks (the
+    engine then refuses the query with its own message)."""
+    quantized = spec is not None and spec.quantization is not None
+    if params is None:
+        return search_params(quantization=quantization_params(ignore=True)) if quantized else None
+    quant = (quantization_params(ignore=False, rescore=params.rescore, oversampling=params.oversampling)
+             if quantized else None)
+    return search_params(hnsw_ef=params.hnsw_ef, exact=params.exact, quantization=quant)
+
+
 def nest_chain(stages: Sequence[Stage], row: int, params: StageParams,
                prefetch: Callable[[Stage, np.ndarray, Any, StageParams | None], Any]) -> Any:
     """The nested prefetches for one query row, innermost = the first stage; returns the outermost prefetch

@@ -22,7 +22,8 @@ import numpy as np
 import qdrant_edge as qe
 
 from ._qdrant import (DATATYPES, QUANTIZATIONS, CollectionSpec, QdrantEngineError, Stage, StageParams, VectorSpec,
-                      allocated_bytes, check_int, copy_tree_sparse, nest_chain, to_arrays, translate_error)
+                      allocated_bytes, check_int, copy_tree_sparse, nest_chain, stage_search_params, to_arrays,
+                      translate_error)
 from .base import pad_results
 
 __all__ = ["EdgeEngine", "QdrantEdgeBackend", "edge_filter"]
@@ -58,15 +59,8 @@ def _edge_config(spec: CollectionSpec, max_search_threads: int | None) -> qe.Edg
     return qe.EdgeConfig(vectors=vectors, optimizers=optimizers, max_search_threads=max_search_threads)
 
 
-def _search_params(spec: VectorSpec | None, params: StageParams | None) -> qe.SearchParams | None:
-    """The first stage's knobs; a re-scoring stage (``params`` None) scores its candidates with floats.
-    ``spec`` is None for a name the layout lacks (Edge then refuses the query with its own message)."""
-    quantized = spec is not None and spec.quantization is not None
-    if params is None:
-        return qe.SearchParams(quantization=qe.QuantizationSearchParams(ignore=True)) if quantized else None
-    quant = (qe.QuantizationSearchParams(ignore=False, rescore=params.rescore, oversampling=params.oversampling)
-             if quantized else None)
-    return qe.SearchParams(hnsw_ef=params.hnsw_ef, exact=params.exact, quantization=quant)
+def _search_params(spec: VectorSpec | None, params: StageParams | None) -> Any:
+    return stage_search_params(spec, params, qe.SearchParams, qe.QuantizationSearchParams)
 
 
 # --------------------------------------------------------------------- filters
@@ -319,8 +313,9 @@ class QdrantEdgeBackend:
                    full_scan_threshold_kb: int, quantization: str | None, oversampling: float | None,
                    datatype: str, max_search_threads: int | None) -> None:
         where = "qdrant-edge backend"
-        for name, value in (("m", m), ("ef_construct", ef_construct), ("full_scan_threshold_kb", full_scan_threshold_kb)):
-            check_int(value, name, where, least=1 if name != "m" else 2)
+        check_int(m, "m", where, least=2)
+        check_int(ef_construct, "ef_construct", where)
+        check_int(full_scan_threshold_kb, "full_scan_threshold_kb", where)
         if hnsw_ef is not None:
             check_int(hnsw_ef, "hnsw_ef", where)
         if max_search_threads is not None:

@@ -19,7 +19,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from ._qdrant import (CollectionSpec, QdrantEngineError, QdrantLayoutError, Stage, StageParams, VectorSpec,
-                      check_same_layout, nest_chain, to_arrays, translate_error)
+                      check_same_layout, nest_chain, stage_search_params, to_arrays, translate_error)
 
 __all__ = ["ServerEngine", "METADATA_KEY"]
 
@@ -50,15 +50,8 @@ def _vectors_config(spec: CollectionSpec) -> dict[str, models.VectorParams]:
     }
 
 
-def _search_params(spec: VectorSpec | None, params: StageParams | None) -> models.SearchParams | None:
-    """The first stage's knobs; a re-scoring stage (``params`` None) scores its candidates with floats.
-    ``spec`` is None for a name the layout lacks (the server then refuses the query with its own message)."""
-    quantized = spec is not None and spec.quantization is not None
-    if params is None:
-        return models.SearchParams(quantization=models.QuantizationSearchParams(ignore=True)) if quantized else None
-    quant = (models.QuantizationSearchParams(ignore=False, rescore=params.rescore, oversampling=params.oversampling)
-             if quantized else None)
-    return models.SearchParams(hnsw_ef=params.hnsw_ef, exact=params.exact, quantization=quant)
+def _search_params(spec: VectorSpec | None, params: StageParams | None) -> Any:
+    return stage_search_params(spec, params, models.SearchParams, models.QuantizationSearchParams)
 
 
 def _transient(e: BaseException) -> bool:

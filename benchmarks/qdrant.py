@@ -1,0 +1,339 @@
+"""SMEC on Qdrant Edge against Qdrant's own answers (not a timed test).
+
+    nice -n 10 python benchmarks/qdrant.py                       # SciFact (both models) + 100k tiled, method smec
+    nice -n 10 python benchmarks/qdrant.py --data scifact-minilm --method pca --runs 1     # a quick look
+
+Every configuration is a ``QdrantCompressedCollection`` on Qdrant Edge (the engine in-process, a shard on
+local disk), searched through the public ``search`` (projection and request building included):
+
+- full vector only (HNSW on the full vector);
+- Qdrant's binary quantization of the full vector, 8-bit query encoding, re-scored by Qdrant with oversampling
+  2: the configuration a Qdrant user would pick instead (also with float16 storage of the originals);
+- smec_64 -> full; smec_64 -> smec_256 -> full; each with and without int8 codes on smec_64; and smec_64 int8
+  -> full with float16 storage.
+
+Data: SciFact (5,183 docs, 300 test queries) with all-mpnet-base-v2 (768-d) and all-MiniLM-L6-v2 (384-d);
+and SciFact's mpnet vectors tiled to N (default 100,000) rows with N(0, 0.02^2) noise on every coordinate,
+re-normalised (near-duplicates: recall against exact search is harsher than on real data of that size),
+queried by the real test queries. The compressor is ``SMEC(dims=(256, 64), method, seed=0)`` fitted on the
+corpus without queries (the tiled set uses the one fitted on the mpnet corpus).
+
+Measured: nDCG@10 (SciFact qrels; not defined on the tiled set) and recall@10 against exact full-dim search
+(numpy), QPS at batch 1 (one ``search`` call per query) and for the whole query set in one call
+(``query_batch``), p50/p99 latency at batch 1, upsert throughput (writes, then the blocking ``optimize`` that
+builds HNSW and codes), bytes on disk per point (allocated blocks: the whole shard, and its segments without
+the write-ahead log), and the bytes per point of the first-stage vector codes (what a search scans; every
+configuration also keeps its full float vectors on disk for the re-score). Writes ``qdrant.json`` and
+``qdrant.md`` under ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, describe_machine, machine_info, markdown_table, write_json  # noqa: E402
+
+from smec_index import SMEC  # noqa: E402
+from smec_index.datasets import default_data_dir, load_beir  # noqa: E402
+from smec_index.index.backends._qdrant import allocated_bytes  # noqa: E402
+from smec_index.metrics import exact_search, ndcg_at_k  # noqa: E402
+from smec_index.qdrant import QdrantCompressedCollection  # noqa: E402
+
+K = 10
+SIGMA = 0.02
+PEER = "peer-bq"
+MODELS = {"scifact-mpnet": "all-mpnet-base-v2", "scifact-minilm": "all-MiniLM-L6-v2"}
+TILED = "tiled"
+
+# key -> label, collection layout, search arguments. Candidates (what the first stage passes on): 200 into the
+# full re-score for the two-stage chains; 300 from smec_64 of which smec_256 keeps 100 for the three-stage ones.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "full-hnsw": {"label": "full (HNSW)", "layout": {"dims": ()}, "search": {}},
+    PEER: {"label": "full, binary + rescore (peer)", "layout": {"dims": (), "quantization": "binary"},
+           "search": {"oversampling": 2.0}},
+    "peer-bq-f16": {"label": "full f16, binary + rescore (peer)",
+                    "layout": {"dims": (), "quantization": "binary", "datatype": "float16"},
+                    "search": {"oversampling": 2.0}},
+    "smec64-full": {"label": "smec_64 -> full", "layout": {"dims": (64,)}, "search": {"candidates": 200}},
+    "smec64i8-full": {"label": "smec_64 int8 -> full", "layout": {"dims": (64,), "quantization": "int8"},
+                      "search": {"candidates": 200}},
+    "smec64-256-full": {"label": "smec_64 -> smec_256 -> full", "layout": {"dims": (64, 256)},
+                        "search": {"candidates": (300, 100)}},
+    "smec64i8-256-full": {"label": "smec_64 int8 -> smec_256 -> full",
+                          "layout": {"dims": (64, 256), "quantization": "int8"}, "search": {"candidates": (300, 100)}},
+    "smec256b-full": {"label": "smec_256 binary -> full", "layout": {"dims": (256,), "quantization": "binary"},
+                      "search": {"candidates": 200}},
+    "smec64i8-full-f16": {"label": "smec_64 int8 -> full, float16 storage",
+                          "layout": {"dims": (64,), "quantization": "int8", "datatype": "float16"},
+                          "search": {"candidates": 200}},
+}
+
+
+# --------------------------------------------------------------------- data
+def tiled(corpus: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Rows of ``corpus`` repeated to n rows, each plus N(0, SIGMA^2) noise, re-normalised."""
+    rng = np.random.default_rng(seed)
+    rows = np.arange(n) % corpus.shape[0]
+    out = corpus[rows] + SIGMA * rng.standard_normal((n, corpus.shape[1]), dtype=np.float32)
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out
+
+
+def recall(I: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(a[:K]) & set(b[:K])) / K for a, b in zip(I, truth)]))
+
+
+def ndcg(I: np.ndarray, doc_ids: list[str], qids: list[str], qrels: dict) -> float:
+    return float(np.mean([ndcg_at_k([doc_ids[j] for j in row if j >= 0], qrels[q], K) for q, row in zip(qids, I)]))
+
+
+# --------------------------------------------------------------------- timing
+def time_batch1(search: Callable[[np.ndarray], Any], Q: np.ndarray, runs: int) -> dict[str, float]:
+    """One query per call, ``runs`` passes over Q after a warm-up: median-pass QPS, pooled p50/p99 (ms)."""
+    for q in Q[:20]:
+        search(q[None])
+    lat = np.empty((runs, Q.shape[0]))
+    cpu = time.process_time()
+    for r in range(runs):
+        for i in range(Q.shape[0]):
+            t = time.perf_counter()
+            search(Q[i : i + 1])
+            lat[r, i] = time.perf_counter() - t
+    cpu = time.process_time() - cpu
+    qps = Q.shape[0] / lat.sum(axis=1)
+    return {"qps_b1": float(np.median(qps)), "qps_b1_min": float(qps.min()), "qps_b1_max": float(qps.max()),
+            "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
+            "cpu_ms_b1": cpu * 1e3 / lat.size}
+
+
+def time_batch(search: Callable[[np.ndarray], Any], Q: np.ndarray, runs: int) -> dict[str, float]:
+    """All of Q in one call, ``runs`` times after a warm-up: median QPS and spread."""
+    search(Q)
+    times = []
+    cpu = time.process_time()
+    for _ in range(runs):
+        t = time.perf_counter()
+        search(Q)
+        times.append(time.perf_counter() - t)
+    cpu = time.process_time() - cpu
+    qps = Q.shape[0] / np.array(times)
+    return {"qps_batch": float(np.median(qps)), "qps_batch_min": float(qps.min()), "qps_batch_max": float(qps.max()),
+            "cpu_ms_batch": cpu * 1e3 / (runs * Q.shape[0])}
+
+
+def code_bytes(layout: dict[str, Any], D: int) -> int:
+    """Bytes per point of the first-stage vector a search scans: float32 4d, float16 2d, int8 d + 4 (Qdrant
+    keeps one float per vector beside the codes), binary d / 8."""
+    d = min(layout["dims"]) if layout["dims"] else D
+    q = layout.get("quantization")
+    if q == "int8":
+        return d + 4
+    if q == "binary":
+        return -(-d // 8)
+    return d * (2 if layout.get("datatype") == "float16" else 4)
+
+
+# --------------------------------------------------------------------- one configuration
+def run_config(name: str, cfg: dict[str, Any], smec: SMEC, X: np.ndarray, Q: np.ndarray, truth: np.ndarray,
+               workdir: Path, runs: int, rel: tuple | None) -> dict[str, Any]:
+    path = workdir / "collection"
+    shutil.rmtree(path, ignore_errors=True)
+    n = X.shape[0]
+    layout = cfg["layout"]
+    rec: dict[str, Any] = {"config": name, "label": cfg["label"], "n": n,
+                           "layout": {k: list(v) if isinstance(v, tuple) else v for k, v in layout.items()},
+                           "search": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg["search"].items()},
+                           "load_before": round(os.getloadavg()[0], 2)}
+    col = QdrantCompressedCollection.edge(path, smec, full=True, **layout)
+    try:
+        t = time.perf_counter()
+        col.upsert(np.arange(n), X, batch_size=1024, optimize=False)
+        rec["upsert_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        col.optimize()
+        rec["optimize_s"] = time.perf_counter() - t
+        rec["upsert_pts_s"] = n / rec["upsert_s"]
+        rec["indexed_pts_s"] = n / (rec["upsert_s"] + rec["optimize_s"])
+        col.engine.flush()
+        shard = col.engine.path
+        rec["disk_bytes"] = col.engine.disk_bytes()
+        rec["segments_bytes"] = allocated_bytes(shard / "segments")
+        rec["disk_b_per_pt"] = rec["disk_bytes"] / n
+        rec["segments_b_per_pt"] = rec["segments_bytes"] / n
+        rec["code_b_per_pt"] = code_bytes(layout, smec.input_dim_)
+
+        def search(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return col.search(q, k=K, **cfg["search"])
+
+        _, I = search(Q)
+        rec["recall@10"] = recall(I, truth)
+        if rel is not None:
+            rec["ndcg@10"] = ndcg(I, *rel)
+        rec.update(time_batch1(search, Q, runs))
+        rec.update(time_batch(search, Q, runs))
+    finally:
+        col.close()
+        shutil.rmtree(path, ignore_errors=True)
+    rec["load_after"] = round(os.getloadavg()[0], 2)
+    print(f"  {cfg['label']}: R@10 {rec['recall@10']:.3f}"
+          + (f" nDCG@10 {rec['ndcg@10']:.4f}" if "ndcg@10" in rec else "")
+          + f" | QPS b1 {rec['qps_b1']:.0f} batch {rec['qps_batch']:.0f} | p50 {rec['p50_ms']:.2f} ms"
+          f" p99 {rec['p99_ms']:.2f} ms | upsert {rec['upsert_pts_s']:.0f}/s optimize {rec['optimize_s']:.1f} s"
+          f" | disk {rec['disk_b_per_pt']:.0f} B/pt", flush=True)
+    return rec
+
+
+def run_dataset(label: str, X: np.ndarray, Q: np.ndarray, smec: SMEC, configs: list[str], workdir: Path,
+                runs: int, rel: tuple | None) -> dict[str, Any]:
+    print(f"{label}: {X.shape[0]} x {X.shape[1]}, {Q.shape[0]} queries", flush=True)
+    truth = exact_search(Q, X, K)[1]
+    out: dict[str, Any] = {"dataset": label, "n": int(X.shape[0]), "d": int(X.shape[1]), "queries": int(Q.shape[0]),
+                           "records": []}
+    if rel is not None:
+        out["exact_ndcg@10"] = ndcg(truth, *rel)
+    for name in configs:
+        out["records"].append(run_config(name, CONFIGS[name], smec, X, Q, truth, workdir, runs, rel))
+    return out
+
+
+# --------------------------------------------------------------------- compressor
+def fit_smec(X: np.ndarray, method: str, cache: Path | None, key: str) -> tuple[SMEC, float]:
+    """``SMEC(dims=(256, 64), method, seed=0)`` fitted on X (unsupervised), from ``cache/key`` when there."""
+    if cache is not None and (cache / key).is_dir():
+        smec = SMEC.load(cache / key)
+        return smec, float(getattr(smec, "train_s_", float("nan")))
+    t = time.perf_counter()
+    smec = SMEC(dims=(256, 64), method=method, seed=0, progress=False).fit(X)
+    train_s = time.perf_counter() - t
+    if cache is not None:
+        smec.save(cache / key)
+    return smec, train_s
+
+
+# --------------------------------------------------------------------- report
+def _f(x: Any, digits: int = 0) -> str:
+    if x is None:
+        return "-"
+    return f"{x:,.{digits}f}"
+
+
+def dataset_table(res: dict[str, Any]) -> str:
+    headers = ["config", "nDCG@10", "R@10", "QPS b1", "QPS batch", "p50 ms", "p99 ms", "CPU ms/q b1",
+               "CPU ms/q batch", "upsert pts/s", "optimize s", "disk B/pt", "segments B/pt", "1st-stage code B/pt"]
+    rows = []
+    if "exact_ndcg@10" in res:
+        rows.append(["exact full dim (numpy)", _f(res["exact_ndcg@10"], 4), "1.000"] + ["-"] * 11)
+    for r in res["records"]:
+        rows.append([r["label"], _f(r.get("ndcg@10"), 4), _f(r["recall@10"], 3), _f(r["qps_b1"]), _f(r["qps_batch"]),
+                     _f(r["p50_ms"], 2), _f(r["p99_ms"], 2), _f(r["cpu_ms_b1"], 3), _f(r["cpu_ms_batch"], 3),
+                     _f(r["upsert_pts_s"]), _f(r["optimize_s"], 1), _f(r["disk_b_per_pt"]), _f(r["segments_b_per_pt"]),
+                     str(r["code_b_per_pt"])])
+    return markdown_table(headers, rows)
+
+
+def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each SMEC configuration against the peer (binary + rescore, float32 originals): the issue's goal is
+    equal or better nDCG@10 (recall@10 where there are no qrels), fewer bytes per point, higher QPS."""
+    by = {r["config"]: r for r in res["records"]}
+    if PEER not in by:
+        return []
+    peer = by[PEER]
+    quality = "ndcg@10" if "ndcg@10" in peer else "recall@10"
+    out = []
+    for r in res["records"]:
+        if not r["config"].startswith("smec"):
+            continue
+        out.append({"config": r["config"], "label": r["label"], "quality": quality,
+                    "quality_ok": r[quality] >= peer[quality] - 1e-9,
+                    "disk_bytes_ok": r["disk_b_per_pt"] < peer["disk_b_per_pt"],
+                    "code_bytes_ok": r["code_b_per_pt"] < peer["code_b_per_pt"],
+                    "qps_b1_ok": r["qps_b1"] > peer["qps_b1"], "qps_batch_ok": r["qps_batch"] > peer["qps_batch"],
+                    "cpu_b1_ok": r["cpu_ms_b1"] < peer["cpu_ms_b1"]})
+    return out
+
+
+def goals_table(res: dict[str, Any]) -> str:
+    keys = ("quality_ok", "disk_bytes_ok", "code_bytes_ok", "qps_b1_ok", "qps_batch_ok", "cpu_b1_ok")
+    rows = [[g["label"], g["quality"]] + ["met" if g[k] else "not met" for k in keys] for g in goals(res)]
+    return markdown_table(["vs peer", "quality", ">= quality", "< disk B/pt", "< code B/pt", "> QPS b1",
+                           "> QPS batch", "< CPU ms/q b1"], rows)
+
+
+def report(payload: dict[str, Any]) -> str:
+    parts = [f"# SMEC on Qdrant Edge vs Qdrant's binary quantization\n\n{describe_machine(payload['machine'])}; "
+             f"qdrant-edge-py {payload['machine']['versions']['qdrant-edge-py']}. Compressor: SMEC(dims=(256, 64), "
+             f"method={payload['method']!r}, seed=0), unsupervised; k={K}; runs={payload['runs']}. "
+             f"Timings on a shared 2-core machine: load average before/after each configuration is in the JSON."]
+    for res in payload["datasets"]:
+        train = res.get("smec_train_s")
+        parts.append(f"## {res['dataset']} ({res['n']:,} x {res['d']}, {res['queries']} queries"
+                     + (f"; compressor fitted in {train:.0f} s" if train is not None and np.isfinite(train) else "")
+                     + ")\n\n" + dataset_table(res) + "\n\nGoal check (each SMEC configuration against the peer "
+                     "`" + CONFIGS[PEER]["label"] + "`):\n\n" + goals_table(res))
+    return "\n\n".join(parts) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default="scifact-mpnet,scifact-minilm,tiled",
+                    help="comma-separated: scifact-mpnet, scifact-minilm, tiled")
+    ap.add_argument("--n-tiled", type=int, default=100_000)
+    ap.add_argument("--method", default="smec", help="compressor method (smec for the committed run; pca is fast)")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated configuration names")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--cache", type=Path, default=None, help="directory to keep fitted compressors between runs")
+    ap.add_argument("--workdir", type=Path, default=None, help="where collections are built (default: a temp dir)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "qdrant")
+    args = ap.parse_args(argv)
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        ap.error(f"unknown configs {unknown}; known: {list(CONFIGS)}")
+    datasets = [d.strip() for d in args.data.split(",") if d.strip()]
+    bad = [d for d in datasets if d not in (*MODELS, TILED)]
+    if bad:
+        ap.error(f"unknown data {bad}; known: {[*MODELS, TILED]}")
+    info = machine_info()
+    print(describe_machine(info), flush=True)
+    work = Path(tempfile.mkdtemp(prefix="smec-qdrant-bench-", dir=args.workdir))
+    payload: dict[str, Any] = {"machine": info, "method": args.method, "runs": args.runs, "k": K, "datasets": []}
+    try:
+        fitted: dict[str, tuple[SMEC, float]] = {}
+        for label in datasets:
+            model = MODELS.get(label, MODELS["scifact-mpnet"])
+            ds = load_beir(default_data_dir(), model)
+            if model not in fitted:
+                fitted[model] = fit_smec(ds.corpus, args.method, args.cache, f"{args.method}-{model}")
+            smec, train_s = fitted[model]
+            Q, qids, qrels = ds.split_queries("test")
+            if label == TILED:
+                X, rel = tiled(ds.corpus, args.n_tiled), None
+                name = f"SciFact {model} tiled to {args.n_tiled:,} (sigma {SIGMA})"
+            else:
+                X, rel = ds.corpus, (ds.doc_ids, qids, qrels)
+                name = f"SciFact {model}"
+            res = run_dataset(name, X, Q, smec, configs, work, args.runs, rel)
+            res["smec_train_s"] = train_s
+            payload["datasets"].append(res)
+            write_json(args.out.with_suffix(".json"), payload)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    text = report(payload)
+    args.out.with_suffix(".md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
