@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# quality: {ds.name} / {ds.model} (D={ds.dim}), dims {dims}, methods {a.methods}, modes {modes}")
     print(f"# machine: {describe_machine(info)}")
     t0 = time.perf_counter()
-    records = run_quality(ds, a.methods, dims, modes, a.seed, progress=not a.quiet)
+    records = run_quality(ds, a.methods, dims, modes, a.seed, progress=not a.quiet,
+                          log=lambda line: print(line, flush=True))
     payload = {"data": str(a.data), "dataset": ds.name, "model": ds.model, "dim": ds.dim, "dims": dims,
                "seed": a.seed, "machine": info, "records": records}
     print(quality_tables(records, dims, ds.dim))

@@ -8,7 +8,7 @@ reports nDCG@10, Recall@100 and MRR@10 with trec_eval semantics.
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -57,6 +57,7 @@ def run_quality(
     seed: int = 0,
     progress: bool = True,
     method_options: dict | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """One record per (method, dim, mode): ``method, dim, mode, ndcg@10, recall@100, mrr@10, train_s``.
 
@@ -85,6 +86,9 @@ def run_quality(
             for d in out_dims:
                 records.append({"method": method, "dim": d, "mode": mode, **_score(smec, ds, Qe, qids, qrels, d),
                                 "train_s": round(train_s, 2)})
+            if log is not None:
+                got = " ".join(f"{r['dim']}:{r['ndcg@10']:.4f}" for r in records[-len(out_dims):])
+                log(f"{mode:12s} {method:15s} nDCG@10 {got}  ({train_s:.1f} s)")
     return records
 
 
