@@ -16,7 +16,7 @@ BACKEND_CASES: list[tuple[str, dict[str, Any]]] = [
     ("faiss", {"spec": "Flat"}),
     ("faiss", {"spec": "HNSW32", "params": {"efSearch": 1024}}),
     ("faiss", {"spec": "IVF8,Flat", "params": {"nprobe": 8}}),
-    ("faiss", {"spec": "IVF4,PQ4x4", "params": {"nprobe": 4}}),
+    ("faiss", {"spec": "IVF4,PQ4x4np", "params": {"nprobe": 4}}),
     ("faiss", {"spec": "SQ8"}),
     ("hnswlib", {"M": 16, "ef_construction": 100, "ef": 1024}),
 ]

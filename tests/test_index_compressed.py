@@ -124,7 +124,7 @@ def test_dim_and_rerank_select_the_stages(case, pca, synth):
     D, I = index.search(q, 7, dim=16, rerank="none")
     Db, Ib = index.backends[16].search(pca.transform(q, 16), 7)
     np.testing.assert_array_equal(I, Ib)
-    np.testing.assert_array_equal(D, Db)
+    np.testing.assert_allclose(D, Db, atol=1e-6)  # queries projected as SMEC.transform does, to float32 rounding
     # rerank="cascade" from 16: exact scores at 32 of the 30 candidates found at 16
     D, I = index.search(q, 7, dim=16, rerank="cascade")
     Z32 = pca.transform(X, 32)
@@ -158,6 +158,15 @@ def test_full_rerank_uses_adapted_vectors_when_supervised(synth, synth_supervise
     np.testing.assert_array_equal(I, expected)
     np.testing.assert_allclose(D, np.take_along_axis(qa @ adapted.T, I, axis=1), rtol=1e-5, atol=1e-6)
     assert not np.allclose(D, np.take_along_axis(Q[:10] @ X.T, I, axis=1), atol=1e-3)
+
+
+def test_project_is_transform_and_full_vectors(pca, synth, synth_supervised):
+    index = build(pca, BACKEND_CASES[0], synth, dims=(8, 16))
+    for q in (synth[:1] * 5, synth[:7].astype(np.float64)):
+        np.testing.assert_allclose(index.project(q, 16), pca.transform(q, 16), atol=1e-6)
+        np.testing.assert_array_equal(index.project(q, 48), q.astype(np.float32))  # unsupervised: raw rows
+    with pytest.raises(ValueError, match=r"dim must be one of \(8, 16\) or d=48, got 32"):
+        index.project(synth[:1], 32)
 
 
 def test_full_rerank_uses_raw_vectors_when_unsupervised(pca, synth):

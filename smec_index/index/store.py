@@ -52,7 +52,7 @@ class VectorStore:
 
     def take(self, slots: np.ndarray) -> np.ndarray:
         """Rows of the given slots as float32 (any shape of slots; rows appended on the last axis)."""
-        return self._arr[slots].astype(np.float32, copy=False)
+        return np.take(self._arr, slots, axis=0).astype(np.float32, copy=False)
 
     def rows(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """A view of the stored rows ``start:stop`` in the store's dtype."""

@@ -1,0 +1,56 @@
+"""Argument checks at the public boundary: what was expected, what came, before any state changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["is_int", "check_vectors", "check_ids"]
+
+
+def is_int(v: Any) -> bool:
+    """A Python or numpy integer, not a bool."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def check_vectors(x: Any, where: str, d: int | None, name: str = "x") -> np.ndarray:
+    """float32 C-contiguous (n, d) with finite values (other float dtypes converted), else a
+    TypeError/ValueError naming the argument, the expected and the received shape or dtype.
+
+    ``d=None`` accepts any width (the dim is learned from this data)."""
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    if x.dtype.kind != "f":
+        raise TypeError(f"{where}: {name} must be a float array, got dtype {x.dtype}")
+    if x.ndim != 2 or (d is not None and x.shape[1] != d) or x.shape[1] == 0:
+        raise ValueError(f"{where}: {name} has shape {x.shape}; expected (n, {'D' if d is None else d})")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    # a finite sum means only finite values (inf and NaN propagate): one cheap pass, no (n, d) temporary;
+    # when it is not finite (a bad value, or an overflowing sum), rows are checked one by one
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(x.sum()):
+            return x
+        suspect = np.flatnonzero(~np.isfinite(x.sum(axis=1)))
+    bad = np.zeros(x.shape[0], dtype=bool)
+    bad[suspect] = ~np.isfinite(x[suspect]).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{where}: {name} has {int(bad.sum())} row(s) with NaN or inf (first: row "
+                         f"{int(np.argmax(bad))}); expected finite float32 values")
+    return x
+
+
+def check_ids(ids: Any, where: str, n: int | None) -> np.ndarray:
+    """A 1-D int64 array of non-negative ids (of length n when given)."""
+    arr = np.asarray(ids)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{where}: ids must be integers (int64), got dtype {arr.dtype}")
+    if arr.ndim != 1 or (n is not None and arr.shape[0] != n):
+        expected = f"({n},)" if n is not None else "(n,)"
+        raise ValueError(f"{where}: ids has shape {arr.shape}; expected {expected}")
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{where}: ids must fit in int64, got {int(arr.max())}")
+    arr = arr.astype(np.int64)
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"{where}: ids must be >= 0 (-1 marks a missing result), got {int(arr.min())}")
+    return arr
