@@ -9,8 +9,8 @@ local disk), searched through the public ``search`` (projection and request buil
 - full vector only (HNSW on the full vector);
 - Qdrant's binary quantization of the full vector, 8-bit query encoding, re-scored by Qdrant with oversampling
   2: the configuration a Qdrant user would pick instead (also with float16 storage of the originals);
-- smec_64 -> full; smec_64 -> smec_256 -> full; each with and without int8 codes on smec_64; and smec_64 int8
-  -> full with float16 storage.
+- smec_64 -> full; smec_64 -> smec_256 -> full; each with and without int8 codes on smec_64; smec_256 with
+  binary codes -> full; and smec_64 int8 -> full with float16 storage.
 
 Data: SciFact (5,183 docs, 300 test queries) with all-mpnet-base-v2 (768-d) and all-MiniLM-L6-v2 (384-d);
 and SciFact's mpnet vectors tiled to N (default 100,000) rows with N(0, 0.02^2) noise on every coordinate,
@@ -19,8 +19,9 @@ queried by the real test queries. The compressor is ``SMEC(dims=(256, 64), metho
 corpus without queries (the tiled set uses the one fitted on the mpnet corpus).
 
 Measured: nDCG@10 (SciFact qrels; not defined on the tiled set) and recall@10 against exact full-dim search
-(numpy), QPS at batch 1 (one ``search`` call per query) and for the whole query set in one call
-(``query_batch``), p50/p99 latency at batch 1, upsert throughput (writes, then the blocking ``optimize`` that
+(numpy), QPS at batch 1 (one ``search`` call per query) and for the whole query set in one ``search`` call
+(projection batched, then one Edge ``query`` per row), p50/p99 latency at batch 1, the process CPU time per
+query (less sensitive than wall time to the other jobs on a shared machine), upsert throughput (writes, then the blocking ``optimize`` that
 builds HNSW and codes), bytes on disk per point (allocated blocks: the whole shard, and its segments without
 the write-ahead log), and the bytes per point of the first-stage vector codes (what a search scans; every
 configuration also keeps its full float vectors on disk for the re-score). Writes ``qdrant.json`` and

@@ -197,10 +197,14 @@ class QdrantCompressedCollection:
                                       f"({_MANIFEST} is missing); give a new or empty directory")
             path.mkdir(parents=True, exist_ok=True)
             engine = EdgeEngine.create(path / _SHARD, spec, max_search_threads)
-            smec.save(path / _SMEC)
-            tmp = path / (_MANIFEST + ".tmp")
-            tmp.write_text(json.dumps(spec.to_json(), indent=2))
-            os.replace(tmp, manifest)  # the manifest last: its presence marks a complete collection
+            try:
+                smec.save(path / _SMEC)
+                tmp = path / (_MANIFEST + ".tmp")
+                tmp.write_text(json.dumps(spec.to_json(), indent=2))
+                os.replace(tmp, manifest)  # the manifest last: its presence marks a complete collection
+            except BaseException:
+                engine.close()
+                raise
         return cls(engine, smec, dims, bool(full))
 
     @classmethod

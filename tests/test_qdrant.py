@@ -184,6 +184,17 @@ def test_edge_and_server_answer_alike(make, pca, synth, queries):
         np.testing.assert_allclose(Da, Db, atol=2e-5)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_batch_row_answers_like_the_query_alone(make, pca, synth, queries, engine):
+    col = make(engine, pca, dims=(8, 16), quantization="int8", full_scan_threshold_kb=1)  # graph and codes
+    col.upsert(np.arange(600), synth)
+    D, I = col.search(queries, k=10, candidates=(30, 20))
+    for i in range(queries.shape[0]):
+        Di, Ii = col.search(queries[i : i + 1], k=10, candidates=(30, 20))
+        np.testing.assert_array_equal(Ii[0], I[i])
+        np.testing.assert_allclose(Di[0], D[i], rtol=0, atol=0 if engine == "edge" else 1e-6)
+
+
 # --------------------------------------------------------------------- filters
 @pytest.mark.parametrize("engine", ENGINES)
 def test_filter_applies_from_the_first_stage(make, pca, synth, queries, engine):
