@@ -11,6 +11,7 @@ mrr@10, train_s) with the machine and versions that produced them.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -80,6 +81,43 @@ def plot(records: list[dict], path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def merge(parts: list[str], out: str | None, plot_path: str | None) -> int:
+    """One result file from runs made in parts on the same data, model, dims and seed."""
+    payloads = [json.loads(Path(f).read_text()) for f in parts]
+    first = payloads[0]
+    for p in payloads[1:]:
+        for key in ("dataset", "model", "dims", "seed"):
+            if p[key] != first[key]:
+                raise SystemExit(f"merge: {key} differs between parts ({p[key]!r} vs {first[key]!r})")
+    seen, records = set(), []
+    for p in payloads:
+        for r in p["records"]:
+            key = (r["method"], r["dim"], r["mode"])
+            if key not in seen:
+                seen.add(key)
+                records.append(r)
+    merged = {k: first[k] for k in ("data", "dataset", "model", "dim", "dims", "seed")}
+    merged.update(machine=first["machine"], records=records,
+                  parts=[{"file": Path(f).name, "machine": p["machine"], "wall_s": p.get("wall_s")}
+                         for f, p in zip(parts, payloads)])
+    ablation = [p["ablation"] for p in payloads if "ablation" in p]
+    if ablation:
+        merged["ablation"] = ablation[0]
+    print(f"# quality (merged from {len(parts)} parts): {first['dataset']} / {first['model']}")
+    print(f"# machine: {describe_machine(first['machine'])}")
+    print(quality_tables(records, first["dims"], first["dim"]))
+    if ablation:
+        print("\n### Ablation (paper Table 1 layout), nDCG@10, supervised\n")
+        print(ablation_table(ablation[0]["rows"], first["dims"]))
+    dest = Path(out) if out else RESULTS / f"quality-{first['dataset']}-{first['model']}.json"
+    write_json(dest, merged)
+    print(f"\nwrote {dest}")
+    if plot_path:
+        plot(records, Path(plot_path), f"{first['dataset']} / {first['model']}")
+        print(f"wrote {plot_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(default_data_dir()), help="BEIR-layout directory (default: shared SciFact)")
@@ -92,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="output JSON (default benchmarks/results/quality-<data>-<model>.json)")
     p.add_argument("--plot", default=None, help="output PNG of nDCG@10 against dims")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="combine the JSON of runs made in parts (e.g. one mode each, in parallel) into --json")
     a = p.parse_args(argv)
+    if a.merge:
+        return merge(a.merge, a.json, a.plot)
 
     ds = load_beir(a.data, a.model)
     dims = a.dims or list(default_dims(ds.dim))

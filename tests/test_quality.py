@@ -67,3 +67,21 @@ def test_quality_program_writes_json_and_table(tmp_path, toy):
     payload = json.loads(out.read_text())
     assert payload["model"] == "toy" and payload["machine"]["cores"] >= 1
     assert {r["method"] for r in payload["records"]} == {"full", "pca", "truncate"}
+
+
+def test_quality_program_merges_parts(tmp_path, toy):
+    def run(*args):
+        res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), *args],
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    common = ["--data", str(toy.root), "--model", "toy", "--dims", "8,4", "--quiet"]
+    run(*common, "--methods", "pca", "--mode", "unsupervised", "--json", str(tmp_path / "a.json"))
+    run(*common, "--methods", "truncate", "--mode", "supervised", "--json", str(tmp_path / "b.json"))
+    out = run("--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--json", str(tmp_path / "m.json"))
+    assert "merged from 2 parts" in out
+    merged = json.loads((tmp_path / "m.json").read_text())
+    got = {(r["method"], r["mode"]) for r in merged["records"]}
+    assert got == {("full", "unsupervised"), ("pca", "unsupervised"), ("full", "supervised"), ("truncate", "supervised")}
+    assert len(merged["parts"]) == 2
