@@ -108,10 +108,13 @@ class Stage:
 class QdrantEngine(Protocol):
     """What ``QdrantCompressedCollection`` and the ``qdrant-edge`` backend need from an engine."""
 
+    name: str
     spec: CollectionSpec
 
     def upsert(self, ids: np.ndarray, vectors: Mapping[str, np.ndarray], payloads: Sequence[dict | None] | None,
-               batch_size: int) -> None: ...
+               batch_size: int, optimize: bool = True) -> None: ...
+
+    def optimize(self) -> None: ...
 
     def query(self, stages: Sequence[Stage], params: StageParams, filter: Any) -> tuple[np.ndarray, np.ndarray]: ...
 
