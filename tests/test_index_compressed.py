@@ -284,6 +284,9 @@ def test_reset_keeps_training_and_merge_from(pca, synth):
     assert a.ntotal == 150 and b.ntotal == 0
     np.testing.assert_array_equal(a.reconstruct(120), synth[120])
     np.testing.assert_array_equal(a.search(synth[120:121], 1)[1], [[120]])
+    with pytest.raises(ValueError, match="other is this index"):
+        a.merge_from(a)
+    assert a.ntotal == 150
 
 
 def test_train_fits_an_unfitted_compressor(synth):

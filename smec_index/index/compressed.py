@@ -43,17 +43,18 @@ _RESCORE_CHUNK_FLOATS = 1 << 20  # rows gathered per rescoring chunk: 4 MiB of f
 
 
 class _RWLock:
-    """Many concurrent searches, or one mutation."""
+    """Many concurrent searches, or one mutation; a waiting mutation goes before new searches."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._readers = 0
         self._writer = False
+        self._writers_waiting = 0
 
     @contextlib.contextmanager
     def read(self) -> Iterator[None]:
         with self._cond:
-            while self._writer:
+            while self._writer or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
         try:
@@ -67,8 +68,10 @@ class _RWLock:
     @contextlib.contextmanager
     def write(self) -> Iterator[None]:
         with self._cond:
+            self._writers_waiting += 1
             while self._writer or self._readers:
                 self._cond.wait()
+            self._writers_waiting -= 1
             self._writer = True
         try:
             yield
@@ -458,6 +461,8 @@ class CompressedIndex:
         """
         if not isinstance(other, CompressedIndex):
             raise TypeError(f"merge_from: other must be a CompressedIndex, got {type(other).__name__}")
+        if other is self:
+            raise ValueError("merge_from: other is this index")
         if add_id != 0:
             raise ValueError(f"merge_from: add_id={add_id!r} is not supported; only 0")
         if other.d != self.d:
