@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="output JSON (default benchmarks/results/quality-<data>-<model>.json)")
     p.add_argument("--plot", default=None, help="output PNG of nDCG@10 against dims")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--reuse", default=None, metavar="JSON",
+                   help="with --ablation: take the mrl and smec rows from this earlier result instead of retraining")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="combine the JSON of runs made in parts (e.g. one mode each, in parallel) into --json")
     a = p.parse_args(argv)
@@ -149,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                "seed": a.seed, "machine": info, "records": records}
     print(quality_tables(records, dims, ds.dim))
     if a.ablation:
-        rows = run_ablation(ds, dims, "supervised", a.seed, progress=not a.quiet, known=records)
+        known = records + (json.loads(Path(a.reuse).read_text())["records"] if a.reuse else [])
+        rows = run_ablation(ds, dims, "supervised", a.seed, progress=not a.quiet, known=known)
         payload["ablation"] = {"mode": "supervised", "rows": rows}
         print("\n### Ablation (paper Table 1 layout), nDCG@10, supervised\n")
         print(ablation_table(rows, dims))
