@@ -1,0 +1,115 @@
+"""What the command line prints and draws: markdown tables, the machine a result came from, the nDCG plot."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+__all__ = ["markdown_table", "environment", "describe_environment", "curves_by_label", "plot_ndcg_vs_bytes",
+           "human_bytes", "write_json"]
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence], floatfmt: str = ".4f") -> str:
+    """A GitHub markdown table; floats formatted with ``floatfmt``, everything else with ``str``."""
+    def cell(x: object) -> str:
+        return format(x, floatfmt) if isinstance(x, float) else str(x)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(x) for x in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_json(path: str | Path, payload: dict) -> Path:
+    """Write ``payload`` as indented JSON, atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> "1.5 KiB": binary units, one decimal."""
+    if abs(n) < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if abs(n) < 1024 or unit == "TiB":
+            break
+    return f"{n:.1f} {unit}"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def environment() -> dict:
+    """The machine and the package versions that move the numbers, stored with every result."""
+    import torch
+
+    versions = {}
+    for pkg in ("smec-index", "torch", "numpy", "faiss-cpu", "hnswlib"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "cpu": _cpu_model(),
+            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "os": platform.platform(),
+            "python": platform.python_version(), "versions": versions}
+
+
+def describe_environment(env: dict) -> str:
+    """One line: CPU, cores, Python and the main versions."""
+    v = env["versions"]
+    return (f"{env['cpu']}, {env['cores']} cores; Python {env['python']}, torch {v['torch']}, "
+            f"numpy {v['numpy']}, faiss-cpu {v['faiss-cpu']}")
+
+
+def curves_by_label(records: Iterable[dict], label: Callable[[dict], str | None]) -> dict[str, list[tuple[int, float]]]:
+    """Group records into plot lines: ``label(record)`` -> sorted (bytes per vector, nDCG@10); None skips a record."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for r in records:
+        name = label(r)
+        if name is not None:
+            curves.setdefault(name, []).append((4 * int(r["dim"]), float(r["ndcg@10"])))
+    return {k: sorted(v) for k, v in curves.items()}
+
+
+def plot_ndcg_vs_bytes(curves: dict[str, list[tuple[int, float]]], path: str | Path, title: str,
+                       reference: float | None = None) -> Path:
+    """PNG of nDCG@10 against bytes per vector (float32, log scale), one line per curve; ``reference``
+    (the full-dim nDCG@10) as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for label, pts in curves.items():
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    if reference is not None:
+        ax.axhline(reference, color="grey", ls="--", label=f"full dim, raw ({reference:.3f})")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("bytes per vector (float32 = 4 x dims)")
+    ax.set_ylabel("nDCG@10")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,244 @@
+"""The ``smec-index`` command line: every subcommand's happy path, --help, and its bad-input messages."""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_toy_beir
+
+from smec_index import SMEC, read_index
+from smec_index.cli import build_parser, main
+from smec_index.demo import FAST
+
+SUBCOMMANDS = ("demo", "train", "build", "search", "bench", "advise", "info")
+TINY = ["--max-epochs", "1", "--ads-epochs", "1", "--patience", "1"]
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    """main(argv) -> (exit status, stdout, stderr); argparse's exits count as statuses."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, synth, synth_supervised):
+    """X.npy (600 x 48), Q.npy (80 x 48), qrels.tsv (query row, doc row, 1), ids.txt, and a trained PCA model."""
+    root = tmp_path_factory.mktemp("cli")
+    Q, pairs = synth_supervised
+    np.save(root / "X.npy", synth.astype(np.float16))
+    np.save(root / "Q.npy", Q)
+    (root / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{int(r)}\n" for q, d, r in pairs))
+    (root / "ids.txt").write_text("\n".join(str(1000 + 3 * i) for i in range(synth.shape[0])))
+    SMEC((16, 8), "pca").fit(synth).save(root / "pca")
+    return root
+
+
+def test_console_script_is_declared():
+    eps = metadata.entry_points(group="console_scripts")
+    assert any(ep.name == "smec-index" and ep.value == "smec_index.cli:main" for ep in eps)
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_has_help(command, capsys):
+    code, out, _ = run([command, "--help"], capsys)
+    assert code == 0 and out.startswith(f"usage: smec-index {command}")
+    if command in ("demo", "train", "bench", "advise", "build", "search"):
+        assert "--quiet" in out
+
+
+def test_parser_lists_every_subcommand():
+    text = build_parser().format_help()
+    assert all(c in text for c in SUBCOMMANDS)
+
+
+def test_train_build_search_info(files, tmp_path, capsys, synth):
+    model, index_dir = tmp_path / "model", tmp_path / "index"
+    code, out, err = run(["train", "--corpus", files / "X.npy", "--dims", "16,8", "--out", model, "--quiet", *TINY],
+                         capsys)
+    assert code == 0, err
+    assert "trained smec (unsupervised)" in out and SMEC.load(model).dims_ == (16, 8)
+    code, out, err = run(["build", "--compressor", model, "--corpus", files / "X.npy", "--ids", files / "ids.txt",
+                          "--dims", "8,16", "--param", "efSearch=32", "--out", index_dir, "--quiet"], capsys)
+    assert code == 0, err
+    index = read_index(index_dir)
+    assert index.ntotal == 600 and index.dims == (8, 16) and index.backends[8].options()["params"] == {"efSearch": 32}
+    code, out, err = run(["search", "--index", index_dir, "--queries", files / "Q.npy", "-k", "3", "--json"], capsys)
+    assert code == 0, err
+    got = json.loads(out)
+    D, I = index.search(np.load(files / "Q.npy"), 3)
+    assert got["k"] == 3 and got["dim"] == 8 and got["rerank"] == "full" and len(got["results"]) == 80
+    assert [r["ids"] for r in got["results"]] == I.tolist()
+    assert np.allclose([r["scores"] for r in got["results"]], D, atol=1e-5)
+    assert all(i >= 1000 and (i - 1000) % 3 == 0 for r in got["results"] for i in r["ids"])  # the --ids ids
+    code, out, err = run(["search", "--index", index_dir, "--queries", files / "Q.npy", "-k", "2", "--rerank", "none"],
+                         capsys)
+    assert code == 0 and out.startswith("query 0: ") and len(out.splitlines()) == 80 and "QPS" in err
+    code, out, err = run(["info", index_dir], capsys)
+    assert code == 0, err
+    assert re.search(r"vectors\s+600 \(caller-chosen int64 ids\)", out)
+    assert re.search(r"dims\s+8, 16: search at 8, rerank 'full'", out) and "format version 1" in out
+    assert "smec, dims 16, 8, unsupervised" in out and "B/vector" in out
+    code, out, _ = run(["info", index_dir, "--json", "--no-verify"], capsys)
+    info = json.loads(out)
+    assert info["ntotal"] == 600 and info["dims"] == [8, 16] and info["total_bytes"] == sum(info["bytes"].values())
+
+
+def test_train_supervised_from_files(files, tmp_path, capsys):
+    code, out, err = run(["train", "--corpus", files / "X.npy", "--queries", files / "Q.npy", "--qrels",
+                          files / "qrels.tsv", "--dims", "8", "--method", "search-adaptor", "--out",
+                          tmp_path / "m", "--quiet", *TINY], capsys)
+    assert code == 0, err
+    assert "(supervised)" in out and SMEC.load(tmp_path / "m").supervised_
+
+
+def test_train_on_a_data_dir_and_bench(tmp_path, capsys):
+    data = write_toy_beir(tmp_path / "beir", n_docs=40, n_queries=10, dim=16)
+    code, out, err = run(["train", "--data", data, "--model", "toy", "--mode", "supervised", "--dims", "8,4",
+                          "--out", tmp_path / "m", "--quiet", *TINY], capsys)
+    assert code == 0, err
+    assert "toy" in out and SMEC.load(tmp_path / "m").supervised_
+    code, out, err = run(["bench", "--data", data, "--model", "toy", "--methods", "pca,truncate", "--dims", "8,4",
+                          "--json", tmp_path / "b.json", "--plot", tmp_path / "b.png", "--quiet"], capsys)
+    assert code == 0, err
+    payload = json.loads((tmp_path / "b.json").read_text())
+    keys = {"method", "dim", "mode", "ndcg@10", "recall@100", "mrr@10", "train_s"}
+    assert all(set(r) == keys for r in payload["records"])
+    assert {(r["method"], r["dim"]) for r in payload["records"]} >= {("pca", 8), ("truncate", 4), ("full", 16)}
+    assert (tmp_path / "b.png").stat().st_size > 1000
+    pca8 = next(r for r in payload["records"] if (r["method"], r["dim"], r["mode"]) == ("pca", 8, "unsupervised"))
+    assert f"| pca | - | {pca8['ndcg@10']:.4f} |" in out  # columns: full dim, then 8, 4
+
+
+def test_advise_table_and_recommendation_agree(files, tmp_path, capsys):
+    code, out, err = run(["advise", "--corpus", files / "X.npy", "--compressor", files / "pca", "--target", "0.9",
+                          "--candidates", "40", "--n-vectors", "1000000", "--json", tmp_path / "a.json", "--quiet"],
+                         capsys)
+    assert code == 0, err
+    advice = json.loads((tmp_path / "a.json").read_text())
+    rows = {int(m.group(1)): m.group(2) for m in re.finditer(r"^\| (\d+) \|.*\| ([a-z ]+) \|$", out, re.M)}
+    assert rows == {r["dim"]: r["meets"] for r in advice["rows"]}
+    first = next((d for d in sorted(rows) if rows[d] != "no"), None)
+    assert advice["dim"] == first
+    if first is not None:
+        how = "with full-dim rerank" if rows[first] == "with rerank" else "without rerank"
+        assert f"Recommended: {first} dims {how}" in out and "For 1,000,000 vectors" in out
+
+
+def test_advise_on_a_data_dir_trains_and_uses_test_queries(tmp_path, capsys):
+    data = write_toy_beir(tmp_path / "beir", n_docs=60, n_queries=10, dim=16)
+    code, out, err = run(["advise", "--data", data, "--model", "toy", "--method", "pca", "--dims", "8,4", "-k", "5",
+                          "--candidates", "20", "--quiet"], capsys)
+    assert code == 0, err
+    assert "pca (unsupervised), queries: 3 held-out queries" in out  # the toy test split judges 3 queries
+
+
+def test_demo_fast_end_to_end(tmp_path, capsys):
+    code, out, err = run(["demo", "--fast", "--quiet", "--out", tmp_path / "demo"], capsys)
+    assert code == 0, err
+    payload = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert (tmp_path / "demo" / "demo.png").stat().st_size > 10_000
+    assert payload["n_docs"] == FAST.max_docs and payload["n_test_queries"] == FAST.max_queries
+    assert payload["dims"] == [64, 32]
+    records = payload["records"]
+    for r in records:
+        assert {"method", "mode", "dim", "rerank", "ndcg@10", "recall@100", "mrr@10", "qps", "train_s"} <= set(r)
+        assert 0.0 <= r["ndcg@10"] <= 1.0 and r["qps"] > 0
+    got = {(r["method"], r["mode"], r["dim"], r["rerank"]): r for r in records}
+    # the printed table is the JSON: check the 32-dim row cell by cell
+    line = next(line for line in out.splitlines() if line.startswith("| 32 |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1:3] == ["128", "12x"]
+    expected = [got[("smec", "supervised", 32, "none")], got[("smec", "unsupervised", 32, "none")],
+                got[("pca", "unsupervised", 32, "none")], got[("truncate", "unsupervised", 32, "none")],
+                got[("smec", "supervised", 32, "full")]]
+    assert cells[3:8] == [f"{r['ndcg@10']:.4f}" for r in expected]
+    assert cells[8] == f"{got[('smec', 'supervised', 32, 'none')]['qps']:,.0f}"
+    full = got[("full", "-", 384, "none")]
+    assert re.search(rf"^\| 384 \(full\) \| 1536 \| 1x \| [0-9.]+ \| {full['ndcg@10']:.4f} \|", out, re.M)
+    assert "Example, SMEC supervised at 32 dims + rerank" in out
+
+
+# ----------------------------------------------------------------------------- bad input
+def _bad_cases(f: Path, t: Path) -> list[tuple[list, int, str]]:
+    X, Q, pca = f / "X.npy", f / "Q.npy", f / "pca"
+    return [
+        (["train", "--corpus", t / "missing.npy", "--out", t / "o"], 1, "--corpus: .*missing.npy does not exist"),
+        (["train", "--corpus", X, "--dims", "abc", "--out", t / "o"], 2,
+         "argument --dims: expected comma-separated positive integers such as 128,64,32, got 'abc'"),
+        (["train", "--corpus", X, "--dims", "64,32", "--out", t / "o"], 1, "--dims: 64,32 must all be below the input dim 48"),
+        (["train", "--corpus", X, "--queries", Q, "--out", t / "o"], 1, "--queries and --qrels go together"),
+        (["train", "--corpus", f / "ints.npy", "--out", t / "o"], 1,
+         r"--corpus: expected a 2-D float array \(n, D\) with n >= 1, got shape \(5, 3\), dtype int64"),
+        (["train", "--corpus", f / "qrels.tsv", "--out", t / "o"], 1, "--corpus: .* is not a .npy array file"),
+        (["train", "--corpus", X, "--queries", Q, "--qrels", f / "bad_qrels.tsv", "--out", t / "o"], 1,
+         "--qrels: line 2 of .* is '0 x 1'; expected query_row<TAB>doc_row<TAB>relevance"),
+        (["train", "--corpus", X, "--queries", Q, "--qrels", f / "far_qrels.tsv", "--out", t / "o"], 1,
+         "--qrels: line 1 .* refers to query row 0 / doc row 9999; --queries has 80 rows and --corpus 600"),
+        (["train", "--corpus", X, "--out", t / "o", "--max-epochs", "0"], 2,
+         "argument --max-epochs: expected a positive integer, got '0'"),
+        (["train", "--corpus", X, "--method", "zip", "--out", t / "o"], 2, "argument --method: invalid choice: 'zip'"),
+        (["train", "--out", t / "o"], 2, "one of the arguments --data --corpus is required"),
+        (["train", "--corpus", X, "--out", f / "occupied"], 1,
+         "--out: .*occupied exists and is not a saved SMEC model; a save replaces the whole directory"),
+        (["build", "--compressor", pca, "--corpus", f / "X20.npy", "--out", t / "o"], 1,
+         r"--corpus: expected a 2-D float array \(n, 48\) with n >= 1, got shape \(600, 20\)"),
+        (["build", "--compressor", pca, "--corpus", X, "--ids", f / "short_ids.txt", "--out", t / "o"], 1,
+         "--ids: .* has 3 ids; expected 600, one per corpus row"),
+        (["build", "--compressor", pca, "--corpus", X, "--dims", "7", "--out", t / "o"], 1,
+         r"dims \[7\] are not dims of the compressor; it has \(16, 8\)"),
+        (["build", "--compressor", pca, "--corpus", X, "--backend", "hnswlib", "--spec", "Flat", "--out", t / "o"], 1,
+         "--spec and --param are FAISS options; --backend is 'hnswlib'"),
+        (["build", "--compressor", pca, "--corpus", X, "--spec", "Bogus99", "--out", t / "o"], 1,
+         "index_factory.*Bogus99.* failed"),
+        (["build", "--compressor", t / "nomodel", "--corpus", X, "--out", t / "o"], 1, "--compressor: .* does not exist"),
+        (["search", "--index", t / "noindex", "--queries", Q], 1, "--index: .*noindex does not exist"),
+        (["search", "--index", f / "idx", "--queries", Q, "-k", "0"], 2, "argument -k: expected a positive integer"),
+        (["search", "--index", f / "idx", "--queries", f / "X20.npy"], 1, r"expected a 2-D float array \(n, 48\)"),
+        (["search", "--index", f / "idx", "--queries", Q, "--dim", "16"], 1,
+         r"search: dim must be one of the configured dims \(8,\), got 16"),
+        (["bench", "--methods", "smec,nope"], 2, "argument --methods: expected comma-separated names from"),
+        (["bench", "--data", t / "nodata", "--model", "toy"], 1, "load_beir: data directory .* does not exist"),
+        (["advise", "--corpus", X, "--target", "1.5"], 2, r"argument --target: expected a number in \(0, 1\]"),
+        (["advise", "--corpus", X, "--data", t], 2, "argument --data: not allowed with argument --corpus"),
+        (["advise", "--corpus", X, "--compressor", pca, "--method", "pca"], 1,
+         "--method and training options apply when advise trains the compressor"),
+        (["info", f], 1, "read_index: .* has no manifest.json; it is not a saved CompressedIndex"),
+        (["demo", "--data", t / "nodata", "--out", t / "o"], 1, "load_beir: data directory .* does not exist"),
+        (["demo", "--dims", "512", "--out", t / "o"], 1, r"demo: dims \(512,\) must all be < the embedding dim 384"),
+        (["frobnicate"], 2, "argument COMMAND: invalid choice: 'frobnicate'"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def bad_files(files):
+    np.save(files / "ints.npy", np.zeros((5, 3), dtype=np.int64))
+    np.save(files / "X20.npy", np.zeros((600, 20), dtype=np.float32))
+    (files / "bad_qrels.tsv").write_text("query-id\tcorpus-id\tscore\n0 x 1\n")
+    (files / "far_qrels.tsv").write_text("0\t9999\t1\n")
+    (files / "short_ids.txt").write_text("1\n2\n3\n")
+    (files / "occupied").mkdir(exist_ok=True)
+    (files / "occupied" / "keep.txt").write_text("user data")
+    main(["build", "--compressor", str(files / "pca"), "--corpus", str(files / "X.npy"), "--dims", "8",
+          "--out", str(files / "idx"), "--quiet"])
+    return files
+
+
+@pytest.mark.parametrize("case", range(len(_bad_cases(Path("f"), Path("t")))))
+def test_bad_input_one_line_and_nothing_written(case, bad_files, tmp_path, capsys):
+    argv, status, pattern = _bad_cases(bad_files, tmp_path)[case]
+    code, out, err = run(argv, capsys)
+    assert code == status, (argv, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert re.search(pattern, lines[0]), lines[0]
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+    assert (bad_files / "occupied" / "keep.txt").read_text() == "user data"
