@@ -60,11 +60,13 @@ def plot(records: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    methods = list(dict.fromkeys(r["method"] for r in records if r["method"] != "full"))
+    colour = {m: f"C{i}" for i, m in enumerate(methods)}
     for ax, mode in zip(axes, MODES):
         recs = [r for r in records if r["mode"] == mode and r["method"] != "full"]
         for m in dict.fromkeys(r["method"] for r in recs):
             pts = sorted((r["dim"], r["ndcg@10"]) for r in recs if r["method"] == m)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m, color=colour[m])
         full = [r for r in records if r["mode"] == mode and r["method"] == "full"]
         if full:
             ax.axhline(full[0]["ndcg@10"], color="grey", ls="--", label="full dim (raw)")
