@@ -101,37 +101,59 @@ def ndcg(I: np.ndarray, doc_ids: list[str], qids: list[str], qrels: dict) -> flo
 
 
 # --------------------------------------------------------------------- timing
-def time_batch1(search: Callable[[np.ndarray], Any], Q: np.ndarray, runs: int) -> dict[str, float]:
-    """One query per call, ``runs`` passes over Q after a warm-up: median-pass QPS, pooled p50/p99 (ms)."""
-    for q in Q[:20]:
-        search(q[None])
-    lat = np.empty((runs, Q.shape[0]))
+def _pass_b1(search: Callable[[np.ndarray], Any], Q: np.ndarray) -> tuple[np.ndarray, float]:
+    """One query per call over Q: the latencies (s) and the process CPU seconds."""
+    lat = np.empty(Q.shape[0])
     cpu = time.process_time()
-    for r in range(runs):
-        for i in range(Q.shape[0]):
-            t = time.perf_counter()
-            search(Q[i : i + 1])
-            lat[r, i] = time.perf_counter() - t
-    cpu = time.process_time() - cpu
-    qps = Q.shape[0] / lat.sum(axis=1)
-    return {"qps_b1": float(np.median(qps)), "qps_b1_min": float(qps.min()), "qps_b1_max": float(qps.max()),
-            "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
-            "cpu_ms_b1": cpu * 1e3 / lat.size}
-
-
-def time_batch(search: Callable[[np.ndarray], Any], Q: np.ndarray, runs: int) -> dict[str, float]:
-    """All of Q in one call, ``runs`` times after a warm-up: median QPS and spread."""
-    search(Q)
-    times = []
-    cpu = time.process_time()
-    for _ in range(runs):
+    for i in range(Q.shape[0]):
         t = time.perf_counter()
+        search(Q[i : i + 1])
+        lat[i] = time.perf_counter() - t
+    return lat, time.process_time() - cpu
+
+
+def _pass_batch(search: Callable[[np.ndarray], Any], Q: np.ndarray) -> tuple[float, float]:
+    """All of Q in one call: wall and process CPU seconds."""
+    cpu, t = time.process_time(), time.perf_counter()
+    search(Q)
+    return time.perf_counter() - t, time.process_time() - cpu
+
+
+def time_interleaved(searches: dict[str, Callable[[np.ndarray], Any]], Q: np.ndarray, runs: int) -> dict[str, dict]:
+    """Time every configuration in ``runs`` rounds, each round passing over all of them in turn (batch 1, then
+    one batch), so that every configuration meets the same mix of other jobs on a shared machine. Per
+    configuration: median-round QPS with the spread over rounds, p50/p99 over all batch-1 latencies, and
+    median-round CPU ms a query."""
+    for search in searches.values():  # warm-up
+        for q in Q[:20]:
+            search(q[None])
         search(Q)
-        times.append(time.perf_counter() - t)
-    cpu = time.process_time() - cpu
-    qps = Q.shape[0] / np.array(times)
-    return {"qps_batch": float(np.median(qps)), "qps_batch_min": float(qps.min()), "qps_batch_max": float(qps.max()),
-            "cpu_ms_batch": cpu * 1e3 / (runs * Q.shape[0])}
+    lat = {name: [] for name in searches}
+    b1_cpu = {name: [] for name in searches}
+    batch = {name: [] for name in searches}
+    batch_cpu = {name: [] for name in searches}
+    for _ in range(runs):
+        for name, search in searches.items():
+            times, cpu = _pass_b1(search, Q)
+            lat[name].append(times)
+            b1_cpu[name].append(cpu)
+            wall, cpu = _pass_batch(search, Q)
+            batch[name].append(wall)
+            batch_cpu[name].append(cpu)
+    out = {}
+    nq = Q.shape[0]
+    for name in searches:
+        L = np.array(lat[name])
+        qps_b1 = nq / L.sum(axis=1)
+        qps_batch = nq / np.array(batch[name])
+        out[name] = {"qps_b1": float(np.median(qps_b1)), "qps_b1_min": float(qps_b1.min()),
+                     "qps_b1_max": float(qps_b1.max()), "p50_ms": float(np.percentile(L, 50) * 1e3),
+                     "p99_ms": float(np.percentile(L, 99) * 1e3),
+                     "cpu_ms_b1": float(np.median(b1_cpu[name]) * 1e3 / nq),
+                     "qps_batch": float(np.median(qps_batch)), "qps_batch_min": float(qps_batch.min()),
+                     "qps_batch_max": float(qps_batch.max()),
+                     "cpu_ms_batch": float(np.median(batch_cpu[name]) * 1e3 / nq)}
+    return out
 
 
 def code_bytes(layout: dict[str, Any], D: int) -> int:
@@ -146,66 +168,69 @@ def code_bytes(layout: dict[str, Any], D: int) -> int:
     return d * (2 if layout.get("datatype") == "float16" else 4)
 
 
-# --------------------------------------------------------------------- one configuration
-def run_config(name: str, cfg: dict[str, Any], smec: SMEC, X: np.ndarray, Q: np.ndarray, truth: np.ndarray,
-               workdir: Path, runs: int, rel: tuple | None) -> dict[str, Any]:
-    path = workdir / "collection"
-    shutil.rmtree(path, ignore_errors=True)
+# --------------------------------------------------------------------- one dataset
+def build(name: str, cfg: dict[str, Any], smec: SMEC, X: np.ndarray, Q: np.ndarray, truth: np.ndarray,
+          path: Path, rel: tuple | None) -> tuple[QdrantCompressedCollection, dict[str, Any]]:
+    """Build one configuration's collection (writes, then optimize), measure its bytes and its quality."""
     n = X.shape[0]
     layout = cfg["layout"]
     rec: dict[str, Any] = {"config": name, "label": cfg["label"], "n": n,
                            "layout": {k: list(v) if isinstance(v, tuple) else v for k, v in layout.items()},
                            "search": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg["search"].items()},
-                           "load_before": round(os.getloadavg()[0], 2)}
+                           "load_at_build": round(os.getloadavg()[0], 2)}
     col = QdrantCompressedCollection.edge(path, smec, full=True, **layout)
-    try:
-        t = time.perf_counter()
-        col.upsert(np.arange(n), X, batch_size=1024, optimize=False)
-        rec["upsert_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        col.optimize()
-        rec["optimize_s"] = time.perf_counter() - t
-        rec["upsert_pts_s"] = n / rec["upsert_s"]
-        rec["indexed_pts_s"] = n / (rec["upsert_s"] + rec["optimize_s"])
-        col.engine.flush()
-        shard = col.engine.path
-        rec["disk_bytes"] = col.engine.disk_bytes()
-        rec["segments_bytes"] = allocated_bytes(shard / "segments")
-        rec["disk_b_per_pt"] = rec["disk_bytes"] / n
-        rec["segments_b_per_pt"] = rec["segments_bytes"] / n
-        rec["code_b_per_pt"] = code_bytes(layout, smec.input_dim_)
-
-        def search(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return col.search(q, k=K, **cfg["search"])
-
-        _, I = search(Q)
-        rec["recall@10"] = recall(I, truth)
-        if rel is not None:
-            rec["ndcg@10"] = ndcg(I, *rel)
-        rec.update(time_batch1(search, Q, runs))
-        rec.update(time_batch(search, Q, runs))
-    finally:
-        col.close()
-        shutil.rmtree(path, ignore_errors=True)
-    rec["load_after"] = round(os.getloadavg()[0], 2)
-    print(f"  {cfg['label']}: R@10 {rec['recall@10']:.3f}"
+    t = time.perf_counter()
+    col.upsert(np.arange(n), X, batch_size=1024, optimize=False)
+    rec["upsert_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    col.optimize()
+    rec["optimize_s"] = time.perf_counter() - t
+    rec["upsert_pts_s"] = n / rec["upsert_s"]
+    rec["indexed_pts_s"] = n / (rec["upsert_s"] + rec["optimize_s"])
+    col.engine.flush()
+    rec["disk_bytes"] = col.engine.disk_bytes()
+    rec["segments_bytes"] = allocated_bytes(col.engine.path / "segments")
+    rec["disk_b_per_pt"] = rec["disk_bytes"] / n
+    rec["segments_b_per_pt"] = rec["segments_bytes"] / n
+    rec["code_b_per_pt"] = code_bytes(layout, smec.input_dim_)
+    _, I = col.search(Q, k=K, **cfg["search"])
+    rec["recall@10"] = recall(I, truth)
+    if rel is not None:
+        rec["ndcg@10"] = ndcg(I, *rel)
+    print(f"  built {cfg['label']}: R@10 {rec['recall@10']:.3f}"
           + (f" nDCG@10 {rec['ndcg@10']:.4f}" if "ndcg@10" in rec else "")
-          + f" | QPS b1 {rec['qps_b1']:.0f} batch {rec['qps_batch']:.0f} | p50 {rec['p50_ms']:.2f} ms"
-          f" p99 {rec['p99_ms']:.2f} ms | upsert {rec['upsert_pts_s']:.0f}/s optimize {rec['optimize_s']:.1f} s"
+          + f" | upsert {rec['upsert_pts_s']:.0f}/s optimize {rec['optimize_s']:.1f} s"
           f" | disk {rec['disk_b_per_pt']:.0f} B/pt", flush=True)
-    return rec
+    return col, rec
 
 
 def run_dataset(label: str, X: np.ndarray, Q: np.ndarray, smec: SMEC, configs: list[str], workdir: Path,
                 runs: int, rel: tuple | None) -> dict[str, Any]:
+    """Build every configuration, then time them all interleaved (``time_interleaved``)."""
     print(f"{label}: {X.shape[0]} x {X.shape[1]}, {Q.shape[0]} queries", flush=True)
     truth = exact_search(Q, X, K)[1]
     out: dict[str, Any] = {"dataset": label, "n": int(X.shape[0]), "d": int(X.shape[1]), "queries": int(Q.shape[0]),
                            "records": []}
     if rel is not None:
         out["exact_ndcg@10"] = ndcg(truth, *rel)
-    for name in configs:
-        out["records"].append(run_config(name, CONFIGS[name], smec, X, Q, truth, workdir, runs, rel))
+    cols: dict[str, QdrantCompressedCollection] = {}
+    try:
+        for name in configs:
+            cols[name], rec = build(name, CONFIGS[name], smec, X, Q, truth, workdir / name, rel)
+            out["records"].append(rec)
+        searches = {name: (lambda q, c=col, kw=CONFIGS[name]["search"]: c.search(q, k=K, **kw))
+                    for name, col in cols.items()}
+        load = os.getloadavg()[0]
+        timings = time_interleaved(searches, Q, runs)
+        out["load_during_timing"] = [round(load, 2), round(os.getloadavg()[0], 2)]
+    finally:
+        for name, col in cols.items():
+            col.close()
+            shutil.rmtree(workdir / name, ignore_errors=True)
+    for rec in out["records"]:
+        rec.update(timings[rec["config"]])
+        print(f"  timed {rec['label']}: QPS b1 {rec['qps_b1']:.0f} batch {rec['qps_batch']:.0f} | p50 "
+              f"{rec['p50_ms']:.2f} ms p99 {rec['p99_ms']:.2f} ms | CPU {rec['cpu_ms_b1']:.3f} ms/q", flush=True)
     return out
 
 
@@ -277,13 +302,15 @@ def goals_table(res: dict[str, Any]) -> str:
 def report(payload: dict[str, Any]) -> str:
     parts = [f"# SMEC on Qdrant Edge vs Qdrant's binary quantization\n\n{describe_machine(payload['machine'])}; "
              f"qdrant-edge-py {payload['machine']['versions']['qdrant-edge-py']}. Compressor: SMEC(dims=(256, 64), "
-             f"method={payload['method']!r}, seed=0), unsupervised; k={K}; runs={payload['runs']}. "
-             f"Timings on a shared 2-core machine: load average before/after each configuration is in the JSON."]
+             f"method={payload['method']!r}, seed=0), unsupervised; k={K}. Timing: {payload['runs']} rounds, each "
+             f"passing over every configuration in turn (300 queries at batch 1, then as one batch); medians over "
+             f"rounds. The machine is shared with other jobs: load averages are in the JSON."]
     for res in payload["datasets"]:
         train = res.get("smec_train_s")
         parts.append(f"## {res['dataset']} ({res['n']:,} x {res['d']}, {res['queries']} queries"
                      + (f"; compressor fitted in {train:.0f} s" if train is not None and np.isfinite(train) else "")
-                     + ")\n\n" + dataset_table(res) + "\n\nGoal check (each SMEC configuration against the peer "
+                     + "; load average at the start and end of timing: "
+                     + " / ".join(str(x) for x in res.get("load_during_timing", [])) + ")\n\n" + dataset_table(res) + "\n\nGoal check (each SMEC configuration against the peer "
                      "`" + CONFIGS[PEER]["label"] + "`):\n\n" + goals_table(res))
     return "\n\n".join(parts) + "\n"
 
@@ -295,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-tiled", type=int, default=100_000)
     ap.add_argument("--method", default="smec", help="compressor method (smec for the committed run; pca is fast)")
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated configuration names")
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5, help="timing rounds")
     ap.add_argument("--cache", type=Path, default=None, help="directory to keep fitted compressors between runs")
     ap.add_argument("--workdir", type=Path, default=None, help="where collections are built (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=RESULTS / "qdrant")
