@@ -60,19 +60,21 @@ def nlist_for(n: int) -> int:
     return int(min(2048, 2 ** round(math.log2(4 * math.sqrt(n)))))
 
 
-def engines(n: int) -> dict[str, dict[str, Any]]:
-    """Engine name -> backend, options, and the search-time settings swept for the QPS/recall curve."""
+def engines(n: int, hnsw_ef: list[int] | None = None) -> dict[str, dict[str, Any]]:
+    """Engine name -> backend, options, the search-time settings swept for the QPS/recall curve, and the
+    default setting (the one the targets are read at). ``hnsw_ef`` replaces the HNSW ef sweeps."""
     nl = nlist_for(n)
+    ef = hnsw_ef or [32, 64, 128]
     return {
-        "Flat": {"backend": "faiss", "options": {"spec": "Flat"}, "sweep": [{}]},
+        "Flat": {"backend": "faiss", "options": {"spec": "Flat"}, "sweep": [{}], "default": {}},
         "HNSW32": {"backend": "faiss", "options": {"spec": "HNSW32", "params": {"efConstruction": 200, "efSearch": 64}},
-                   "sweep": [{"efSearch": 32}, {"efSearch": 64}, {"efSearch": 128}]},
+                   "sweep": [{"efSearch": e} for e in ef], "default": {"efSearch": 64}},
         "IVF-Flat": {"backend": "faiss", "options": {"spec": f"IVF{nl},Flat", "params": {"nprobe": 16}},
-                     "sweep": [{"nprobe": 4}, {"nprobe": 16}, {"nprobe": 64}]},
+                     "sweep": [{"nprobe": 4}, {"nprobe": 16}, {"nprobe": 64}], "default": {"nprobe": 16}},
         "IVF-PQ": {"backend": "faiss", "options": {"spec": f"IVF{nl},PQ32np", "params": {"nprobe": 16}},
-                   "sweep": [{"nprobe": 4}, {"nprobe": 16}, {"nprobe": 64}]},
+                   "sweep": [{"nprobe": 4}, {"nprobe": 16}, {"nprobe": 64}], "default": {"nprobe": 16}},
         "hnswlib": {"backend": "hnswlib", "options": {"M": 32, "ef_construction": 200, "ef": 64},
-                    "sweep": [{"ef": 32}, {"ef": 64}, {"ef": 128}]},
+                    "sweep": [{"ef": e} for e in ef], "default": {"ef": 64}},
     }
 
 
@@ -221,7 +223,8 @@ class Built:
         return lambda q: self.obj.search(q, K, rerank=rerank)
 
 
-def run_n(n: int, ds, smec: SMEC, configs: list[tuple[str, int]], b1: int, runs: int) -> dict:
+def run_n(n: int, ds, smec: SMEC, configs: list[tuple[str, int]], b1: int, runs: int,
+          hnsw_ef: list[int] | None = None) -> dict:
     D = ds.dim
     Qb = ds.queries[:1000]
     Q1 = ds.queries[:b1]
@@ -238,7 +241,7 @@ def run_n(n: int, ds, smec: SMEC, configs: list[tuple[str, int]], b1: int, runs:
         P = smec.projection(d)
         truth_at[d] = exact_top(P(normalise(Qb)), P(normalise(X)), K)
     records, costs = [], {}
-    specs = engines(n)
+    specs = engines(n, hnsw_ef)
     for name, d in configs:
         built = Built(name, specs[name], d, D, smec)
         la = load_avg()
@@ -335,11 +338,11 @@ def table(res: dict, ndcg: list[dict]) -> str:
 def targets(res: dict, ndcg: list[dict], D: int) -> list[dict]:
     """The issue's targets, each with the measured numbers and whether it is met."""
     recs = res["records"]
-    sweeps = engines(res["n"])
+    defaults = engines(res["n"])
 
     def pick(engine, dim, rerank):
-        """The record at the engine's default search setting (the middle of its sweep)."""
-        setting = sweeps[engine]["sweep"][len(sweeps[engine]["sweep"]) // 2]
+        """The record at the engine's default search setting."""
+        setting = defaults[engine]["default"]
         c = [r for r in recs if (r["engine"], r["dim"], r["rerank"], r["setting"]) == (engine, dim, rerank, setting)]
         return c[0] if c else None
 
@@ -461,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--b1-queries", type=int, default=200, help="queries timed one at a time")
     p.add_argument("--runs", type=int, default=3, help="timed runs of the batch of 1000")
     p.add_argument("--skip-scifact", action="store_true", help="skip the nDCG@10 pass on the real corpus")
+    p.add_argument("--hnsw-ef", default=None, help="ef values swept for HNSW32 and hnswlib (default 32,64,128)")
+    p.add_argument("--tag", default=None, help="suffix of the output files (speed-<N>-<tag>.*)")
     p.add_argument("--plot", default=None, help="only re-plot this JSON")
     a = p.parse_args(argv)
     if a.plot:
@@ -479,14 +484,15 @@ def main(argv: list[str] | None = None) -> int:
     smec = SMEC(dims=reduced, method=a.method, progress=False, seed=0).fit(ds.corpus)
     t0 = time.perf_counter()
     ndcg = [] if a.skip_scifact else scifact_ndcg(ds, smec, configs)
-    res = run_n(a.n, ds, smec, configs, a.b1_queries, a.runs)
+    hnsw_ef = [int(x) for x in a.hnsw_ef.split(",")] if a.hnsw_ef else None
+    res = run_n(a.n, ds, smec, configs, a.b1_queries, a.runs, hnsw_ef)
     payload = {"machine": info, "data": DATA_NOTE, "D": ds.dim, "method": a.method, "k": K, "candidates": CANDIDATES,
-               "configs": [f"{e}@{d}" for e, d in configs], "b1_queries": a.b1_queries, "load_start": load_start,
+               "configs": [f"{e}@{d}" for e, d in configs], "hnsw_ef": hnsw_ef, "b1_queries": a.b1_queries, "load_start": load_start,
                "load_end": load_avg(), "omp_threads": faiss.omp_get_max_threads(),
                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "result": res, "scifact_ndcg": ndcg,
                "wall_s": round(time.perf_counter() - t0, 1)}
     payload["targets"] = targets(res, ndcg, ds.dim)
-    stem = RESULTS / f"speed-{a.n}"
+    stem = RESULTS / (f"speed-{a.n}" + (f"-{a.tag}" if a.tag else ""))
     write_json(stem.with_suffix(".json"), payload)
     md = report(payload)
     stem.with_suffix(".md").write_text(md)
