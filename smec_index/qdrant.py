@@ -27,9 +27,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .compressor import SMEC
+from .index.checks import check_vectors, is_int
 from .index.backends._qdrant import (DATATYPES, QUANTIZATIONS, CollectionSpec, QdrantEngine, QdrantEngineError,
                                      QdrantLayoutError, Stage, StageParams, VectorSpec, check_batch_size, check_ids,
-                                     check_int, check_payloads, check_same_layout)
+                                     check_int, check_oversampling, check_payloads,
+                                     check_same_layout)
 from .index.backends.qdrant_edge import EdgeEngine
 from .index.backends.qdrant_server import ServerEngine
 
@@ -60,20 +62,9 @@ def _fingerprint(smec: SMEC, full: bool) -> dict[str, Any]:
 
 
 def _check_vectors(x: Any, name: str, where: str, d: int) -> np.ndarray:
-    """float32 C-contiguous (n, d), finite, no all-zero row (cosine has no direction for it)."""
-    if not isinstance(x, np.ndarray):
-        if isinstance(x, (str, bytes)) or not hasattr(x, "__len__"):
-            raise TypeError(f"{where}: {name} must be a float array of shape (n, {d}), got {type(x).__name__}")
-        x = np.asarray(x)
-    if x.dtype.kind != "f":
-        raise TypeError(f"{where}: {name} must be a float array, got dtype {x.dtype}")
-    if x.ndim != 2 or x.shape[1] != d:
-        raise ValueError(f"{where}: {name} has shape {x.shape}; expected (n, {d})")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    bad = ~np.isfinite(x).all(axis=1)
-    if bad.any():
-        raise ValueError(f"{where}: {name} has {int(bad.sum())} row(s) with NaN or inf (first: row "
-                         f"{int(np.argmax(bad))}); expected finite values")
+    """float32 C-contiguous (n, d) and finite (``smec_index.index.checks``), without an all-zero row (cosine
+    has no direction for it)."""
+    x = check_vectors(x, where, d, name=name)
     zero = ~(x != 0).any(axis=1)
     if zero.any():
         raise ValueError(f"{where}: {name} has {int(zero.sum())} all-zero row(s) (first: row {int(np.argmax(zero))}); "
@@ -111,12 +102,12 @@ class QdrantCompressedCollection:
             raise ValueError(f"{where}: smec is not fitted; call smec.fit(corpus) first")
         if not isinstance(full, (bool, np.bool_)):
             raise TypeError(f"{where}: full must be a bool, got {full!r}")
-        if isinstance(dims, (int, np.integer)) and not isinstance(dims, bool):
+        if is_int(dims):
             dims = (dims,)
         if isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence):
             raise TypeError(f"{where}: dims must be a sequence of ints, got {type(dims).__name__}")
         for d in dims:
-            if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
+            if not is_int(d):
                 raise TypeError(f"{where}: dims must be ints, got {d!r} in {tuple(dims)!r}")
         unknown = sorted(set(int(d) for d in dims) - set(smec.dims_))
         if unknown:
@@ -319,12 +310,11 @@ class QdrantCompressedCollection:
         """How many points each stage keeps: the first and middle stages ``max(k, candidates[i])`` (one
         candidates value per SMEC dim, smallest first, or one int for all), the last stage k."""
         n = len(self.dims)
-        if isinstance(candidates, (int, np.integer)) and not isinstance(candidates, bool):
+        if is_int(candidates):
             candidates = (candidates,) * n
         if isinstance(candidates, (str, bytes)) or not isinstance(candidates, Sequence):
             raise TypeError(f"{where}: candidates must be an int or one int per dim, got {candidates!r}")
-        if len(candidates) != n or not all(not isinstance(c, bool) and isinstance(c, (int, np.integer)) and c > 0
-                                           for c in candidates):
+        if len(candidates) != n or not all(is_int(c) and c > 0 for c in candidates):
             raise ValueError(f"{where}: candidates must be a positive int or {n} positive ints (one per dim of "
                              f"{self.dims}, smallest first), got {candidates!r}")
         limits = [max(k, int(c)) for c in candidates][: len(self.stages) - 1]
@@ -362,16 +352,14 @@ class QdrantCompressedCollection:
             hnsw_ef = check_int(hnsw_ef, "hnsw_ef", where)
         if not isinstance(exact, (bool, np.bool_)):
             raise TypeError(f"{where}: exact must be a bool, got {exact!r}")
-        if oversampling is not None and (isinstance(oversampling, bool) or not isinstance(oversampling, (int, float))
-                                         or not oversampling >= 1):
-            raise ValueError(f"{where}: oversampling must be a number >= 1 or None, got {oversampling!r}")
+        oversampling = check_oversampling(oversampling, where)
         native = self.engine.native_filter(filter, where)
         if Q.shape[0] == 0:
             return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
         per_stage = self.stage_vectors(Q)
         stages = [Stage(name, per_stage[name], limit) for name, limit in zip(self.stages, limits)]
         params = StageParams(hnsw_ef=hnsw_ef, exact=bool(exact), rescore=len(stages) == 1,
-                             oversampling=None if oversampling is None else float(oversampling))
+                             oversampling=oversampling)
         return self.engine.query(stages, params, native)
 
     def layout(self) -> dict[str, dict[str, Any]]:

@@ -20,14 +20,15 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from ..checks import check_ids as _check_ids
+from ..checks import is_int
 from .base import FLT_MAX
 
 __all__ = [
     "DISTANCES", "QUANTIZATIONS", "DATATYPES", "VectorSpec", "CollectionSpec", "Stage", "StageParams",
     "QdrantEngine", "QdrantEngineError", "QdrantLayoutError", "translate_error", "nest_chain", "to_arrays",
-    "stage_search_params",
-    "check_ids", "check_payloads", "check_batch_size", "check_int", "check_same_layout", "allocated_bytes",
-    "copy_tree_sparse",
+    "stage_search_params", "check_ids", "check_payloads", "check_batch_size", "check_int", "check_oversampling",
+    "check_same_layout", "allocated_bytes", "copy_tree_sparse",
 ]
 
 DISTANCES = ("cosine", "dot", "euclid")
@@ -177,28 +178,27 @@ def to_arrays(hits: Sequence[Sequence[tuple[int, float]]], k: int, distance: str
 # --------------------------------------------------------------------- argument checks
 def check_int(value: Any, name: str, where: str, least: int = 1) -> int:
     """An int >= least (numpy ints accepted, bools refused)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:
+    if not is_int(value) or value < least:
         raise ValueError(f"{where}: {name} must be an int >= {least}, got {value!r}")
     return int(value)
 
 
+def check_oversampling(value: Any, where: str) -> float | None:
+    """None, or a number >= 1 (how many times its limit a quantized search reads from the codes)."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not value >= 1:
+        raise ValueError(f"{where}: oversampling must be a number >= 1 or None, got {value!r}")
+    return float(value)
+
+
 def check_ids(ids: Any, where: str, n: int | None = None, unique: bool = True) -> np.ndarray:
-    """A 1-D int64 array of non-negative point ids (of length n when given, without repeats if ``unique``)."""
+    """A 1-D int64 array of non-negative point ids (``smec_index.index.checks``; of length n when given),
+    without repeats if ``unique`` (Qdrant would keep the last of them silently)."""
     if isinstance(ids, (str, bytes)):
         raise TypeError(f"{where}: ids must be a 1-D array of non-negative ints, got {type(ids).__name__}")
-    arr = np.asarray(ids)
-    if arr.dtype.kind not in "iu" or arr.dtype == np.bool_:
-        got = arr.dtype if arr.dtype.kind != "O" else "object (" + ", ".join(
-            sorted({type(x).__name__ for x in arr.ravel()[:100]})) + ")"
-        raise TypeError(f"{where}: ids must be integers (int64), got dtype {got}")
-    if arr.ndim != 1 or (n is not None and arr.shape[0] != n):
-        raise ValueError(f"{where}: ids has shape {arr.shape}; expected ({'n' if n is None else n},)")
-    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
-        raise ValueError(f"{where}: ids must fit in int64, got {int(arr.max())}")
-    arr = arr.astype(np.int64)
-    if arr.size and arr.min() < 0:
-        raise ValueError(f"{where}: ids must be >= 0 (Qdrant point ids are unsigned; -1 marks a missing "
-                         f"result), got {int(arr.min())}")
+    arr = _check_ids(ids, where, n)
     if unique and arr.size:
         uniq, counts = np.unique(arr, return_counts=True)
         if uniq.shape[0] != arr.shape[0]:

@@ -22,8 +22,8 @@ import numpy as np
 import qdrant_edge as qe
 
 from ._qdrant import (DATATYPES, QUANTIZATIONS, CollectionSpec, QdrantEngineError, Stage, StageParams, VectorSpec,
-                      allocated_bytes, check_int, copy_tree_sparse, nest_chain, stage_search_params, to_arrays,
-                      translate_error)
+                      allocated_bytes, check_int, check_oversampling, copy_tree_sparse, nest_chain,
+                      stage_search_params, to_arrays, translate_error)
 from .base import pad_results
 
 __all__ = ["EdgeEngine", "QdrantEdgeBackend", "edge_filter"]
@@ -323,15 +323,13 @@ class QdrantEdgeBackend:
             check_int(max_search_threads, "max_search_threads", where)
         if quantization not in QUANTIZATIONS:
             raise ValueError(f"{where}: quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
-        if oversampling is not None and (isinstance(oversampling, bool) or not isinstance(oversampling, (int, float))
-                                         or oversampling < 1):
-            raise ValueError(f"{where}: oversampling must be a number >= 1 or None, got {oversampling!r}")
+        oversampling = check_oversampling(oversampling, where)
         if datatype not in DATATYPES:
             raise ValueError(f"{where}: datatype must be one of {DATATYPES}, got {datatype!r}")
         self.dim, self.metric = int(dim), metric
         self._options = {"m": int(m), "ef_construct": int(ef_construct), "hnsw_ef": hnsw_ef,
                          "full_scan_threshold_kb": int(full_scan_threshold_kb), "quantization": quantization,
-                         "oversampling": None if oversampling is None else float(oversampling),
+                         "oversampling": oversampling,
                          "datatype": datatype, "max_search_threads": max_search_threads}
         self.spec = CollectionSpec(
             vectors=(VectorSpec(_VECTOR, self.dim, graph=True, quantization=quantization, datatype=datatype),),
