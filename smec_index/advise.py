@@ -12,7 +12,6 @@ and the queries per second of an exhaustive scan, measured here and scaled linea
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -22,7 +21,7 @@ import numpy as np
 from .compressor import SMEC
 from .metrics import exact_search
 from .quality import default_dims
-from .report import human_bytes, markdown_table
+from .report import best_time, human_bytes, markdown_table
 
 __all__ = ["advise", "Advice", "DimEstimate"]
 
@@ -137,21 +136,12 @@ def _rerank(Fq: np.ndarray, F: np.ndarray, cand: np.ndarray, k: int) -> np.ndarr
     return np.take_along_axis(cand, order, axis=1)
 
 
-def _best_time(fn, repeats: int = _REPEATS) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def _scan_seconds_per_vector(Zq: np.ndarray, Zc: np.ndarray, k: int) -> float:
     """Seconds an exhaustive scan (faiss ``IndexFlatIP``) spends per query and per stored vector."""
     reps = max(1, -(-_TIMING_ROWS // Zc.shape[0]))
     index = faiss.IndexFlatIP(Zc.shape[1])
     index.add(np.tile(Zc, (reps, 1)) if reps > 1 else Zc)
-    t = _best_time(lambda: index.search(Zq, k))
+    t = best_time(lambda: index.search(Zq, k), _REPEATS)
     return t / (Zq.shape[0] * index.ntotal)
 
 
@@ -250,7 +240,7 @@ def advise(
         Zc, Zq = smec.transform(X, d), smec.transform(Q, d)
         _, cand = exact_search(Zq, Zc, candidates)
         if rerank_s is None:
-            rerank_s = _best_time(lambda: _rerank(Fq, F, cand, k)) / Q.shape[0]
+            rerank_s = best_time(lambda: _rerank(Fq, F, cand, k), _REPEATS) / Q.shape[0]
         found = _rerank(Fq, F, cand, k)
         scan = _scan_seconds_per_vector(Zq, Zc, k)
         rows.append(DimEstimate(int(d), 4 * int(d), _recall(cand[:, :k], truth), _recall(found, truth),

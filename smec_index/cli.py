@@ -279,9 +279,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from .demo import LEARNED
     from .quality import MODES, default_dims, run_quality
-    from .report import curves_by_label, describe_environment, environment, markdown_table, plot_ndcg_vs_bytes
-    from .report import write_json
+    from .report import (curves_by_label, describe_environment, environment, plot_ndcg_vs_bytes, quality_tables,
+                         write_json)
 
     ds = _load_dataset(args)
     dims = args.dims or default_dims(ds.dim)
@@ -292,16 +293,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"# quality: {ds.name} / {ds.model} (D={ds.dim}), dims {list(dims)}, methods {args.methods}, modes {modes}")
     print(f"# machine: {describe_environment(env)}")
     t0 = time.perf_counter()
-    options = {m: _training_options(args) for m in args.methods if m in ("smec", "mrl", "search-adaptor")}
+    options = {m: _training_options(args) for m in args.methods if m in LEARNED}
     records = run_quality(ds, args.methods, dims, modes, args.seed, progress=not args.quiet, method_options=options)
-    for mode in modes:
-        recs = [r for r in records if r["mode"] == mode]
-        cols = sorted({r["dim"] for r in recs}, reverse=True)
-        by = {(r["method"], r["dim"]): r for r in recs}
-        methods = list(dict.fromkeys(r["method"] for r in recs))
-        rows = [[m] + [by[(m, d)]["ndcg@10"] if (m, d) in by else "-" for d in cols]
-                + [f'{max(r["train_s"] for r in recs if r["method"] == m):.1f}'] for m in methods]
-        print(f"\n### nDCG@10, {mode}\n\n" + markdown_table(["method"] + [str(d) for d in cols] + ["train_s"], rows))
+    print("\n" + quality_tables(records))
     payload = {"command": "smec-index bench", "data": str(ds.root), "dataset": ds.name, "model": ds.model,
                "dim": ds.dim, "dims": list(dims), "seed": args.seed, "machine": env, "records": records,
                "wall_s": round(time.perf_counter() - t0, 1)}
@@ -410,6 +404,15 @@ def _common(quiet: bool = True, seed: bool = False, training: bool = False, data
     return p
 
 
+def _add_source(p: argparse.ArgumentParser, data_help: str, queries_help: str) -> None:
+    """``--data DIR [--model NAME] | --corpus X.npy [--queries Q.npy]``: a data set or an embedding matrix."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", metavar="DIR", help=data_help)
+    src.add_argument("--corpus", metavar="X.npy", help="corpus embeddings, float (n, D)")
+    p.add_argument("--model", metavar="NAME", help="with --data: embedding model (default all-MiniLM-L6-v2)")
+    p.add_argument("--queries", metavar="Q.npy", help=queries_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .compressor import METHODS
@@ -426,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fit SMEC (unsupervised and supervised), PCA and truncation, build a FAISS index "
                        "per dim, and print nDCG@10, bytes/vector and QPS per dim; writes OUT/demo.json and "
                        "OUT/demo.png. Runs on SciFact data shipped with the package (CC BY-NC 2.0), nothing to "
-                       "download; about two minutes on two CPU cores (reduced training, see --help of train).")
+                       "download; under three minutes on two CPU cores (shortened training: --init pca --max-epochs 2 "
+                       "--ads-epochs 1 --patience 1, each can be overridden).")
     s.add_argument("--out", default="smec-demo", metavar="DIR", help="where demo.json and demo.png go (default smec-demo)")
     s.add_argument("--dims", type=_dims, help="dims to train and index (default 128,64,32 for 384-dim data)")
     s.add_argument("--fast", action="store_true", help="a smoke run for CI: 600 documents, 60 test queries, 2 dims, 1 epoch per phase")
@@ -437,11 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fit SMEC (or a baseline) on a data set (--data) or on an embedding matrix "
                        "(--corpus X.npy, optionally with --queries Q.npy --qrels F.tsv for supervised training; "
                        "qrels lines are query_row<TAB>doc_row<TAB>relevance) and save it to --out.")
-    src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", metavar="DIR", help="a data set in the BEIR layout of ../shared/data")
-    src.add_argument("--corpus", metavar="X.npy", help="corpus embeddings, float (n, D)")
-    s.add_argument("--model", metavar="NAME", help="with --data: embedding model (default all-MiniLM-L6-v2)")
-    s.add_argument("--queries", metavar="Q.npy", help="training query embeddings (m, D), with --qrels")
+    _add_source(s, "a data set in the BEIR layout of ../shared/data", "training query embeddings (m, D), with --qrels")
     s.add_argument("--qrels", metavar="F.tsv", help="judged pairs: query_row<TAB>doc_row<TAB>relevance (header allowed)")
     s.add_argument("--mode", choices=["unsupervised", "supervised"], default="unsupervised",
                    help="with --data: supervised trains on the train split's judgements (default unsupervised)")
@@ -501,11 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "rerank, bytes per vector and estimated QPS; then the smallest dim meeting --target and "
                        "what it saves for --n-vectors vectors. Queries: --queries, the data set's test queries, or "
                        "corpus rows held out of training and of the search.")
-    src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", metavar="DIR", help="a data set in the BEIR layout (its test queries are the queries)")
-    src.add_argument("--corpus", metavar="X.npy", help="corpus embeddings, float (n, D)")
-    s.add_argument("--model", metavar="NAME", help="with --data: embedding model (default all-MiniLM-L6-v2)")
-    s.add_argument("--queries", metavar="Q.npy", help="with --corpus: held-out query vectors")
+    _add_source(s, "a data set in the BEIR layout (its test queries are the queries)",
+                "with --corpus: held-out query vectors")
     s.add_argument("--compressor", metavar="MODEL_DIR", help="assess a saved compressor instead of training one")
     s.add_argument("--method", choices=METHODS, help="compressor to train when no --compressor (default smec)")
     s.add_argument("--dims", type=_dims, help="dims to assess / train (default: all trained, or 256..32 below 2/3 D)")

@@ -6,12 +6,13 @@ import datetime as _dt
 import json
 import os
 import platform
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 __all__ = ["markdown_table", "environment", "describe_environment", "curves_by_label", "plot_ndcg_vs_bytes",
-           "human_bytes", "write_json"]
+           "human_bytes", "write_json", "quality_tables", "best_time"]
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence], floatfmt: str = ".4f") -> str:
@@ -32,6 +33,33 @@ def write_json(path: str | Path, payload: dict) -> Path:
     tmp.write_text(json.dumps(payload, indent=2))
     os.replace(tmp, path)
     return path
+
+
+def quality_tables(records: Sequence[dict]) -> str:
+    """nDCG@10 of ``run_quality`` records as one markdown table per mode: a row per method, a column per dim
+    (largest first), and the method's training seconds."""
+    out = []
+    for mode in dict.fromkeys(r["mode"] for r in records):
+        recs = [r for r in records if r["mode"] == mode]
+        cols = sorted({r["dim"] for r in recs}, reverse=True)
+        by = {(r["method"], r["dim"]): r for r in recs}
+        methods = list(dict.fromkeys(r["method"] for r in recs))
+        rows = [[m] + [by[(m, d)]["ndcg@10"] if (m, d) in by else "-" for d in cols]
+                + [f'{max(r["train_s"] for r in recs if r["method"] == m):.1f}'] for m in methods]
+        out.append(f"nDCG@10, {mode}:\n\n" + markdown_table(["method"] + [str(d) for d in cols] + ["train_s"], rows))
+    return "\n\n".join(out)
+
+
+def best_time(fn: Callable[[], object], repeats: int = 3, min_seconds: float = 0.0) -> float:
+    """The shortest wall time of at least ``repeats`` calls of ``fn``, calling on until ``min_seconds`` have
+    passed, in seconds: other jobs on the machine only ever add time, so the minimum is the least disturbed."""
+    best, start, n = float("inf"), time.perf_counter(), 0
+    while n < repeats or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+        n += 1
+    return best
 
 
 def human_bytes(n: float) -> str:
@@ -102,6 +130,9 @@ def plot_ndcg_vs_bytes(curves: dict[str, list[tuple[int, float]]], path: str | P
     if reference is not None:
         ax.axhline(reference, color="grey", ls="--", label=f"full dim, raw ({reference:.3f})")
     ax.set_xscale("log", base=2)
+    ticks = sorted({x for pts in curves.values() for x, _ in pts})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("bytes per vector (float32 = 4 x dims)")
     ax.set_ylabel("nDCG@10")
     ax.set_title(title)

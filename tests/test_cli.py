@@ -214,6 +214,7 @@ def _bad_cases(f: Path, t: Path) -> list[tuple[list, int, str]]:
         (["info", f], 1, "read_index: .* has no manifest.json; it is not a saved CompressedIndex"),
         (["demo", "--data", t / "nodata", "--out", t / "o"], 1, "load_beir: data directory .* does not exist"),
         (["demo", "--dims", "512", "--out", t / "o"], 1, r"demo: dims \(512,\) must all be < the embedding dim 384"),
+        (["demo", "--out", f / "qrels.tsv"], 1, "demo: --out '.*qrels.tsv' exists and is not a directory"),
         (["frobnicate"], 2, "argument COMMAND: invalid choice: 'frobnicate'"),
     ]
 

@@ -1,0 +1,231 @@
+"""The docs never rot: every code block in docs/ runs, every result table matches its JSON, every link resolves.
+
+Code blocks run in file order, in one namespace per file and a fresh working directory: ```python blocks
+with ``exec``; ```bash blocks line by line, each line a ``smec-index`` command run in-process (exit status
+0 required; nothing else is allowed there, so the docs stay cheap and portable). ```text blocks and
+untagged ones are pictures and file layouts, not code. Tables between ``<!-- generated: KIND FILE -->``
+and ``<!-- end generated -->`` are rendered from ``FILE`` (a JSON under benchmarks/results/); regenerate
+them with ``python tests/test_docs.py --update``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+RESULTS = ROOT / "benchmarks" / "results"
+FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
+GENERATED = re.compile(r"(<!-- generated: (\w+) (\S+) -->\n)(.*?)(<!-- end generated -->)", re.S)
+RUN = ("python", "bash")
+NOT_CODE = ("", "text")
+
+
+def code_blocks(path: Path) -> list[tuple[str, str, int]]:
+    """(language, code, line number) of every fenced block of a markdown file."""
+    text = path.read_text(encoding="utf-8")
+    return [(m.group(1), m.group(2), text.count("\n", 0, m.start()) + 1) for m in FENCE.finditer(text)]
+
+
+def bash_commands(code: str) -> list[str]:
+    """Logical lines of a bash block (backslash continuations joined), comments and blank lines dropped."""
+    return [ln.strip() for ln in code.replace("\\\n", " ").splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+# ----------------------------------------------------------------------------- result renderers
+def _machine(m: dict, extra: str = "") -> str:
+    v = m.get("versions", {})
+    mem = f", {m['memory_gib']} GiB" if m.get("memory_gib") else ""
+    return (f"Machine: {m['cpu']}, {m['cores']} cores{mem}; Python {m['python']}, torch {v.get('torch')}, "
+            f"numpy {v.get('numpy')}, faiss-cpu {v.get('faiss-cpu')}; {m['date']}{extra}.")
+
+
+def render_demo(p: dict, rel: str) -> str:
+    from smec_index.demo import demo_table
+
+    cmd = "smec-index demo"
+    if not p["shipped_data"]:
+        cmd += f" --data {p['data']} --model {p['model']}"
+    if p["settings"].get("max_docs"):
+        cmd += " --fast"
+    return (f"`{cmd}`: {p['dataset']} / {p['model']}, {p['n_docs']:,} documents, {p['n_test_queries']} test "
+            f"queries, supervised training on {p['n_train_queries']} train queries; {p['wall_s']:.0f} s wall.\n"
+            f"{_machine(p['environment'])}\n\n" + demo_table(p["records"], tuple(p["dims"]), p["dim"]))
+
+
+def render_quality(p: dict, rel: str) -> str:
+    from smec_index.quality import default_dims
+    from smec_index.report import markdown_table, quality_tables
+
+    cmd = f"python benchmarks/quality.py --data {p['data']} --model {p['model']}"
+    if list(p["dims"]) != list(default_dims(p["dim"])):
+        cmd += " --dims " + ",".join(map(str, p["dims"]))
+    modes = sorted({r["mode"] for r in p["records"]})
+    if len(modes) == 1:
+        cmd += f" --mode {modes[0]}"
+    if "ablation" in p:
+        cmd += " --ablation"
+    how = f"`{cmd}`"
+    if p.get("parts"):
+        how += (f", run as {len(p['parts'])} parts merged with `--merge` (how: "
+                f"`{rel.removesuffix('.json')}.md`)")
+    out = f"{how}\n{_machine(p['machine'])}\n\n" + quality_tables(p["records"])
+    if "ablation" in p:
+        rows = p["ablation"]["rows"]
+        dims = [int(k.split("@")[-1]) for k in rows[0] if k.startswith("ndcg@10@")]
+        out += (f"\n\nAblation (the paper's Table 1 layout), nDCG@10, {p['ablation']['mode']}:\n\n"
+                + markdown_table(["variant"] + [str(d) for d in dims] + ["train_s"],
+                                 [[r["variant"]] + [r[f"ndcg@10@{d}"] for d in dims] + [f"{r['train_s']:.1f}"]
+                                  for r in rows]))
+    return out
+
+
+def render_speed(p: dict, rel: str) -> str:
+    from smec_index.report import markdown_table
+
+    res = p["result"]
+    settings: dict[str, list[str]] = {}
+    for r in res["records"]:
+        settings.setdefault(r["engine"], [])
+        s = json.dumps(r["setting"], sort_keys=True)
+        if s not in settings[r["engine"]]:
+            settings[r["engine"]].append(s)
+    middle = {e: v[len(v) // 2] for e, v in settings.items()}  # settings come in increasing order
+    ndcg = {(x["engine"], x["dim"], x["rerank"]): x["ndcg@10"] for x in p.get("scifact_ndcg", [])}
+    rows = []
+    for r in res["records"]:
+        if json.dumps(r["setting"], sort_keys=True) != middle[r["engine"]]:
+            continue
+        setting = ", ".join(f"{k}={v}" for k, v in r["setting"].items()) or "-"
+        nd = ndcg.get((r["engine"], r["dim"], r["rerank"]))
+        rows.append([r["engine"], r["dim"], r["rerank"], setting, f"{r['ram_index']:.0f} / {r['ram_full']:.0f}",
+                     f"{r['qps_b1000']:,.0f}", f"{r['qps_b1']:,.0f}", f"{r['recall@10']:.3f}",
+                     "-" if nd is None else f"{nd:.4f}"])
+    targets = "\n".join(f"- {'met' if t['met'] else 'not met'}: {t['target']}: {t['value']}" for t in p["targets"])
+    load = f"; load average {p['load_start']} at start, {p['load_end']} at end" if "load_start" in p else ""
+    return (f"`OMP_WAIT_POLICY=PASSIVE python benchmarks/speed.py --n {res['n']}`: {res['n']:,} x {p['D']} "
+            f"({p['data']}); compressor {p['method']}; k={p['k']}, rerank of {p['candidates']} candidates.\n"
+            f"{_machine(p['machine'], load)}\n\n"
+            + markdown_table(["engine", "dim", "rerank", "setting", "RAM B/vec (index / +full)", "QPS batch 1000",
+                              "QPS batch 1", "recall@10 vs exact full", "SciFact nDCG@10"], rows)
+            + f"\n\nTargets:\n\n{targets}")
+
+
+def render_qdrant(p: dict, rel: str) -> str:
+    from smec_index.report import markdown_table
+
+    parts = [f"`python benchmarks/qdrant.py --method {p['method']} --runs {p['runs']}`: k={p['k']}, "
+             f"best of {p['runs']} runs.\n{_machine(p['machine'])}"]
+    for ds in p["datasets"]:
+        rows = [[r["label"], r["code_b_per_pt"], f"{r['recall@10']:.3f}",
+                 "-" if r.get("ndcg@10") is None else f"{r['ndcg@10']:.4f}", f"{r['qps_b1']:,.0f}",
+                 f"{r['cpu_ms_b1']:.3f}", f"{r['disk_b_per_pt']:,.0f}"] for r in ds["records"]]
+        exact = ds.get("exact_ndcg@10")
+        head = f"{ds['dataset']}: {ds['n']:,} points, {ds['d']} dims, {ds['queries']} queries" + (
+            f", exact full-dim nDCG@10 {exact:.4f}" if exact is not None else "")
+        parts.append(head + "\n\n" + markdown_table(["configuration", "code B/point", "recall@10", "nDCG@10",
+                                                      "QPS batch 1", "CPU ms/query", "disk B/point"], rows))
+    return "\n\n".join(parts)
+
+
+RENDERERS: dict[str, Callable[[dict, str], str]] = {"demo": render_demo, "quality": render_quality,
+                                               "speed": render_speed, "qdrant": render_qdrant}
+
+
+def regenerate(text: str) -> str:
+    """``text`` with every generated block re-rendered from its JSON."""
+    def sub(m: re.Match) -> str:
+        kind, rel = m.group(2), m.group(3)
+        payload = json.loads((ROOT / rel).read_text(encoding="utf-8"))
+        return m.group(1) + RENDERERS[kind](payload, rel) + "\n" + m.group(5)
+    return GENERATED.sub(sub, text)
+
+
+# ----------------------------------------------------------------------------- tests
+MD_FILES = sorted(DOCS.glob("*.md"))
+
+
+@pytest.mark.parametrize("path", MD_FILES, ids=lambda p: p.name)
+def test_code_blocks_run(path, tmp_path, monkeypatch, capsys):
+    from smec_index.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": f"docs.{path.stem}"}
+    for lang, code, line in code_blocks(path):
+        where = f"{path.name}:{line}"
+        if lang == "python":
+            exec(compile(code, where, "exec"), namespace)
+        elif lang == "bash":
+            for cmd in bash_commands(code):
+                argv = shlex.split(cmd)
+                assert argv[0] == "smec-index", f"{where}: bash blocks in docs hold smec-index commands only: {cmd!r}"
+                assert main(argv[1:]) == 0, f"{where}: {cmd!r} failed: {capsys.readouterr().err}"
+        else:
+            assert lang in NOT_CODE, f"{where}: unknown block language {lang!r}; use python, bash or text"
+    capsys.readouterr()
+
+
+def test_every_doc_runs_something_or_is_prose():
+    langs = {p.name: {lang for lang, _, _ in code_blocks(p)} for p in MD_FILES}
+    for name in ("cli.md", "architecture.md", "faiss.md", "qdrant.md"):
+        assert langs[name] & set(RUN), f"{name} shows no runnable example"
+
+
+@pytest.mark.parametrize("path", [p for p in MD_FILES if GENERATED.search(p.read_text(encoding="utf-8"))],
+                         ids=lambda p: p.name)
+def test_generated_tables_match_their_json(path):
+    text = path.read_text(encoding="utf-8")
+    for m in GENERATED.finditer(text):
+        assert (ROOT / m.group(3)).is_file(), f"{path.name} shows {m.group(3)}, which does not exist"
+    assert regenerate(text) == text, f"{path.name} is out of date with benchmarks/results: run python tests/test_docs.py --update"
+
+
+def test_renderers_on_a_bench_payload(tmp_path, capsys):
+    """The quality renderer (for results not committed yet) on what ``smec-index bench`` writes."""
+    from conftest import write_toy_beir
+    from smec_index.cli import main
+
+    data = write_toy_beir(tmp_path / "beir", n_docs=30, n_queries=10, dim=16)
+    assert main(["bench", "--data", str(data), "--model", "toy", "--methods", "pca,truncate", "--dims", "8,4",
+                 "--json", str(tmp_path / "q.json"), "--quiet"]) == 0
+    payload = json.loads((tmp_path / "q.json").read_text())
+    text = render_quality(payload, "q.json")
+    assert text.startswith(f"`python benchmarks/quality.py --data {data} --model toy --dims 8,4`")
+    pca = next(r for r in payload["records"] if (r["method"], r["dim"], r["mode"]) == ("pca", 8, "supervised"))
+    assert f"| pca | - | {pca['ndcg@10']:.4f} |" in text and "nDCG@10, supervised" in text
+    capsys.readouterr()
+
+
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+@pytest.mark.parametrize("path", [ROOT / "README.md", *MD_FILES], ids=lambda p: p.name)
+def test_relative_links_resolve(path):
+    for target in LINK.findall(path.read_text(encoding="utf-8")):
+        if "://" not in target:
+            assert (path.parent / target).exists(), f"{path.name} links to {target}, which does not exist"
+
+
+def test_readme_links_every_doc():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = [p.name for p in MD_FILES if f"docs/{p.name}" not in readme]
+    assert not missing, f"README.md does not link {missing}"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--update"]:
+        sys.exit("usage: python tests/test_docs.py --update   (re-render the generated tables in docs/)")
+    sys.path.insert(0, str(ROOT))
+    for p in MD_FILES:
+        old = p.read_text(encoding="utf-8")
+        new = regenerate(old)
+        if new != old:
+            p.write_text(new, encoding="utf-8")
+            print(f"updated {p.relative_to(ROOT)}")
