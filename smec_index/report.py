@@ -16,11 +16,12 @@ __all__ = ["markdown_table", "environment", "describe_environment", "curves_by_l
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence], floatfmt: str = ".4f") -> str:
-    """A GitHub markdown table; floats formatted with ``floatfmt``, everything else with ``str``."""
+    """A GitHub markdown table, the first column left-aligned and the others right-aligned (numbers); floats
+    formatted with ``floatfmt``, everything else with ``str``."""
     def cell(x: object) -> str:
         return format(x, floatfmt) if isinstance(x, float) else str(x)
 
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" for _ in headers) + "|"]
+    lines = ["| " + " | ".join(headers) + " |", "|---|" + "".join("---:|" for _ in headers[1:])]
     lines += ["| " + " | ".join(cell(x) for x in r) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -84,24 +85,31 @@ def _cpu_model() -> str:
 
 
 def environment() -> dict:
-    """The machine and the package versions that move the numbers, stored with every result."""
+    """The machine and the package versions that move the numbers, stored with every result (the same keys
+    as ``benchmarks/common.py``'s ``machine_info``)."""
     import torch
 
     versions = {}
-    for pkg in ("smec-index", "torch", "numpy", "faiss-cpu", "hnswlib"):
+    for pkg in ("smec-index", "torch", "numpy", "faiss-cpu", "hnswlib", "qdrant-edge-py", "qdrant-client"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
+    try:
+        memory_gib = round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        memory_gib = None
     return {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "cpu": _cpu_model(),
-            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "os": platform.platform(),
-            "python": platform.python_version(), "versions": versions}
+            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "memory_gib": memory_gib,
+            "os": platform.platform(), "python": platform.python_version(), "versions": versions,
+            "cuda": torch.cuda.is_available()}
 
 
 def describe_environment(env: dict) -> str:
-    """One line: CPU, cores, Python and the main versions."""
+    """One line: CPU, cores, memory, Python and the main versions."""
     v = env["versions"]
-    return (f"{env['cpu']}, {env['cores']} cores; Python {env['python']}, torch {v['torch']}, "
+    mem = f", {env['memory_gib']} GiB" if env.get("memory_gib") else ""
+    return (f"{env['cpu']}, {env['cores']} cores{mem}; Python {env['python']}, torch {v['torch']}, "
             f"numpy {v['numpy']}, faiss-cpu {v['faiss-cpu']}")
 
 
