@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["is_int", "check_vectors", "check_ids"]
+__all__ = ["is_int", "check_shape", "check_finite", "check_vectors", "check_ids"]
 
 
 def is_int(v: Any) -> bool:
@@ -14,29 +14,40 @@ def is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
-def check_vectors(x: Any, where: str, d: int | None, name: str = "x") -> np.ndarray:
-    """float32 C-contiguous (n, d) with finite values (other float dtypes converted), else a
-    TypeError/ValueError naming the argument, the expected and the received shape or dtype.
-
-    ``d=None`` accepts any width (the dim is learned from this data)."""
+def check_shape(x: Any, where: str, d: int | None, name: str = "x") -> np.ndarray:
+    """A float (n, d) ndarray, not converted or copied (a memory-mapped input stays mapped), else a
+    TypeError/ValueError naming the argument, the expected and the received shape or dtype."""
     if not isinstance(x, np.ndarray):
         x = np.asarray(x)
     if x.dtype.kind != "f":
         raise TypeError(f"{where}: {name} must be a float array, got dtype {x.dtype}")
     if x.ndim != 2 or (d is not None and x.shape[1] != d) or x.shape[1] == 0:
         raise ValueError(f"{where}: {name} has shape {x.shape}; expected (n, {'D' if d is None else d})")
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    return x
+
+
+def check_finite(x: np.ndarray, where: str, name: str = "x", row0: int = 0) -> None:
+    """ValueError naming the first row with NaN or inf (counted from ``row0``: the chunk's offset)."""
     # a finite sum means only finite values (inf and NaN propagate): one cheap pass, no (n, d) temporary;
     # when it is not finite (a bad value, or an overflowing sum), rows are checked one by one
     with np.errstate(over="ignore", invalid="ignore"):
         if np.isfinite(x.sum()):
-            return x
+            return
         suspect = np.flatnonzero(~np.isfinite(x.sum(axis=1)))
     bad = np.zeros(x.shape[0], dtype=bool)
     bad[suspect] = ~np.isfinite(x[suspect]).all(axis=1)
     if bad.any():
         raise ValueError(f"{where}: {name} has {int(bad.sum())} row(s) with NaN or inf (first: row "
-                         f"{int(np.argmax(bad))}); expected finite float32 values")
+                         f"{row0 + int(np.argmax(bad))}); expected finite float32 values")
+
+
+def check_vectors(x: Any, where: str, d: int | None, name: str = "x") -> np.ndarray:
+    """float32 C-contiguous (n, d) with finite values (other float dtypes converted), else a
+    TypeError/ValueError naming the argument, the expected and the received shape or dtype.
+
+    ``d=None`` accepts any width (the dim is learned from this data)."""
+    x = np.ascontiguousarray(check_shape(x, where, d, name), dtype=np.float32)
+    check_finite(x, where, name)
     return x
 
 

@@ -29,11 +29,12 @@ import numpy as np
 from .._fsutil import atomic_directory
 from ..compressor import SMEC
 from .backends import METRIC_TYPE, METRICS, Backend, backend_class, make_backend, pad_results, worst_distance
-from .checks import check_ids, check_vectors, is_int
+from .checks import check_finite, check_ids, check_shape, check_vectors, is_int
 from .errors import IndexStateError
 from .ids import EXPLICIT, SEQUENTIAL, IdMap
 from .persist import read_manifest, write_manifest
 from .store import STORE_DTYPES, STORE_KINDS, VectorStore
+from .stream import chunk_rows, release_pages
 
 __all__ = ["CompressedIndex", "write_index", "read_index", "RERANK"]
 
@@ -280,24 +281,46 @@ class CompressedIndex:
         self._add(x, ids, "add_with_ids")
 
     def _add(self, x: Any, ids: Any, where: str) -> None:
+        """Validate the whole input first (nothing changes on bad input), then add it one chunk of rows at a
+        time under the write lock: searches see all of the batch or none of it, and at most one chunk of
+        full-dim float32 rows is held beyond the stores (see ``stream.py``)."""
         d = self._require_trained(where)
-        X = check_vectors(x, where, d)
+        X = check_shape(x, where, d)
         ids = None if ids is None else check_ids(ids, where, X.shape[0])
         mode = SEQUENTIAL if ids is None else EXPLICIT
-        inv = _inv_norms(X)
-        reduced = {dim: self._project(dim, X, inv) for dim in self.dims}
+        n, step = X.shape[0], chunk_rows(d)
+        if n <= step:  # one chunk: project before taking the lock, so searches wait less
+            X = check_vectors(X, where, d)
+            inv = _inv_norms(X)
+            reduced = {dim: self._project(dim, X, inv) for dim in self.dims}
+            with self._lock.write():
+                self._ids.check_add(mode, ids, where)
+                if n:
+                    self._add_rows(X, inv, reduced, ids)
+            return
+        for s in range(0, n, step):
+            check_finite(np.asarray(X[s : s + step], dtype=np.float32), where, row0=s)
+            release_pages(X, s, s + step)
         with self._lock.write():
             self._ids.check_add(mode, ids, where)
-            if X.shape[0] == 0:
-                return
-            slots = self._ids.assign(X.shape[0], ids)
-            for dim, b in self.backends.items():
-                b.add(slots, reduced[dim])
-            for key in self._store_keys():
-                if key not in self._stores:
-                    dim = d if key == FULL else key
-                    self._stores[key] = VectorStore(dim, self.store_dtype, self.full_store or "memory")
-                self._stores[key].append(self._project(FULL, X, inv) if key == FULL else reduced[key])
+            for s in range(0, n, step):
+                C = np.ascontiguousarray(X[s : s + step], dtype=np.float32)
+                inv = _inv_norms(C)
+                self._add_rows(C, inv, {dim: self._project(dim, C, inv) for dim in self.dims},
+                               None if ids is None else ids[s : s + step])
+                release_pages(X, s, s + step)
+
+    def _add_rows(self, X: np.ndarray, inv: float | np.ndarray, reduced: dict[int, np.ndarray],
+                  ids: np.ndarray | None) -> None:
+        """Give validated rows their slots, then add them to every backend and store (write lock held)."""
+        slots = self._ids.assign(X.shape[0], ids)
+        for dim, b in self.backends.items():
+            b.add(slots, reduced[dim])
+        for key in self._store_keys():
+            if key not in self._stores:
+                dim = self._d if key == FULL else key
+                self._stores[key] = VectorStore(dim, self.store_dtype, self.full_store or "memory")
+            self._stores[key].append(self._project(FULL, X, inv) if key == FULL else reduced[key])
 
     def _store_keys(self) -> list[int | str]:
         """Stores needed: each configured dim above the smallest (cascade rescoring), and the full one."""

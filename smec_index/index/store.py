@@ -1,13 +1,19 @@
 """Rows of vectors by slot, for exact rescoring: in RAM or memory-mapped from disk, float32 or float16.
 
 The full-dim store holds what the final rerank scores against; smaller stores hold the reduced vectors of
-the intermediate cascade stages. A memory-mapped store lives in a private temporary file while it is
-being written; a loaded one maps the saved ``.npy`` read-only and copies it to a private file only on the
-first ``append``, so a saved index on disk is never modified by later adds.
+the intermediate cascade stages.
+
+A memory-mapped store (``kind="mmap"``) keeps its rows in a private temporary file. Rows are written with
+``pwrite`` and read through a read-only mapping, so writing a million full-dim rows never maps them into
+the process (page cache is not resident memory of the process; dirty pages written through a mapping
+would be); a search maps in only the pages of the candidates it rescores. A loaded store maps the saved
+``.npy`` read-only and copies it to a private file (``copy_file_range``, in the kernel) only on the first
+``append``, so a saved index on disk is never modified by later adds. Saving copies file to file too.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import tempfile
 import weakref
@@ -15,11 +21,53 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["VectorStore", "STORE_KINDS", "STORE_DTYPES"]
+__all__ = ["VectorStore", "STORE_KINDS", "STORE_DTYPES", "npy_data_offset"]
 
 STORE_KINDS = ("memory", "mmap")
 STORE_DTYPES = ("float32", "float16")
-_COPY_ROWS = 65536
+_COPY_BYTES = 16 << 20
+
+
+def npy_data_offset(path: Path) -> tuple[int, tuple[int, ...], np.dtype, bool]:
+    """Byte offset of the data in a ``.npy`` file, with its shape, dtype and Fortran flag (header only)."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"read_index: {path} is a .npy file of format version {version}; expected 1.0 or 2.0")
+        return f.tell(), tuple(shape), np.dtype(dtype), bool(fortran)
+
+
+def _copy_range(src: int, src_off: int, dst: int, dst_off: int, nbytes: int) -> None:
+    """Copy bytes between two file descriptors in the kernel (``copy_file_range``), else by ``pread``/``pwrite``."""
+    fast = hasattr(os, "copy_file_range")
+    while nbytes > 0:
+        if fast:
+            try:
+                done = os.copy_file_range(src, dst, min(nbytes, 1 << 30), src_off, dst_off)
+            except OSError:
+                fast = False
+                continue
+        else:
+            block = os.pread(src, min(nbytes, _COPY_BYTES), src_off)
+            done = os.pwrite(dst, block, dst_off)
+        if done <= 0:
+            raise OSError(f"store: short copy ({nbytes} bytes left)")
+        src_off, dst_off, nbytes = src_off + done, dst_off + done, nbytes - done
+
+
+def _map_rows(path: str | Path, offset: int, n: int, dim: int, dtype: np.dtype) -> np.ndarray:
+    """A read-only (n, dim) view of a file's bytes from ``offset``, mapped with random-access advice."""
+    if n == 0:
+        return np.empty((0, dim), dtype=dtype)
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        mm.madvise(mmap.MADV_RANDOM)  # a rerank reads scattered rows: no read-ahead
+    return np.frombuffer(mm, dtype=dtype, count=n * dim, offset=offset).reshape(n, dim)
 
 
 class VectorStore:
@@ -32,10 +80,16 @@ class VectorStore:
         self._n = 0
         self._arr: np.ndarray = np.empty((0, self.dim), dtype=self.dtype)
         self._path: str | None = None  # the private file of a writable mmap store
+        self._cap = 0  # rows the private file has room for
+        self._src: tuple[Path, int] | None = None  # a loaded mmap store: the saved file and its data offset
 
     @property
     def n(self) -> int:
         return self._n
+
+    @property
+    def row_bytes(self) -> int:
+        return self.dim * self.dtype.itemsize
 
     @property
     def nbytes(self) -> int:
@@ -45,10 +99,42 @@ class VectorStore:
     def append(self, X: np.ndarray) -> None:
         """Store rows for the next ``len(X)`` slots (cast to the store's dtype)."""
         m = X.shape[0]
-        if self._n + m > self._arr.shape[0] or (self.kind == "mmap" and self._path is None):
-            self._grow(max(self._n + m, int(self._arr.shape[0] * 1.5)))
-        self._arr[self._n : self._n + m] = X
+        if self.kind == "memory":
+            if self._n + m > self._arr.shape[0]:
+                grown = np.empty((max(self._n + m, int(self._arr.shape[0] * 1.5)), self.dim), dtype=self.dtype)
+                grown[: self._n] = self._arr[: self._n]
+                self._arr = grown
+            self._arr[self._n : self._n + m] = X
+            self._n += m
+            return
+        if self._path is None:
+            self._open_private()
+        if self._n + m > self._cap:
+            self._cap = max(self._n + m, int(self._cap * 1.5), 1024)
+            os.truncate(self._path, self._cap * self.row_bytes)
+        data = np.ascontiguousarray(X, dtype=self.dtype)
+        fd = os.open(self._path, os.O_WRONLY)
+        try:
+            view, off = memoryview(data).cast("B"), self._n * self.row_bytes
+            while view.nbytes:
+                done = os.pwrite(fd, view, off)
+                view, off = view[done:], off + done
+        finally:
+            os.close(fd)
         self._n += m
+        self._arr = _map_rows(self._path, 0, self._n, self.dim, self.dtype)
+
+    def _open_private(self) -> None:
+        """Create the private file of a writable mmap store (holding the loaded rows, if any)."""
+        fd, self._path = tempfile.mkstemp(prefix="smec-store-", suffix=".bin")
+        weakref.finalize(self, _unlink, self._path)
+        try:
+            if self._src is not None and self._n:
+                with open(self._src[0], "rb") as src:
+                    _copy_range(src.fileno(), self._src[1], fd, 0, self._n * self.row_bytes)
+        finally:
+            os.close(fd)
+        self._cap, self._src = self._n, None
 
     def take(self, slots: np.ndarray) -> np.ndarray:
         """Rows of the given slots as float32 (any shape of slots; rows appended on the last axis)."""
@@ -58,39 +144,38 @@ class VectorStore:
         """A view of the stored rows ``start:stop`` in the store's dtype."""
         return self._arr[start : self._n if stop is None else stop]
 
-    def _grow(self, cap: int) -> None:
-        old = self._arr
-        if self.kind == "memory":
-            grown = np.empty((cap, self.dim), dtype=self.dtype)
-        else:
-            if self._path is None:
-                fd, self._path = tempfile.mkstemp(prefix="smec-store-", suffix=".bin")
-                os.close(fd)
-                weakref.finalize(self, _unlink, self._path)
-            with open(self._path, "r+b") as f:
-                f.truncate(cap * self.dim * self.dtype.itemsize)
-            grown = np.memmap(self._path, dtype=self.dtype, mode="r+", shape=(cap, self.dim))
-            if isinstance(old, np.memmap) and old.filename is not None and os.path.samefile(old.filename, self._path):
-                self._arr = grown  # the rows are already in the (extended) file
-                return
-        for s in range(0, self._n, _COPY_ROWS):
-            grown[s : min(s + _COPY_ROWS, self._n)] = old[s : min(s + _COPY_ROWS, self._n)]
-        self._arr = grown
-
     # ----------------------------------------------------------------- persistence
     def save(self, path: Path) -> None:
-        """Write the stored rows as one ``.npy`` file."""
+        """Write the stored rows as one ``.npy`` file (an mmap store is copied file to file, not through RAM)."""
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": (self._n, self.dim)}
         with open(path, "wb") as f:
-            np.lib.format.write_array(f, np.asarray(self.rows()), allow_pickle=False)
+            if self.kind == "memory":
+                np.lib.format.write_array(f, np.asarray(self.rows()), allow_pickle=False)
+                return
+            np.lib.format.write_array_header_1_0(f, header)
+            f.flush()
+            src, off = (self._src if self._src is not None else (self._path, 0))
+            if self._n and src is not None:
+                with open(src, "rb") as s:
+                    _copy_range(s.fileno(), off, f.fileno(), f.tell(), self._n * self.row_bytes)
 
     @classmethod
     def load(cls, path: Path, dim: int, dtype: str, kind: str, n: int) -> "VectorStore":
         """Read a saved store (mmap kind: map it read-only); refuses a shape or dtype other than expected."""
-        arr = np.load(path, mmap_mode="r" if kind == "mmap" else None, allow_pickle=False)
-        if arr.shape != (n, dim) or arr.dtype != np.dtype(dtype):
-            raise ValueError(f"read_index: {path} holds {arr.dtype} {arr.shape}; the manifest says {dtype} ({n}, {dim})")
+        offset, shape, got, fortran = npy_data_offset(path)
+        if shape != (n, dim) or got != np.dtype(dtype) or fortran:
+            raise ValueError(f"read_index: {path} holds {got} {shape}; the manifest says {dtype} ({n}, {dim})")
+        size = Path(path).stat().st_size
+        if size != offset + n * dim * got.itemsize:
+            raise ValueError(f"read_index: {path} has {size} bytes; {dtype} ({n}, {dim}) needs "
+                             f"{offset + n * dim * got.itemsize} (truncated or padded)")
         obj = cls(dim, dtype, kind)
-        obj._arr, obj._n = arr, n
+        if kind == "mmap":
+            obj._arr, obj._src = _map_rows(path, offset, n, dim, got), (Path(path), offset)
+        else:
+            obj._arr = np.load(path, allow_pickle=False)
+        obj._n = n
         return obj
 
 
