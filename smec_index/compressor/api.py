@@ -33,6 +33,11 @@ class NotFittedError(ValueError, AttributeError):
     """Raised when a compressor is used before ``fit``."""
 
 
+def is_saved_smec(path: Path) -> bool:
+    """Whether ``path`` holds an earlier ``SMEC.save`` (which a new save may replace)."""
+    return (path / _CONFIG).is_file() and (path / _WEIGHTS).is_file()
+
+
 def _check_matrix(X: Any, name: str, where: str, D: int | None = None) -> np.ndarray:
     """A finite, non-empty 2-D float32 C-contiguous copy-or-view of X, else a specific error."""
     if not isinstance(X, np.ndarray):
@@ -315,7 +320,8 @@ class SMEC:
 
     def save(self, path: str | Path) -> None:
         """Write ``config.json`` (format version, settings, trained state) and ``weights.safetensors``
-        into directory ``path``, atomically (a crash leaves the previous save intact)."""
+        into directory ``path``, atomically (a crash leaves the previous save intact). ``path`` may be new,
+        empty or an earlier SMEC save; any other existing directory is refused (ValueError)."""
         from safetensors.numpy import save_file
 
         self._check_fitted("save")
@@ -334,7 +340,7 @@ class SMEC:
             tensors[f"proj.{d}.c"] = p.c
         for d, idx in self.selections_.items():
             tensors[f"ads.{d}"] = idx
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, is_saved_smec, "a saved SMEC model") as tmp:
             (tmp / _CONFIG).write_text(json.dumps(cfg, indent=2))
             save_file(tensors, str(tmp / _WEIGHTS))
 
@@ -349,10 +355,11 @@ class SMEC:
             raise ValueError(f"SMEC.load: {str(path)!r} is not a saved SMEC (needs {_CONFIG} and {_WEIGHTS})")
         try:
             cfg = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"SMEC.load: {cfg_path} is not valid JSON ({e})") from None
-        if cfg.get("kind") != "smec_index.SMEC":
-            raise ValueError(f"SMEC.load: {cfg_path} is not an SMEC config (kind={cfg.get('kind')!r})")
+        if not isinstance(cfg, dict) or cfg.get("kind") != "smec_index.SMEC":
+            kind = cfg.get("kind") if isinstance(cfg, dict) else type(cfg).__name__
+            raise ValueError(f"SMEC.load: {cfg_path} is not an SMEC config (kind={kind!r})")
         if cfg.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"SMEC.load: format version {cfg.get('format_version')!r} in {cfg_path}; "
                              f"this smec_index reads version {FORMAT_VERSION}")
@@ -360,6 +367,13 @@ class SMEC:
             tensors = load_file(str(path / _WEIGHTS))
         except Exception as e:  # safetensors raises its own error types for a damaged file
             raise ValueError(f"SMEC.load: {path / _WEIGHTS} is unreadable ({e})") from None
+        try:
+            return cls._from_saved(cfg, tensors, path)
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise ValueError(f"SMEC.load: {path} is not a valid SMEC save ({type(e).__name__}: {e})") from None
+
+    @classmethod
+    def _from_saved(cls, cfg: dict, tensors: dict[str, np.ndarray], path: Path) -> "SMEC":
         flags = {k: cfg[k] for k in ("sequential", "ads", "xbm")} if cfg["method"] == "smec" else {}
         obj = cls(cfg["dims"], cfg["method"], init=cfg["init"], seed=cfg["seed"], **flags, **cfg["train_options"])
         fitted = cfg["fitted"]
