@@ -4,7 +4,9 @@ A save builds the whole directory under a temporary name beside the target, fsyn
 the directory, then swaps it into place. On Linux the swap is one atomic ``renameat2(RENAME_EXCHANGE)``,
 so at every instant ``path`` is either the old complete directory or the new complete one. Elsewhere
 it falls back to two renames (the old directory is moved aside first, so it is never half-overwritten).
-Temporary directories carry the prefix ``.tmp-`` and are never a valid save.
+Temporary directories carry the prefix ``.tmp-`` and the writer's pid: ``read_index`` refuses to load one, and
+the next save to the same path removes those whose writer is gone. A save refuses to replace an existing
+non-empty directory that is not an earlier save of the same kind.
 """
 
 from __future__ import annotations
@@ -12,16 +14,19 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import glob
 import hashlib
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 __all__ = ["atomic_directory", "sha256_file", "fsync_tree", "TMP_PREFIX"]
 
 TMP_PREFIX = ".tmp-"
+_TMP_TAIL = re.compile(r"(?:old-)?(\d+)-[0-9a-f]{12}")
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -64,17 +69,48 @@ def _exchange(a: Path, b: Path) -> bool:
     return res == 0
 
 
+def _tmp_sibling(path: Path, tag: str = "") -> Path:
+    """A fresh temporary name beside ``path``, carrying the writer's pid (for cleaning up after a crash)."""
+    return path.parent / f"{TMP_PREFIX}{path.name}-{tag}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def _remove_stale(path: Path) -> None:
+    """Remove temporary directories a killed writer left beside ``path`` (its pid is no longer running)."""
+    prefix = f"{TMP_PREFIX}{path.name}-"
+    for p in path.parent.glob(f"{glob.escape(prefix)}*"):
+        m = _TMP_TAIL.fullmatch(p.name[len(prefix):])
+        if m is None or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 @contextlib.contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
+def atomic_directory(path: str | Path, is_ours: Callable[[Path], bool] | None = None,
+                     what: str = "a saved index") -> Iterator[Path]:
     """Yield a fresh temporary directory; on normal exit it replaces ``path`` atomically.
 
-    On an exception the temporary directory is removed and ``path`` is left untouched.
+    ``path`` may be new, an empty directory, or (when ``is_ours`` says so) an earlier save; any other
+    existing directory is refused with a ValueError before anything is written, because the save
+    replaces the whole directory. On an exception the temporary directory is removed and ``path`` is
+    left untouched; temporary directories of writers killed earlier are removed first.
     """
     path = Path(path).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.name.startswith(TMP_PREFIX):
+        raise ValueError(f"save: {str(path)!r} starts with {TMP_PREFIX!r}, which marks unfinished saves; choose "
+                         f"another name")
     if path.exists() and not path.is_dir():
         raise ValueError(f"save: {str(path)!r} exists and is not a directory")
-    tmp = path.parent / f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:12]}"
+    if path.is_dir() and any(path.iterdir()) and not (is_ours is not None and is_ours(path)):
+        raise ValueError(f"save: {str(path)!r} exists and is not {what}; a save replaces the whole directory, "
+                         f"so it refuses to delete what is there: choose a new path or remove it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
+    tmp = _tmp_sibling(path)
     tmp.mkdir()
     try:
         yield tmp
@@ -84,7 +120,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
                 # tmp now holds the old directory
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
-                old = path.parent / f"{TMP_PREFIX}{path.name}-old-{uuid.uuid4().hex[:12]}"
+                old = _tmp_sibling(path, "old-")
                 os.rename(path, old)
                 os.rename(tmp, path)
                 shutil.rmtree(old, ignore_errors=True)

@@ -28,11 +28,11 @@ import numpy as np
 
 from .._fsutil import atomic_directory
 from ..compressor import SMEC
-from .backends import METRIC_TYPE, METRICS, Backend, backend_class, make_backend, pad_results, worst_distance
+from .backends import BACKENDS, METRIC_TYPE, METRICS, Backend, backend_class, make_backend, pad_results, worst_distance
 from .checks import check_finite, check_ids, check_shape, check_vectors, is_int
 from .errors import IndexStateError
 from .ids import EXPLICIT, SEQUENTIAL, IdMap
-from .persist import read_manifest, write_manifest
+from .persist import is_saved_index, read_manifest, write_manifest
 from .store import STORE_DTYPES, STORE_KINDS, VectorStore
 from .stream import chunk_rows, release_pages
 
@@ -502,9 +502,13 @@ class CompressedIndex:
 
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:
-        """Write the whole index to directory ``path`` atomically (a crash leaves the old save intact)."""
+        """Write the whole index to directory ``path`` atomically (a crash leaves the old save intact).
+
+        ``path`` may be new, an empty directory or an earlier save (replaced as a whole); any other existing
+        directory is refused with a ValueError. Runs concurrently with searches; waits for adds and removals.
+        """
         self._require_trained("save")
-        with self._lock.read(), atomic_directory(path) as tmp:
+        with self._lock.read(), atomic_directory(path, is_saved_index, "a saved CompressedIndex") as tmp:
             self.smec.save(tmp / "smec")
             np.save(tmp / "ids.npy", self._ids.slot_ids)
             for dim, b in self.backends.items():
@@ -529,7 +533,7 @@ class CompressedIndex:
         skips the sha256 pass over the data files (their sizes are still checked).
         """
         path = Path(path)
-        m = read_manifest(path, verify)
+        m = _check_settings(read_manifest(path, verify), path)
         kind = m["full_store"] if full_store is None else full_store
         if kind not in STORE_KINDS and not (kind is None and m["full_store"] is None):
             raise ValueError(f"read_index: full_store must be one of {STORE_KINDS}, got {full_store!r}")
@@ -546,7 +550,11 @@ class CompressedIndex:
         obj = cls.__new__(cls)
         obj._configure(smec, dims, m["backend"], m["metric"], m["rerank"], tuple(m["candidates"]), kind,
                        m["store_dtype"], backends)
-        obj._ids = IdMap.from_slot_ids(m["id_mode"], np.load(path / "ids.npy", allow_pickle=False))
+        slot_ids = np.load(path / "ids.npy", allow_pickle=False)
+        if slot_ids.dtype != np.int64 or slot_ids.shape != (m["n_slots"],):
+            raise ValueError(f"read_index: {path / 'ids.npy'} holds {slot_ids.dtype} {slot_ids.shape}; expected "
+                             f"int64 ({m['n_slots']},)")
+        obj._ids = IdMap.from_slot_ids(m["id_mode"], slot_ids)
         for key in m["stores"]:
             skey: int | str = key if key == FULL else int(key)
             sdim = m["d"] if key == FULL else skey
@@ -557,6 +565,40 @@ class CompressedIndex:
             raise ValueError(f"read_index: {path} is inconsistent: the manifest says ntotal={m['ntotal']}, "
                              f"n_slots={m['n_slots']}; the files hold {counts}, n_slots={obj._ids.n_slots}")
         return obj
+
+
+def _check_settings(m: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The manifest's settings, each checked for type and range (a file name is built from ``dims`` and
+    ``stores``, so nothing unchecked reaches a path); ValueError naming the first bad one."""
+    def bad(key: str, expected: str) -> ValueError:
+        return ValueError(f"read_index: {path / 'manifest.json'} has {key}={m.get(key)!r}; expected {expected}")
+
+    def nonneg(v: Any) -> bool:
+        return is_int(v) and v >= 0
+
+    if not (is_int(m.get("d")) and m["d"] > 0):
+        raise bad("d", "a positive int")
+    dims = m.get("dims")
+    if not (isinstance(dims, list) and dims and all(is_int(x) and 0 < x < m["d"] for x in dims)
+            and dims == sorted(set(dims))):
+        raise bad("dims", f"increasing ints in 1..{m['d'] - 1}")
+    checks = {"backend": (lambda v: isinstance(v, str) and v in BACKENDS, f"one of {sorted(BACKENDS)}"),
+              "metric": (lambda v: v in METRICS, f"one of {METRICS}"),
+              "rerank": (lambda v: v in RERANK, f"one of {RERANK}"),
+              "candidates": (lambda v: isinstance(v, list) and len(v) == len(dims) and all(is_int(c) and c > 0 for c in v),
+                             f"{len(dims)} positive ints"),
+              "full_store": (lambda v: v is None or v in STORE_KINDS, f"one of {STORE_KINDS} or null"),
+              "store_dtype": (lambda v: v in STORE_DTYPES, f"one of {STORE_DTYPES}"),
+              "id_mode": (lambda v: v in (None, SEQUENTIAL, EXPLICIT), f"null, {SEQUENTIAL!r} or {EXPLICIT!r}"),
+              "ntotal": (nonneg, "an int >= 0"), "n_slots": (nonneg, "an int >= 0"),
+              "stores": (lambda v: isinstance(v, list) and set(v) <= {FULL, *map(str, dims[1:])} and len(set(v)) == len(v),
+                         f"names from {[FULL, *map(str, dims[1:])]}")}
+    for key, (ok, expected) in checks.items():
+        if not ok(m.get(key)):
+            raise bad(key, expected)
+    if m["ntotal"] > m["n_slots"]:
+        raise bad("ntotal", f"at most n_slots={m['n_slots']}")
+    return m
 
 
 def write_index(index: "CompressedIndex | faiss.Index", path: str | Path) -> None:

@@ -2,20 +2,23 @@
 
 A save is one directory written through ``atomic_directory`` (temp dir, fsync, atomic swap), with
 ``manifest.json`` written last. Loading reads the manifest, refuses another kind or format version,
-checks the manifest's own checksum (a flipped digit in it is caught too), then the size and sha256 of
-every file it lists, before anything is deserialised.
+checks the manifest's own checksum (a flipped digit in it is caught too), that every path it lists stays
+inside the directory (no ``..``, absolute paths or symbolic links) and that it lists every file there, then
+the size and sha256 of every file, before anything is deserialised. Nothing is ever unpickled: engines read
+their native formats, arrays are ``.npy`` with ``allow_pickle=False``, weights are safetensors, the rest JSON.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .._fsutil import sha256_file
+from .._fsutil import TMP_PREFIX, sha256_file
 
-__all__ = ["FORMAT_VERSION", "KIND", "MANIFEST", "write_manifest", "read_manifest"]
+__all__ = ["FORMAT_VERSION", "KIND", "MANIFEST", "write_manifest", "read_manifest", "is_saved_index"]
 
 FORMAT_VERSION = 1
 KIND = "smec_index.CompressedIndex"
@@ -36,17 +39,44 @@ def write_manifest(root: Path, meta: dict[str, Any]) -> None:
     (root / MANIFEST).write_text(json.dumps({**body, "manifest_sha256": _body_sha256(body)}, indent=2))
 
 
+def is_saved_index(path: Path) -> bool:
+    """Whether ``path`` holds an earlier save (a manifest), which a new save may replace."""
+    return (path / MANIFEST).is_file()
+
+
+def _check_entry(root: Path, rel: Any, info: Any, where: str) -> Path:
+    """The file a manifest entry names, refused if the entry could point outside ``root`` or is malformed."""
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\x00" in rel:
+        raise ValueError(f"{where}: the manifest lists a file named {rel!r}; expected a relative path inside the index")
+    parts = PurePosixPath(rel).parts
+    if PurePosixPath(rel).is_absolute() or any(x in ("", ".", "..") for x in parts):
+        raise ValueError(f"{where}: the manifest lists {rel!r}, which points outside the index directory; refused")
+    if not (isinstance(info, dict) and isinstance(info.get("bytes"), int) and info["bytes"] >= 0
+            and isinstance(info.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", info["sha256"])):
+        raise ValueError(f"{where}: the manifest entry of {rel!r} is {info!r}; expected {{bytes, sha256}}")
+    f = root.joinpath(*parts)
+    for p in [root.joinpath(*parts[: i + 1]) for i in range(len(parts))]:
+        if p.is_symlink():
+            raise ValueError(f"{where}: {p} is a symbolic link; a saved index holds only regular files")
+    return f
+
+
 def read_manifest(root: Path, verify: bool = True) -> dict[str, Any]:
     """The verified manifest of a saved index; ValueError naming what is wrong otherwise.
 
-    ``verify=False`` skips the sha256 of the data files (sizes are still checked), for very large
-    memory-mapped stores that would otherwise be read in full at load.
+    Every file under ``root`` must be listed, every listed file must be a regular file inside ``root``
+    (no ``..``, no absolute path, no symbolic link) with the listed size and sha256. ``verify=False``
+    skips the sha256 of the vector stores (``store-*.npy``: plain float arrays, read lazily when mapped),
+    for very large indexes; their sizes are still checked, and every other file is always hashed.
     """
     where = "read_index"
+    if root.name.startswith(TMP_PREFIX):
+        raise ValueError(f"{where}: {str(root)!r} is a temporary directory of an unfinished save "
+                         f"(prefix {TMP_PREFIX!r}), not an index")
     if not root.is_dir():
         raise ValueError(f"{where}: {str(root)!r} is not a directory (a CompressedIndex is saved as one)")
     path = root / MANIFEST
-    if not path.is_file():
+    if not path.is_file() or path.is_symlink():
         raise ValueError(f"{where}: {str(root)!r} has no {MANIFEST}; it is not a saved CompressedIndex")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -61,13 +91,28 @@ def read_manifest(root: Path, verify: bool = True) -> dict[str, Any]:
     body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
     if manifest.get("manifest_sha256") != _body_sha256(body):
         raise ValueError(f"{where}: {path} does not match its own checksum; it was modified or damaged")
-    for rel, info in manifest["files"].items():
-        f = root / rel
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise ValueError(f"{where}: {path} has no file list")
+    checked = {rel: _check_entry(root, rel, info, where) for rel, info in files.items()}
+    for p in root.rglob("*"):
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink():
+            raise ValueError(f"{where}: {p} is a symbolic link; a saved index holds only regular files")
+        if p.is_file() and rel != MANIFEST and rel not in files:
+            raise ValueError(f"{where}: {p} is not listed in the manifest (added after the save, or the save was "
+                             f"tampered with); refused")
+    for rel, f in checked.items():
+        info = files[rel]
         if not f.is_file():
             raise ValueError(f"{where}: {f} is listed in the manifest but missing")
         size = f.stat().st_size
         if size != info["bytes"]:
             raise ValueError(f"{where}: {f} has {size} bytes; the manifest says {info['bytes']} (truncated or replaced)")
-        if verify and sha256_file(f) != info["sha256"]:
+        if (verify or not _is_store(rel)) and sha256_file(f) != info["sha256"]:
             raise ValueError(f"{where}: {f} does not match its sha256 in the manifest; the file is corrupt")
     return manifest
+
+
+def _is_store(rel: str) -> bool:
+    return "/" not in rel and rel.startswith("store-") and rel.endswith(".npy")
