@@ -90,6 +90,67 @@ def test_memory_topk_equals_brute_force():
     assert torch.equal(mem.ids[pos], mem.ids[ref.indices])
 
 
+@pytest.mark.parametrize("size,n_rows,batch", [(50, 40, 16), (30, 80, 16), (64, 64, 8)])
+def test_neighbour_memory_equals_brute_force_fifo_memory(size, n_rows, batch):
+    """The precomputed-retrieval memory returns what a scan of the FIFO memory returns, step by step."""
+    from smec_index.compressor.memory import NeighbourMemory, teacher_neighbours
+
+    g = torch.Generator().manual_seed(size + n_rows)
+    teacher = torch.nn.functional.normalize(torch.randn(n_rows + 5, 8, generator=g), dim=1)
+    rows = torch.arange(5, n_rows + 5)  # rows 0..4 are held out, like validation rows
+    cand_ids, cand_sims = teacher_neighbours(teacher, rows, n_rows - 1, chunk=7)
+    fast = NeighbourMemory(size, cand_ids, cand_sims, rows, n_rows + 5)
+    slow = CrossBatchMemory(size, 8, 8)
+    order = rows[torch.randperm(n_rows, generator=g)]
+    for s in range(0, n_rows, batch):
+        anchors = order[s : s + batch]
+        k = 6
+        ids, sims, valid = fast.topk(anchors, k)
+        if len(slow):
+            pos, ref_sims, ref_valid = slow.topk(teacher[anchors], anchors, k)
+            assert torch.equal(valid, ref_valid)
+            assert torch.equal(ids[valid], slow.ids[pos][ref_valid])
+            torch.testing.assert_close(sims[valid], ref_sims[ref_valid])
+        else:
+            assert not valid.any()
+        assert torch.all(ids[~valid] == -1) and not torch.any(ids == anchors.unsqueeze(1))
+        fast.enqueue(anchors)
+        slow.enqueue(teacher[anchors], teacher[anchors], anchors)
+        assert len(fast) == len(slow)
+
+
+def test_neighbour_memory_forgets_overwritten_rows_but_keeps_requeued_ones():
+    from smec_index.compressor.memory import NeighbourMemory, teacher_neighbours
+
+    teacher = torch.nn.functional.normalize(torch.randn(6, 4, generator=torch.Generator().manual_seed(1)), dim=1)
+    rows = torch.arange(6)
+    mem = NeighbourMemory(3, *teacher_neighbours(teacher, rows, 5), rows, 6)
+    mem.enqueue(torch.tensor([0, 1, 2]))
+    mem.enqueue(torch.tensor([0]))        # 0 again: overwrites the old copy of 0 itself
+    mem.enqueue(torch.tensor([3]))        # overwrites 1
+    held = set(mem.ids.tolist())
+    assert held == {0, 2, 3}
+    ids, _, valid = mem.topk(torch.tensor([5]), 5)
+    assert set(ids[valid].tolist()) == {0, 2, 3}
+    mem.enqueue(torch.tensor([4]))        # overwrites 2; 0's latest copy stays
+    ids, _, valid = mem.topk(torch.tensor([5]), 5)
+    assert set(ids[valid].tolist()) == {0, 3, 4}
+
+
+def test_teacher_neighbours_are_exact_and_exclude_self():
+    from smec_index.compressor.memory import teacher_neighbours
+
+    teacher = torch.nn.functional.normalize(torch.randn(30, 5, generator=torch.Generator().manual_seed(2)), dim=1)
+    rows = torch.arange(3, 30, 2)
+    ids, sims = teacher_neighbours(teacher, rows, 4, chunk=4)
+    bank = teacher[rows]
+    full = bank @ bank.T
+    full.fill_diagonal_(float("-inf"))
+    ref = torch.topk(full, 4, dim=1)
+    assert torch.equal(ids, rows[ref.indices])
+    torch.testing.assert_close(sims, ref.values)
+
+
 def test_memory_reports_empty_slots_invalid():
     mem = CrossBatchMemory(10, 2, 2)
     mem.enqueue(torch.eye(2), torch.eye(2), torch.tensor([0, 1]))
@@ -186,6 +247,17 @@ def test_seed_makes_training_reproducible(synth):
     a = SMEC((16, 8), seed=3, **FAST).fit(synth).transform(synth[:20], 8)
     b = SMEC((16, 8), seed=3, **FAST).fit(synth).transform(synth[:20], 8)
     np.testing.assert_array_equal(a, b)
+
+
+def test_unsupervised_fit_trains_on_a_seeded_sample_of_a_large_corpus(synth):
+    """Above ``max_train_rows`` the corpus is sampled (seeded) before training: same result as fitting the sample."""
+    capped = SMEC((16, 8), seed=5, **FAST, max_train_rows=250).fit(synth)
+    keep = np.sort(np.random.default_rng(5).choice(synth.shape[0], 250, replace=False))
+    on_sample = SMEC((16, 8), seed=5, **FAST).fit(synth[keep])
+    for d in (16, 8):
+        np.testing.assert_array_equal(capped.transform(synth, d), on_sample.transform(synth, d))
+    full = SMEC((16, 8), seed=5, **FAST).fit(synth)
+    assert not np.array_equal(full.transform(synth, 8), capped.transform(synth, 8))
 
 
 def test_smec_stages_are_frozen_and_extend_keeps_them_bit_identical(synth):

@@ -193,6 +193,11 @@ class SMEC:
         X, Q, pairs = self._check_fit_input(corpus, queries, qrels, "fit")
         t0 = time.perf_counter()
         D = X.shape[1]
+        cap = self._config().max_train_rows
+        if pairs is None and X.shape[0] > cap:
+            # unsupervised training sees a seeded random sample: a linear map of D x D parameters is fully
+            # determined long before 50k rows, and the neighbour ranking grows with the square of the rows
+            X = X[np.sort(np.random.default_rng(self.seed).choice(X.shape[0], cap, replace=False))]
         projections: dict[int, Projection] = {D: Projection.identity(D)}
         selections: dict[int, np.ndarray] = {}
         reports: list[StageReport] = []
@@ -391,6 +396,15 @@ class SMEC:
         obj.train_s_ = fitted["train_s"]
         return obj
 
+    def to_sentence_transformers(self, model: Any, dim: int, portable: bool = False) -> Any:
+        """A ``SentenceTransformer`` whose ``encode`` returns ``transform(model.encode(x), dim)``: ``model``'s
+        modules followed by this compressor's map to ``dim`` as a module (``smec_index.text.SMECStage``; with
+        ``portable=True`` sentence-transformers' own Dense and Normalize). Needs ``pip install 'smec-index[embed]'``;
+        see ``smec_index.text.st_module``."""
+        from ..text.st_module import to_sentence_transformers
+
+        return to_sentence_transformers(self, model, dim, portable)
+
     def __repr__(self) -> str:
         state = f"fitted, dims={self.dims_}" if self.is_fitted else "not fitted"
         return f"SMEC(method={self.method!r}, dims={self.dims}, {state})"
@@ -410,6 +424,7 @@ class _Trainer:
         self.val_rows = np.sort(perm[:n_val]) if n_val else np.sort(perm[: max(1, n // 5)])
         self.train_rows = np.sort(perm[n_val:]) if n_val else np.arange(n)
         self.X_t = torch.as_tensor(X, device=self.device)
+        self._raw_cache: dict = {}
         self.sup = None
         if pairs is not None:
             positives: dict[int, list[tuple[int, float]]] = {}
@@ -432,6 +447,9 @@ class _Trainer:
     def _data(self, proj_in: Projection, teacher: torch.Tensor) -> TrainData:
         inputs = torch.as_tensor(proj_in.raw(self.X), device=self.device)
         data = TrainData(teacher=teacher, inputs=inputs, train_rows=self.train_rows, val_rows=self.val_rows)
+        if teacher is self.X_t:
+            # the raw corpus is the teacher of every unsupervised stage: rank its neighbours once per fit
+            data.share_teacher_cache(self._raw_cache)
         if self.sup is not None:
             data.q_inputs = torch.as_tensor(proj_in.raw(self.Q), device=self.device)
             data.positives = self.sup["positives"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["CrossBatchMemory"]
+__all__ = ["CrossBatchMemory", "NeighbourMemory", "teacher_neighbours"]
 
 
 class CrossBatchMemory:
@@ -56,3 +56,89 @@ class CrossBatchMemory:
         vals, pos = torch.topk(sims, k, dim=1)
         valid = torch.isfinite(vals)
         return pos, vals.masked_fill(~valid, 0.0), valid
+
+
+@torch.no_grad()
+def teacher_neighbours(
+    teacher: torch.Tensor, rows: torch.Tensor, n_cand: int, chunk: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's ``n_cand`` nearest other rows (teacher inner product), best first.
+
+    Returns (ids (len(rows), n_cand) long, sims (len(rows), n_cand) float): ids are values of
+    ``rows``. Exact, computed in chunks so memory stays at ``chunk x len(rows)`` scores.
+    """
+    bank = teacher[rows]
+    n = bank.shape[0]
+    n_cand = min(n_cand, n - 1)
+    ids = torch.empty(n, n_cand, dtype=torch.long, device=teacher.device)
+    sims = torch.empty(n, n_cand, device=teacher.device)
+    for s in range(0, n, chunk):
+        block = bank[s : s + chunk] @ bank.T
+        block[torch.arange(block.shape[0]), torch.arange(s, s + block.shape[0])] = float("-inf")
+        v, p = torch.topk(block, n_cand, dim=1)
+        ids[s : s + chunk], sims[s : s + chunk] = rows[p], v
+    return ids, sims
+
+
+class NeighbourMemory:
+    """S-XBM with the retrieval precomputed: a FIFO of row ids over a fixed table of frozen rows.
+
+    The memory only ever holds frozen features, so the teacher similarities between any two rows never
+    change: each row's nearest rows can be ranked once (``teacher_neighbours``) and a retrieval is then
+    "the first k of my ranked candidates that are in the memory now". This returns exactly what
+    ``CrossBatchMemory.topk`` returns for the same FIFO content whenever each row's candidate list
+    reaches past its k-th in-memory neighbour (always, once the memory holds every candidate), at a
+    cost of O(k) per anchor instead of a scan of the whole memory in the teacher's dimension. A row
+    held twice (re-enqueued before its older copy left) counts once.
+    """
+
+    def __init__(self, size: int, cand_ids: torch.Tensor, cand_sims: torch.Tensor, rows: torch.Tensor,
+                 n_rows: int) -> None:
+        if size <= 0:
+            raise ValueError(f"NeighbourMemory: size must be > 0, got {size}")
+        device = cand_ids.device
+        self.size = size
+        # candidate lists indexed by row id (rows outside ``rows`` have none)
+        self.cand_ids = torch.full((n_rows, cand_ids.shape[1]), -1, dtype=torch.long, device=device)
+        self.cand_sims = torch.zeros(n_rows, cand_ids.shape[1], device=device)
+        self.cand_ids[rows], self.cand_sims[rows] = cand_ids, cand_sims
+        # FIFO bookkeeping: the queue position at which each row was last enqueued (-1: never)
+        self.slot_of = torch.full((n_rows,), -1, dtype=torch.long, device=device)
+        self.ids = torch.full((size,), -1, dtype=torch.long, device=device)
+        self.ptr = 0
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    @torch.no_grad()
+    def enqueue(self, ids: torch.Tensor) -> None:
+        """Append rows by id, overwriting the oldest entries once full."""
+        n = ids.shape[0]
+        if n >= self.size:
+            ids, n = ids[-self.size :], self.size
+        pos = (torch.arange(n, device=ids.device) + self.ptr) % self.size
+        old = self.ids[pos]
+        held = old >= 0
+        old, old_pos = old[held], pos[held]
+        # an overwritten entry takes its row out of the memory only if it was that row's latest copy
+        self.slot_of[old[self.slot_of[old] == old_pos]] = -1
+        self.ids[pos] = ids
+        self.slot_of[ids] = pos
+        self.ptr = (self.ptr + n) % self.size
+        self.count = min(self.count + n, self.size)
+
+    @torch.no_grad()
+    def topk(self, query_ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The top-k in-memory neighbours of each query row: (row ids (B, k), teacher sims (B, k),
+        valid (B, k) bool). Ids are -1 and sims 0 where fewer than k candidates are in memory."""
+        cand = self.cand_ids[query_ids]
+        in_mem = (cand >= 0) & (self.slot_of[cand.clamp(min=0)] >= 0)
+        # keep the first k in-memory candidates of each row, in rank order
+        take = in_mem & (torch.cumsum(in_mem, dim=1) <= k)
+        k = min(k, cand.shape[1])
+        order = torch.argsort((~take).to(torch.int8), dim=1, stable=True)[:, :k]
+        ids = cand.gather(1, order)
+        sims = self.cand_sims[query_ids].gather(1, order)
+        valid = take.gather(1, order)
+        return ids.masked_fill(~valid, -1), sims.masked_fill(~valid, 0.0), valid

@@ -159,6 +159,21 @@ class StageModel(nn.Module):
                 out[d] = y[:, :d]
         return out
 
+    def forward_selected(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The inference outputs, with gradient: per output dim, the kept coordinates only.
+
+        Equal in cosine to ``forward_train`` under the hard selection, but with a single output
+        smaller than the input only the kept rows of the adapter are computed (d x n_in, not n_in^2).
+        """
+        if len(self.out_dims) == 1 and self.out_dims[0] < self.n_in:
+            d = self.out_dims[0]
+            idx = torch.as_tensor(self.selection(d), device=x.device)
+            lin = self.adapter.linear
+            return {d: x[:, idx] + nn.functional.linear(x, lin.weight[idx], lin.bias[idx])}
+        y = self.adapter(x)
+        return {d: y if d == self.n_in else y[:, torch.as_tensor(self.selection(d), device=x.device)]
+                for d in self.out_dims}
+
     def forward_eval(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         y = self.adapter(x)
         return {d: y[:, self.selection(d)] for d in self.out_dims}

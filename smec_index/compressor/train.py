@@ -16,10 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from .losses import RankLoss, SimilarityPreservationLoss
-from .memory import CrossBatchMemory
+from .memory import NeighbourMemory, teacher_neighbours
 from .model import StageModel
 
 __all__ = ["TrainConfig", "TrainData", "train_stage", "StageReport"]
+
+# longest candidate list kept per row for S-XBM retrieval (rows x this many ids and sims in memory)
+MAX_CANDIDATES = 1024
 
 
 @dataclass
@@ -45,6 +48,7 @@ class TrainConfig:
     rank_temperature: float = 0.05
     val_fraction: float = 0.1
     max_val: int = 1000
+    max_train_rows: int = 50_000
     xbm: bool = True
 
 
@@ -67,9 +71,37 @@ class TrainData:
     train_q: np.ndarray | None = None
     val_q: np.ndarray | None = None
 
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def share_teacher_cache(self, cache: dict) -> None:
+        """Use ``cache`` for what depends only on the teacher and the row split (neighbour lists,
+        validation ground truth), so stages trained against the same teacher compute it once."""
+        self._cache = cache
+
     @property
     def supervised(self) -> bool:
         return self.q_inputs is not None
+
+    def neighbour_lists(self, cfg: "TrainConfig") -> tuple[torch.Tensor, torch.Tensor]:
+        """Each training row's ranked teacher neighbours among the training rows, computed once.
+
+        Long enough that the memory's top ``neighbour_pool`` is inside the list: the pool itself when the
+        memory can hold every training row, proportionally more (capped) when it holds a fraction.
+        """
+        if "neighbours" not in self._cache:
+            n = len(self.train_rows)
+            pool = max(cfg.neighbour_pool, cfg.neighbours)
+            n_cand = min(max(pool, math.ceil(pool * n / cfg.memory_size)), MAX_CANDIDATES)
+            rows = torch.as_tensor(self.train_rows, device=self.inputs.device)
+            self._cache["neighbours"] = teacher_neighbours(self.teacher, rows, n_cand)
+        return self._cache["neighbours"]
+
+    def val_exact(self) -> torch.Tensor:
+        """Each held-out row's exact teacher top-10 among the training rows (positions), computed once."""
+        if "val_exact" not in self._cache:
+            val, train_rows = torch.as_tensor(self.val_rows), torch.as_tensor(self.train_rows)
+            self._cache["val_exact"] = torch.topk(self.teacher[val] @ self.teacher[train_rows].T, 10, dim=1).indices
+        return self._cache["val_exact"]
 
     def val_positives(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Each validation query's judged docs, padded: (rows (nv, P) long, gains (nv, P); gain 0 = padding)."""
@@ -137,7 +169,7 @@ def _validate(model: StageModel, data: TrainData) -> float:
             scores.append(float((dcg / idcg).mean()))
     else:
         val = torch.as_tensor(data.val_rows)
-        exact = torch.topk(data.teacher[val] @ data.teacher[train_rows].T, 10, dim=1).indices
+        exact = data.val_exact()
         for d in model.out_dims:
             got = torch.topk(corpus_out[d][val] @ corpus_out[d][train_rows].T, 10, dim=1).indices
             hit = (got.unsqueeze(2) == exact.unsqueeze(1)).any(dim=2).float().mean()
@@ -242,10 +274,11 @@ class _Stepper:
         self.device = data.inputs.device
         self.sp_loss = SimilarityPreservationLoss()
         self.rank_loss = RankLoss(cfg.rank_temperature)
-        self.memory = (
-            CrossBatchMemory(cfg.memory_size, data.teacher.shape[1], data.inputs.shape[1], self.device)
-            if cfg.xbm else None
-        )
+        self.memory = None
+        if cfg.xbm:
+            rows = torch.as_tensor(data.train_rows, device=self.device)
+            cand_ids, cand_sims = data.neighbour_lists(cfg)
+            self.memory = NeighbourMemory(cfg.memory_size, cand_ids, cand_sims, rows, data.inputs.shape[0])
         self.n_steps = (
             math.ceil(len(data.train_q) / cfg.query_batch_size)
             if data.supervised
@@ -254,53 +287,63 @@ class _Stepper:
         self.corpus_order = rng.permutation(data.train_rows)
         self.cpos = 0
 
-    def _neighbours(self, a_teacher: torch.Tensor, rows_t: torch.Tensor):
-        """(positions, teacher sims, valid) of each anchor's neighbours: S-XBM memory or in-batch (eq. 4)."""
-        cfg, B = self.cfg, a_teacher.shape[0]
+    def _neighbours(self, rows_t: torch.Tensor):
+        """(neighbours, teacher sims, valid) of each anchor, or None when there are none yet.
+
+        With S-XBM the neighbours are row ids from the memory; in-batch (eq. 4) they are positions in
+        the batch. From the top ``neighbour_pool`` candidates, ``neighbours`` are sampled uniformly
+        among the valid ones (all of the pool when it is no larger)."""
+        cfg, B = self.cfg, rows_t.shape[0]
         pool = max(cfg.neighbour_pool, cfg.neighbours)
         if self.memory is not None:
             if len(self.memory) == 0:
                 return None
-            pos, t_sims, valid = self.memory.topk(a_teacher, rows_t, pool)
+            nb, t_sims, valid = self.memory.topk(rows_t, pool)
         else:
             if B < 2:
                 return None
+            a_teacher = self.data.teacher[rows_t]
             sims = a_teacher @ a_teacher.T
             sims.fill_diagonal_(float("-inf"))
-            t_sims, pos = torch.topk(sims, min(pool, B - 1), dim=1)
+            t_sims, nb = torch.topk(sims, min(pool, B - 1), dim=1)
             valid = torch.ones_like(t_sims, dtype=torch.bool)
-        if pos.shape[1] > cfg.neighbours:
-            pick = torch.argsort(torch.rand(pos.shape, generator=self.gen).to(self.device), dim=1)[:, : cfg.neighbours]
-            pos, t_sims, valid = pos.gather(1, pick), t_sims.gather(1, pick), valid.gather(1, pick)
-        return pos, t_sims, valid
+        if nb.shape[1] > cfg.neighbours:
+            keys = torch.rand(nb.shape, generator=self.gen).to(self.device) + valid.float()
+            pick = torch.topk(keys, cfg.neighbours, dim=1).indices
+            nb, t_sims, valid = nb.gather(1, pick), t_sims.gather(1, pick), valid.gather(1, pick)
+        return nb, t_sims, valid
 
     def epoch(self, opt: torch.optim.Optimizer, tau: float | None) -> None:
+        """``tau`` is the Gumbel-softmax temperature of the select phase; None trains on the fixed
+        hard selection (only the kept coordinates are computed)."""
         cfg, data, model, device = self.cfg, self.data, self.model, self.device
         q_order = self.rng.permutation(data.train_q) if data.supervised else None
+        masks = None
         for step in range(self.n_steps):
             if self.cpos + cfg.batch_size > len(self.corpus_order):
                 self.corpus_order, self.cpos = self.rng.permutation(data.train_rows), 0
             rows = self.corpus_order[self.cpos : self.cpos + cfg.batch_size]
             self.cpos += cfg.batch_size
             rows_t = torch.as_tensor(rows, device=device)
-            a_teacher, a_in = data.teacher[rows_t], data.inputs[rows_t]
             B = len(rows)
-            masks = model.sample_masks(tau, self.gen)
-            nb = self._neighbours(a_teacher, rows_t)
-            parts = [a_in]
+            if tau is not None:
+                masks = model.sample_masks(tau, self.gen)
+            nb = self._neighbours(rows_t)
+            parts = [data.inputs[rows_t]]
             if data.supervised:
                 qs = q_order[step * cfg.query_batch_size : (step + 1) * cfg.query_batch_size]
                 c_rows, c_rel, c_valid = _query_batch(data, qs, cfg, self.rng)
                 parts += [data.q_inputs[torch.as_tensor(qs, device=device)],
                           data.inputs[torch.as_tensor(c_rows.reshape(-1), device=device)]]
-            outs = model.forward_train(torch.cat(parts), masks)
+            forward = model.forward_selected if masks is None else (lambda x: model.forward_train(x, masks))
+            outs = forward(torch.cat(parts))
             n_outs = None
             if self.memory is not None and nb is not None:
                 # memory rows are re-projected by the current stage every step (stored features never
                 # drift); their side of a pair carries no gradient, like a key encoder's: every row gets
                 # its gradient when it is an anchor
                 with torch.no_grad():
-                    n_outs = model.forward_train(self.memory.inputs[nb[0].reshape(-1)], masks)
+                    n_outs = forward(data.inputs[nb[0].clamp(min=0).reshape(-1)])
             loss = torch.zeros((), device=device)
             for d, z in outs.items():
                 za = z[:B]
@@ -320,4 +363,4 @@ class _Stepper:
                 loss.backward()
                 opt.step()
             if self.memory is not None:
-                self.memory.enqueue(a_teacher, a_in, rows_t)
+                self.memory.enqueue(rows_t)
