@@ -217,8 +217,8 @@ class SMEC:
         self._data = (X, Q, pairs)
         return self
 
-    def _check_fit_input(self, corpus, queries, qrels, where):
-        X = _check_matrix(corpus, "corpus", where)
+    def _check_fit_input(self, corpus, queries, qrels, where, D=None):
+        X = _check_matrix(corpus, "corpus", where, D)
         D = X.shape[1]
         if self.dims[0] >= D:
             raise ValueError(f"{where}: dims {self.dims} must all be < the corpus dim {D}")
@@ -289,9 +289,7 @@ class SMEC:
             if queries is not None or qrels is not None:
                 raise ValueError("extend: pass queries and qrels together with corpus")
         else:
-            X, Q, pairs = self._check_fit_input(corpus, queries, qrels, "extend")
-            if X.shape[1] != self.input_dim_:
-                raise ValueError(f"extend: corpus has shape {X.shape}; expected (n, {self.input_dim_})")
+            X, Q, pairs = self._check_fit_input(corpus, queries, qrels, "extend", self.input_dim_)
         projections = dict(self.projections_)
         selections = dict(self.selections_)
         reports: list[StageReport] = []
