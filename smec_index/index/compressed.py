@@ -40,6 +40,7 @@ __all__ = ["CompressedIndex", "write_index", "read_index", "RERANK"]
 
 RERANK = ("full", "cascade", "none")
 FULL = "full"
+_MAX_RESULTS = 1 << 31  # (nq * k) per search call: the (D, I) tables alone are 12 bytes a result
 _RESCORE_CHUNK_FLOATS = 1 << 20  # rows gathered per rescoring chunk: 4 MiB of float32 stays in cache
 
 
@@ -346,6 +347,9 @@ class CompressedIndex:
         X = check_vectors(x, where, d)
         if not is_int(k) or k <= 0:
             raise ValueError(f"{where}: k must be a positive int, got {k!r}")
+        if X.shape[0] * int(k) > _MAX_RESULTS:
+            raise ValueError(f"{where}: k={k} for {X.shape[0]} queries asks for {X.shape[0] * int(k):,} results; "
+                             f"at most {_MAX_RESULTS:,} per call (search in smaller batches)")
         if dim is None:
             dim = self.dims[0]
         elif not is_int(dim) or int(dim) not in self.dims:
@@ -372,7 +376,8 @@ class CompressedIndex:
         stages = self._stages(start, rerank)
         inv = _inv_norms(X)
         first = stages[0]
-        fetch = k if len(stages) == 1 else max(k, cands[start])
+        # never ask an engine for more rows than it holds: FAISS allocates (nq, k) whatever ntotal is
+        fetch = min(k if len(stages) == 1 else max(k, cands[start]), self._ids.n_slots)
         D, S = self.backends[first].search(self._project(first, X, inv), fetch)
         for j, stage in enumerate(stages[1:], 1):
             keep = k if j == len(stages) - 1 else max(k, cands[start + j])
@@ -591,13 +596,19 @@ def _check_settings(m: dict[str, Any], path: Path) -> dict[str, Any]:
               "store_dtype": (lambda v: v in STORE_DTYPES, f"one of {STORE_DTYPES}"),
               "id_mode": (lambda v: v in (None, SEQUENTIAL, EXPLICIT), f"null, {SEQUENTIAL!r} or {EXPLICIT!r}"),
               "ntotal": (nonneg, "an int >= 0"), "n_slots": (nonneg, "an int >= 0"),
-              "stores": (lambda v: isinstance(v, list) and set(v) <= {FULL, *map(str, dims[1:])} and len(set(v)) == len(v),
+              "stores": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)
+                         and set(v) <= {FULL, *map(str, dims[1:])} and len(set(v)) == len(v),
                          f"names from {[FULL, *map(str, dims[1:])]}")}
     for key, (ok, expected) in checks.items():
         if not ok(m.get(key)):
             raise bad(key, expected)
     if m["ntotal"] > m["n_slots"]:
         raise bad("ntotal", f"at most n_slots={m['n_slots']}")
+    if m["rerank"] == FULL and m["full_store"] is None:
+        raise bad("rerank", "not 'full' with full_store=null")
+    expected = sorted(map(str, dims[1:])) + ([FULL] if m["full_store"] is not None else []) if m["n_slots"] else []
+    if sorted(m["stores"]) != sorted(expected):
+        raise bad("stores", f"{expected} for these dims, full_store and n_slots")
     return m
 
 

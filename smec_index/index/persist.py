@@ -48,7 +48,7 @@ def _check_entry(root: Path, rel: Any, info: Any, where: str) -> Path:
     """The file a manifest entry names, refused if the entry could point outside ``root`` or is malformed."""
     if not isinstance(rel, str) or not rel or "\\" in rel or "\x00" in rel:
         raise ValueError(f"{where}: the manifest lists a file named {rel!r}; expected a relative path inside the index")
-    parts = PurePosixPath(rel).parts
+    parts = tuple(rel.split("/"))
     if PurePosixPath(rel).is_absolute() or any(x in ("", ".", "..") for x in parts):
         raise ValueError(f"{where}: the manifest lists {rel!r}, which points outside the index directory; refused")
     if not (isinstance(info, dict) and isinstance(info.get("bytes"), int) and info["bytes"] >= 0
