@@ -1,0 +1,97 @@
+"""The command line from texts: build --texts, search --text, demo --query."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from text_helpers import sentence_model
+
+from smec_index.cli import main
+from smec_index.data import demo_data_dir
+from smec_index.datasets import iter_jsonl
+
+from smec_index.text import encoder as encoder_module
+
+
+def run(argv, capsys) -> tuple[int, str, str]:
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(autouse=True)
+def shared_model(monkeypatch, tmp_path):
+    """Every Encoder the CLI makes gets the session's already loaded model (same weights, no second load) and
+    a cache in the test's own directory."""
+    real = encoder_module.load_model
+
+    def load(model="all-MiniLM-L6-v2", device=None):
+        return (sentence_model(), "all-MiniLM-L6-v2") if model == "all-MiniLM-L6-v2" else real(model, device)
+
+    monkeypatch.setattr(encoder_module, "load_model", load)
+    monkeypatch.setenv("SMEC_INDEX_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    """80 SciFact claims as a BEIR JSON-lines corpus (short texts: quick to encode)."""
+    recs = list(iter_jsonl(demo_data_dir() / "queries.jsonl.gz"))[:80]
+    path = tmp_path / "claims.jsonl"
+    path.write_text("".join(json.dumps({"_id": f"c{r['_id']}", "title": "", "text": r["text"]}) + "\n" for r in recs))
+    return path, recs
+
+
+def test_build_texts_then_search_text(corpus, tmp_path, capsys):
+    path, recs = corpus
+    out_dir = tmp_path / "ti"
+    code, out, err = run(["build", "--texts", path, "--dims", "32", "--spec", "Flat", "--out", out_dir, "--quiet"],
+                         capsys)
+    assert code == 0, err
+    assert re.search(r"built TextIndex\(80 texts, encoder='all-MiniLM-L6-v2' \(384 dims\), dims=\(32,\)", out)
+    query = recs[5]["text"]
+    code, out, err = run(["search", "--index", out_dir, "--text", query, "-k", "3"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["rank", "id", "score", "text"] and len(lines) == 4
+    first = lines[1].split(maxsplit=3)
+    assert first[:2] == ["1", f"c{recs[5]['_id']}"] and float(first[2]) > 0.99 and first[3] == query[:100]
+    code, out, _ = run(["search", "--index", out_dir, "--text", query, "-k", "2", "--json", "--rerank", "none"], capsys)
+    res = json.loads(out)
+    assert res["rerank"] == "none" and [h["rank"] for h in res["hits"]] == [1, 2]
+    assert res["hits"][0]["id"] == f"c{recs[5]['_id']}" and res["hits"][0]["text"] == query
+    code, out, _ = run(["info", out_dir], capsys)
+    assert code == 0 and re.search(r"vectors\s+80 ", out)
+
+
+def test_text_cli_errors(corpus, tmp_path, capsys):
+    path, _ = corpus
+    cases = [
+        (["build", "--texts", tmp_path / "none.jsonl", "--out", tmp_path / "o"], 1, "--texts: .*none.jsonl does not exist"),
+        (["build", "--texts", path, "--corpus", "X.npy", "--out", tmp_path / "o"], 1, "--corpus goes with embeddings"),
+        (["build", "--out", tmp_path / "o"], 1, "build needs --compressor MODEL_DIR and --corpus X.npy .* or --texts"),
+        (["build", "--texts", path, "--dims", "512", "--out", tmp_path / "o"], 1, "must all be below the encoder's dim 384"),
+        (["search", "--index", tmp_path], 2, "one of the arguments --queries --text is required"),
+        (["search", "--index", tmp_path, "--text", "q"], 1, "is not a text index"),
+        (["demo", "--query", "x", "--fast"], 1, "--fast and --dims apply to the benchmark demo"),
+        (["demo", "--query", "  "], 1, "--query must be a non-empty text"),
+    ]
+    for argv, status, pattern in cases:
+        code, _, err = run(argv, capsys)
+        assert code == status and re.search(pattern, err), (argv, err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_demo_query(capsys):
+    code, out, err = run(["demo", "--query", "Vitamin D supplements prevent bone fractures", "--quiet"], capsys)
+    assert code == 0, err
+    assert "SMEC 64 dims + full-dim rerank of the top 100" in out and "Full 384 dims, exact" in out
+    assert len(re.findall(r"^  [1-5]\. \[ *\d+\] 0\.\d{3}  ", out, re.M)) == 10
+    assert re.search(r"SMEC searches 256 B/document \(1\.3 MiB for 5,183 documents\)", out)
+    assert "full-dim search scans 1536 B/document (7.6 MiB), 6x more" in out
+    same = int(re.search(r"Same documents in both top 5: (\d) of 5", out).group(1))
+    assert same >= 3
