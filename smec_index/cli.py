@@ -19,6 +19,7 @@ import numpy as np
 __all__ = ["main", "build_parser", "CliError"]
 
 PROG = "smec-index"
+BUILD_TRAIN_ROWS = 100_000  # rows an IVF/PQ engine trains on in ``build``
 
 
 class CliError(ValueError):
@@ -93,16 +94,22 @@ def _existing(path: str, option: str) -> Path:
 
 def load_matrix(path: str, option: str, d: int | None = None) -> np.ndarray:
     """A 2-D float array from a .npy file (float16 is widened to float32), else a CliError naming ``option``."""
+    return np.ascontiguousarray(open_matrix(path, option, d, mmap=False), dtype=np.float32)
+
+
+def open_matrix(path: str, option: str, d: int | None = None, mmap: bool = True) -> np.ndarray:
+    """A 2-D float array from a .npy file, memory-mapped read-only by default (rows are read from disk as
+    they are used, so a file larger than RAM can be indexed), else a CliError naming ``option``."""
     p = _existing(path, option)
     try:
-        X = np.load(p, allow_pickle=False)
+        X = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError) as e:
         raise CliError(f"{option}: {path} is not a .npy array file ({str(e).splitlines()[0]})") from None
     expected = f"a 2-D float array (n, {d if d else 'D'}) with n >= 1"
     if not isinstance(X, np.ndarray) or X.dtype.kind != "f" or X.ndim != 2 or X.shape[0] == 0 or (d and X.shape[1] != d):
         got = f"shape {X.shape}, dtype {X.dtype}" if isinstance(X, np.ndarray) else type(X).__name__
         raise CliError(f"{option}: expected {expected}, got {got} in {path}")
-    return np.ascontiguousarray(X, dtype=np.float32)
+    return X
 
 
 def read_ids(path: str, n: int) -> np.ndarray:
@@ -281,20 +288,25 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise CliError("--encoder and --method go with --texts; with --corpus the compressor is --compressor")
     out = _check_out(args.out, "--out", "manifest.json", "a saved index")
     smec = SMEC.load(_existing(args.compressor, "--compressor"))
-    X = load_matrix(args.corpus, "--corpus", smec.input_dim_)
+    X = open_matrix(args.corpus, "--corpus", smec.input_dim_)  # streamed: never read into RAM as a whole
     ids = read_ids(args.ids, X.shape[0]) if args.ids else None
     options = _backend_options(args)
     index = CompressedIndex(smec, dims=args.dims, backend=args.backend, metric=args.metric, rerank=args.rerank,
                             candidates=args.candidates, full_store=None if args.full_store == "none" else args.full_store,
                             store_dtype=args.store_dtype, **options)
     t0 = time.perf_counter()
-    index.train(X)
-    step = 10_000
+    if not index.is_trained:  # engines that learn (IVF, PQ) train on a sample of rows
+        rows = np.random.default_rng(0).choice(X.shape[0], min(X.shape[0], BUILD_TRAIN_ROWS), replace=False)
+        index.train(X[np.sort(rows)])
+    step = 65_536
     for s in tqdm(range(0, X.shape[0], step), desc="add", disable=args.quiet, leave=False):
-        if ids is None:
-            index.add(X[s : s + step])
-        else:
-            index.add_with_ids(X[s : s + step], ids[s : s + step])
+        try:
+            if ids is None:
+                index.add(X[s : s + step])
+            else:
+                index.add_with_ids(X[s : s + step], ids[s : s + step])
+        except ValueError as e:  # nothing is saved: --out stays as it was
+            raise CliError(f"--corpus: rows {s:,}..{min(s + step, X.shape[0]) - 1:,} of {args.corpus}: {e}") from None
     index.save(out)
     print(f"built {index!r} in {_fmt_s(time.perf_counter() - t0)}; saved to {out}")
     return 0
