@@ -103,7 +103,7 @@ def open_matrix(path: str, option: str, d: int | None = None, mmap: bool = True)
     p = _existing(path, option)
     try:
         X = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, EOFError) as e:  # EOFError: an empty file
         raise CliError(f"{option}: {path} is not a .npy array file ({str(e).splitlines()[0]})") from None
     expected = f"a 2-D float array (n, {d if d else 'D'}) with n >= 1"
     if not isinstance(X, np.ndarray) or X.dtype.kind != "f" or X.ndim != 2 or X.shape[0] == 0 or (d and X.shape[1] != d):
@@ -570,8 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metric", choices=["ip", "l2"], default="ip", help="inner product (default) or squared L2")
     s.add_argument("--rerank", choices=RERANK, default="full", help="default rerank of searches (default full)")
     s.add_argument("--candidates", type=_positive_int, default=100, help="results passed to the rerank (default 100)")
-    s.add_argument("--full-store", choices=["memory", "mmap", "none"], default="memory",
-                   help="where full vectors for the rerank live (default memory)")
+    s.add_argument("--full-store", choices=["memory", "mmap", "disk", "none"], default="memory",
+                   help="where full vectors for the rerank live: memory, mmap (a mapped file) or disk (a file read "
+                   "row by row; the process's RSS stays at the indexes) (default memory)")
     s.add_argument("--store-dtype", choices=["float32", "float16"], default="float32", help="full-store precision")
     s.add_argument("--out", required=True, metavar="INDEX_DIR", help="directory to save the index to")
     s.set_defaults(func=cmd_build)

@@ -180,7 +180,8 @@ def test_full_rerank_uses_raw_vectors_when_unsupervised(pca, synth):
     np.testing.assert_allclose(D, d2, rtol=1e-5)
 
 
-@pytest.mark.parametrize("full_store,dtype", [("memory", "float16"), ("mmap", "float32"), ("mmap", "float16")])
+@pytest.mark.parametrize("full_store,dtype", [("memory", "float16"), ("mmap", "float32"), ("mmap", "float16"),
+                                             ("disk", "float32"), ("disk", "float16")])
 def test_store_kinds_give_the_same_ranking(pca, synth, full_store, dtype):
     X, Q = split(synth)
     base = build(pca, BACKEND_CASES[0], X)
@@ -358,7 +359,7 @@ def test_bad_input_raises_before_any_change(pca, synth, name):
     (dict(dims="8"), ValueError, "sequence of ints"),
     (dict(metric="cosine"), ValueError, "metric must be one of"),
     (dict(metric=faiss.METRIC_L1), ValueError, "metric must be one of"),
-    (dict(full_store="disk"), ValueError, "full_store must be one of"),
+    (dict(full_store="ssd"), ValueError, "full_store must be one of"),
     (dict(full_store=None), ValueError, "rerank='full' needs a full store"),
     (dict(store_dtype="int8"), ValueError, "store_dtype must be one of"),
     (dict(rerank="some"), ValueError, "rerank must be one of"),

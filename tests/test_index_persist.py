@@ -56,14 +56,15 @@ def test_round_trip_gives_identical_results(pca, synth, tmp_path, case, explicit
     np.testing.assert_array_equal(loaded.search(Q, 10)[1], index.search(Q, 10)[1])
 
 
+@pytest.mark.parametrize("kind", ["mmap", "disk"])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_mmap_store_round_trip_never_touches_the_saved_files(pca, synth, tmp_path, dtype):
+def test_file_store_round_trip_never_touches_the_saved_files(pca, synth, tmp_path, kind, dtype):
     X, Q = synth[:500], synth[500:]
-    index = _index(pca, BACKEND_CASES[0], X, full_store="mmap", store_dtype=dtype)
+    index = _index(pca, BACKEND_CASES[0], X, full_store=kind, store_dtype=dtype)
     index.add(X[:300])
     index.save(tmp_path / "ix")
     loaded = CompressedIndex.load(tmp_path / "ix")
-    assert loaded.full_store == "mmap" and loaded.nbytes < index.nbytes + 1
+    assert loaded.full_store == kind and loaded.nbytes < index.nbytes + 1
     np.testing.assert_array_equal(loaded.search(Q, 10)[1], index.search(Q, 10)[1])
     loaded.add(X[300:])  # copy-on-write into a private file
     index.add(X[300:])
@@ -175,7 +176,7 @@ def test_missing_file_and_wrong_directories_are_refused(saved, tmp_path):
 
 def test_load_refuses_bad_options(saved):
     with pytest.raises(ValueError, match="full_store must be one of"):
-        CompressedIndex.load(saved, full_store="disk")
+        CompressedIndex.load(saved, full_store="ssd")
 
 
 def test_write_and_read_index_pass_faiss_indexes_through(tmp_path, synth):

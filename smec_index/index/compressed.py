@@ -103,8 +103,10 @@ class CompressedIndex:
             each larger configured dim only) or ``"none"`` (the backend's answer at the searched dim).
         candidates: how many results each stage passes on to the next: one int for every stage, or one
             per configured dim (smallest first). The last stage keeps k.
-        full_store: where the full-dim vectors live: ``"memory"``, ``"mmap"`` (a file, paged in by the
-            OS) or None (no full rerank, no ``reconstruct``). Intermediate cascade stores follow it.
+        full_store: where the full-dim vectors live: ``"memory"``, ``"mmap"`` (a file, read through a
+            mapping: the fastest rerank from disk, but the pages it touches count in the process's RSS),
+            ``"disk"`` (a file, rows read with ``pread``: 4x slower rerank, RSS stays at the indexes) or
+            None (no full rerank, no ``reconstruct``). Intermediate cascade stores follow it.
         store_dtype: ``"float32"`` or ``"float16"`` (half the bytes; slower rerank, tiny score error).
         d: the full input dim, only needed to know ``d`` before ``train`` fits an unfitted ``smec``.
     """
@@ -136,7 +138,7 @@ class CompressedIndex:
         if rerank not in RERANK:
             raise ValueError(f"{where}: rerank must be one of {RERANK}, got {rerank!r}")
         if rerank == FULL and full_store is None:
-            raise ValueError(f"{where}: rerank='full' needs a full store; pass full_store='memory' or 'mmap', "
+            raise ValueError(f"{where}: rerank='full' needs a full store; pass full_store='memory', 'mmap' or 'disk', "
                              f"or rerank='cascade'/'none'")
         if d is not None:
             if not is_int(d) or d <= max(dims):
