@@ -144,3 +144,38 @@ def test_add_from_a_memory_mapped_file_in_many_chunks(tmp_path, synth, monkeypat
     assert np.asarray(X).sum() == np.tile(synth, (4, 1)).sum()  # the released pages read back unchanged
     np.testing.assert_array_equal(a.search(synth[:5], 10)[1], b.search(synth[:5], 10)[1])
     np.testing.assert_array_equal(a.reconstruct_n(0, 2400), b.reconstruct_n(0, 2400))
+
+
+@pytest.fixture(scope="module")
+def built(model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("built") / "ix"
+    assert main(["build", "--compressor", str(model / "pca"), "--corpus", str(model / "X.npy"), "--spec", "Flat",
+                 "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+@SETTINGS
+@given(bad=bad_npy(), k=st.one_of(st.just("10"), st.sampled_from(["0", "-3", "2.5", "ten", ""])))
+def test_search_refuses_bad_query_files_and_k(built, tmp_path_factory, capsys, bad, k):
+    content, _ = bad
+    tmp = tmp_path_factory.mktemp("q")
+    if isinstance(content, bytes):
+        (tmp / "Q.npy").write_bytes(content)
+    else:
+        np.save(tmp / "Q.npy", content, allow_pickle=True)
+    code, err = run(["search", "--index", built, "--queries", tmp / "Q.npy", "-k", k], capsys)
+    assert code in (1, 2) and err.count("\n") == 1, err
+    assert ("-k" in err) if code == 2 else ("--queries" in err or "NaN or inf" in err), err
+
+
+def test_search_and_info_refuse_a_damaged_index(built, tmp_path, capsys, synth):
+    import shutil
+
+    np.save(tmp_path / "Q.npy", synth[:2])
+    shutil.copytree(built, tmp_path / "ix")
+    with open(tmp_path / "ix" / "ids.npy", "r+b") as f:
+        f.seek(-3, 2)
+        f.write(b"\xff\xff\xff")
+    for argv in (["search", "--index", tmp_path / "ix", "--queries", tmp_path / "Q.npy"], ["info", tmp_path / "ix"]):
+        code, err = run(argv, capsys)
+        assert code == 1 and "does not match its sha256" in err and err.count("\n") == 1, err
