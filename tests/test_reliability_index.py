@@ -215,7 +215,11 @@ def test_save_refuses_paths_it_must_not_replace(index, synth, tmp_path):
     foreign.mkdir()
     (foreign / "cat.jpg").write_bytes(b"\xff\xd8 not ours")
     (tmp_path / "a-file").write_text("x")
+    webapp = tmp_path / "webapp"
+    webapp.mkdir()
+    (webapp / "manifest.json").write_text('{"name": "my app"}')  # a manifest, but not ours
     cases = [(foreign, ValueError, "is not a saved CompressedIndex.*refuses to delete"),
+             (webapp, ValueError, "is not a saved CompressedIndex"),
              (tmp_path / "a-file", ValueError, "exists and is not a directory"),
              (tmp_path / ".tmp-x", ValueError, "marks unfinished saves"),
              (tmp_path / "a-file" / "sub", OSError, "a-file")]
@@ -223,7 +227,8 @@ def test_save_refuses_paths_it_must_not_replace(index, synth, tmp_path):
         with pytest.raises(exc, match=match):
             index.save(path)
     assert (foreign / "cat.jpg").read_bytes() == b"\xff\xd8 not ours" and sorted(p.name for p in foreign.iterdir()) == ["cat.jpg"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "photos"]  # no temp dir left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "photos", "webapp"]  # no temp dir left behind
+    assert (webapp / "manifest.json").read_text() == '{"name": "my app"}'
     assert_same(before, state(index, synth[300:305]))
     index.save(tmp_path / "ok")
     index.save(tmp_path / "ok")  # an earlier save is replaced

@@ -176,9 +176,12 @@ def test_save_replaces_an_earlier_save_and_refuses_anything_else(fitted, synth, 
     home = tmp_path / "home"
     home.mkdir()
     (home / "notes.txt").write_text("keep me")
+    (home / "config.json").write_text('{"theme": "dark"}')  # a config.json, but not a SMEC one
+    (home / "weights.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="is not a saved SMEC model"):
         smec.save(home)
-    assert (home / "notes.txt").read_text() == "keep me" and [p.name for p in home.iterdir()] == ["notes.txt"]
+    assert (home / "notes.txt").read_text() == "keep me" and (home / "config.json").read_text() == '{"theme": "dark"}'
+    assert sorted(p.name for p in home.iterdir()) == ["config.json", "notes.txt", "weights.safetensors"]
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="exists and is not a directory"):
         smec.save(tmp_path / "file")

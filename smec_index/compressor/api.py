@@ -35,7 +35,11 @@ class NotFittedError(ValueError, AttributeError):
 
 def is_saved_smec(path: Path) -> bool:
     """Whether ``path`` holds an earlier ``SMEC.save`` (which a new save may replace)."""
-    return (path / _CONFIG).is_file() and (path / _WEIGHTS).is_file()
+    try:
+        cfg = json.loads((path / _CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and cfg.get("kind") == "smec_index.SMEC"
 
 
 def _check_matrix(X: Any, name: str, where: str, D: int | None = None) -> np.ndarray:

@@ -40,8 +40,17 @@ def write_manifest(root: Path, meta: dict[str, Any]) -> None:
 
 
 def is_saved_index(path: Path) -> bool:
-    """Whether ``path`` holds an earlier save (a manifest), which a new save may replace."""
-    return (path / MANIFEST).is_file()
+    """Whether ``path`` holds an earlier save (a manifest of this kind), which a new save may replace."""
+    return _json_kind(path / MANIFEST) == KIND
+
+
+def _json_kind(path: Path) -> Any:
+    """The ``kind`` field of a JSON object file, or None when it is missing or unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data.get("kind") if isinstance(data, dict) else None
 
 
 def _check_entry(root: Path, rel: Any, info: Any, where: str) -> Path:
