@@ -22,7 +22,7 @@ from common import RESULTS, describe_machine, machine_info, markdown_table, writ
 
 from smec_index.compressor import METHODS  # noqa: E402
 from smec_index.datasets import default_data_dir, load_beir  # noqa: E402
-from smec_index.quality import MODES, default_dims, run_ablation, run_quality  # noqa: E402
+from smec_index.quality import MODES, average_runs, default_dims, run_ablation, run_quality  # noqa: E402
 
 
 def _csv(s: str) -> list[str]:
@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", type=_csv, default=list(METHODS))
     p.add_argument("--mode", choices=["unsupervised", "supervised", "both"], default="both")
     p.add_argument("--ablation", action="store_true", help="also run the paper's Table 1 ablation (supervised)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in _csv(s)], default=[0],
+                   help="training seeds; with several, every number is the mean over them (default 0)")
     p.add_argument("--json", default=None, help="output JSON (default benchmarks/results/quality-<data>-<model>.json)")
     p.add_argument("--plot", default=None, help="output PNG of nDCG@10 against dims")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -147,15 +148,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# quality: {ds.name} / {ds.model} (D={ds.dim}), dims {dims}, methods {a.methods}, modes {modes}")
     print(f"# machine: {describe_machine(info)}")
     t0 = time.perf_counter()
-    records = run_quality(ds, a.methods, dims, modes, a.seed, progress=not a.quiet,
-                          log=lambda line: print(line, flush=True))
+    runs, ablations = [], []
+    for seed in a.seeds:
+        print(f"## seed {seed}", flush=True)
+        runs.append(run_quality(ds, a.methods, dims, modes, seed, progress=not a.quiet,
+                                log=lambda line: print(line, flush=True)))
+        if a.ablation:
+            known = runs[-1] + (json.loads(Path(a.reuse).read_text())["records"] if a.reuse else [])
+            ablations.append(run_ablation(ds, dims, "supervised", seed, progress=not a.quiet, known=known))
+    records = average_runs(runs, ("method", "dim", "mode"))
     payload = {"data": str(a.data), "dataset": ds.name, "model": ds.model, "dim": ds.dim, "dims": dims,
-               "seed": a.seed, "machine": info, "records": records}
+               "seed": a.seeds, "machine": info, "argv": sys.argv[1:], "records": records,
+               "per_seed": dict(zip(map(str, a.seeds), runs))}
+    if len(a.seeds) > 1:
+        print(f"\nMeans over seeds {a.seeds}; largest std of nDCG@10 over seeds: "
+              f"{max(r.get('ndcg@10_std', 0.0) for r in records):.4f}")
     print(quality_tables(records, dims, ds.dim))
     if a.ablation:
-        known = records + (json.loads(Path(a.reuse).read_text())["records"] if a.reuse else [])
-        rows = run_ablation(ds, dims, "supervised", a.seed, progress=not a.quiet, known=known)
-        payload["ablation"] = {"mode": "supervised", "rows": rows}
+        rows = average_runs(ablations, ("variant",))
+        payload["ablation"] = {"mode": "supervised", "rows": rows, "per_seed": ablations}
         print("\n### Ablation (paper Table 1 layout), nDCG@10, supervised\n")
         print(ablation_table(rows, dims))
     payload["wall_s"] = round(time.perf_counter() - t0, 1)

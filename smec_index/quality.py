@@ -129,6 +129,28 @@ def run_ablation(
     return rows
 
 
+def average_runs(runs: list[list[dict]], key: tuple[str, ...]) -> list[dict]:
+    """One record per ``key`` from runs with different seeds: the mean of each numeric field, plus
+    ``<field>_std`` (population std over seeds) for the nDCG fields and ``seeds`` (how many runs)."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        for r in run:
+            groups.setdefault(tuple(r[k] for k in key), []).append(r)
+    out = []
+    for recs in groups.values():
+        row = dict(recs[0])
+        for f, v in recs[0].items():
+            if f in key or isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            vals = np.array([r[f] for r in recs], dtype=np.float64)
+            row[f] = float(vals.mean())
+            if f.startswith("ndcg@10"):
+                row[f + "_std"] = float(vals.std())
+        row["seeds"] = len(recs)
+        out.append(row)
+    return out
+
+
 def summarize(records: list[dict]) -> dict[str, np.ndarray]:
     """{method/mode: nDCG@10 per dim} for quick comparisons in reports."""
     out: dict[str, dict[int, float]] = {}

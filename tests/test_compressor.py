@@ -457,3 +457,15 @@ def test_pca_init_without_training_is_exactly_pca(synth):
     pca = SMEC((16,), "pca").fit(synth)
     Z, P = smec.transform(synth, 16), pca.transform(synth, 16)
     np.testing.assert_allclose(np.abs((Z * P).sum(axis=1)), 1.0, atol=1e-4)
+
+
+def test_auto_init_is_pca_with_labels_and_identity_without(synth, synth_supervised):
+    Q, pairs = synth_supervised
+    kw = dict(seed=0, **FAST)
+    auto = SMEC((16,), **kw).fit(synth, queries=Q, qrels=pairs)
+    pca = SMEC((16,), init="pca", **kw).fit(synth, queries=Q, qrels=pairs)
+    ident = SMEC((16,), init="identity", **kw).fit(synth, queries=Q, qrels=pairs)
+    np.testing.assert_array_equal(auto.transform(synth, 16), pca.transform(synth, 16))
+    assert not np.array_equal(auto.transform(synth, 16), ident.transform(synth, 16))
+    np.testing.assert_array_equal(SMEC((16,), **kw).fit(synth).transform(synth, 16),
+                                  SMEC((16,), init="identity", **kw).fit(synth).transform(synth, 16))

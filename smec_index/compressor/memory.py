@@ -98,10 +98,10 @@ class NeighbourMemory:
             raise ValueError(f"NeighbourMemory: size must be > 0, got {size}")
         device = cand_ids.device
         self.size = size
-        # candidate lists indexed by row id (rows outside ``rows`` have none)
-        self.cand_ids = torch.full((n_rows, cand_ids.shape[1]), -1, dtype=torch.long, device=device)
-        self.cand_sims = torch.zeros(n_rows, cand_ids.shape[1], device=device)
-        self.cand_ids[rows], self.cand_sims[rows] = cand_ids, cand_sims
+        # row id -> its line in the candidate lists (which hold only ``rows``)
+        self.cand_ids, self.cand_sims = cand_ids, cand_sims
+        self.line_of = torch.full((n_rows,), -1, dtype=torch.long, device=device)
+        self.line_of[rows] = torch.arange(len(rows), device=device)
         # FIFO bookkeeping: the queue position at which each row was last enqueued (-1: never)
         self.slot_of = torch.full((n_rows,), -1, dtype=torch.long, device=device)
         self.ids = torch.full((size,), -1, dtype=torch.long, device=device)
@@ -132,13 +132,16 @@ class NeighbourMemory:
     def topk(self, query_ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The top-k in-memory neighbours of each query row: (row ids (B, k), teacher sims (B, k),
         valid (B, k) bool). Ids are -1 and sims 0 where fewer than k candidates are in memory."""
-        cand = self.cand_ids[query_ids]
-        in_mem = (cand >= 0) & (self.slot_of[cand.clamp(min=0)] >= 0)
+        lines = self.line_of[query_ids]
+        if bool((lines < 0).any()):
+            raise ValueError("NeighbourMemory.topk: query_ids must be rows the candidate lists were ranked for")
+        cand = self.cand_ids[lines]
+        in_mem = self.slot_of[cand] >= 0
         # keep the first k in-memory candidates of each row, in rank order
         take = in_mem & (torch.cumsum(in_mem, dim=1) <= k)
         k = min(k, cand.shape[1])
         order = torch.argsort((~take).to(torch.int8), dim=1, stable=True)[:, :k]
         ids = cand.gather(1, order)
-        sims = self.cand_sims[query_ids].gather(1, order)
+        sims = self.cand_sims[lines].gather(1, order)
         valid = take.gather(1, order)
         return ids.masked_fill(~valid, -1), sims.masked_fill(~valid, 0.0), valid

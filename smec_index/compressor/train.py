@@ -29,7 +29,7 @@ MAX_CANDIDATES = 1024
 class TrainConfig:
     """Training hyper-parameters; defaults follow the paper where it gives one (memory 5000, alpha 1.0)."""
 
-    max_epochs: int = 40
+    max_epochs: int = 80
     patience: int = 4
     batch_size: int = 256
     query_batch_size: int = 32
