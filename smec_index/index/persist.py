@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -118,8 +120,13 @@ def read_manifest(root: Path, verify: bool = True) -> dict[str, Any]:
         size = f.stat().st_size
         if size != info["bytes"]:
             raise ValueError(f"{where}: {f} has {size} bytes; the manifest says {info['bytes']} (truncated or replaced)")
-        if (verify or not _is_store(rel)) and sha256_file(f) != info["sha256"]:
-            raise ValueError(f"{where}: {f} does not match its sha256 in the manifest; the file is corrupt")
+    to_hash = sorted((rel for rel in checked if verify or not _is_store(rel)), key=lambda rel: -files[rel]["bytes"])
+    # hashlib releases the GIL: the big files (store, engine) are hashed on as many cores as there are
+    with ThreadPoolExecutor(max_workers=max(1, min(len(to_hash), os.cpu_count() or 1))) as pool:
+        digests = dict(zip(to_hash, pool.map(lambda rel: sha256_file(checked[rel]), to_hash)))
+    for rel, digest in digests.items():
+        if digest != files[rel]["sha256"]:
+            raise ValueError(f"{where}: {checked[rel]} does not match its sha256 in the manifest; the file is corrupt")
     return manifest
 
 
