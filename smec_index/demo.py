@@ -24,7 +24,7 @@ from .datasets import BeirDataset, load_beir
 from .index import CompressedIndex
 from .index.backends import make_backend
 from .metrics import evaluate
-from .quality import _eval_split, default_dims
+from .quality import default_dims, eval_split
 from .report import (best_time, curves_by_label, describe_environment, environment, human_bytes, markdown_table,
                      plot_ndcg_vs_bytes, write_json)
 
@@ -67,11 +67,11 @@ def subsample(ds: BeirDataset, max_docs: int, max_queries: int, seed: int = 0) -
     rng = np.random.default_rng(seed)
     docs = set(ds.doc_ids)
     query_row = {q: i for i, q in enumerate(ds.query_ids)}
-    train_qids, train_split, eval_qids, eval_split = ds.supervised_split(seed)
+    train_qids, train_split, eval_qids, eval_name = ds.supervised_split(seed)
     pick = lambda ids, n: sorted(rng.choice(ids, min(n, len(ids)), replace=False).tolist())  # noqa: E731
-    chosen = {eval_split: pick(eval_qids, max_queries), train_split: pick(train_qids, 2 * max_queries)}
-    if train_split == eval_split:
-        chosen = {eval_split: sorted(set(chosen[eval_split]) | set(pick(train_qids, 2 * max_queries)))}
+    chosen = {eval_name: pick(eval_qids, max_queries), train_split: pick(train_qids, 2 * max_queries)}
+    if train_split == eval_name:
+        chosen = {eval_name: sorted(set(chosen[eval_name]) | set(pick(train_qids, 2 * max_queries)))}
     judged = sorted({ds.doc_row(d) for split, qids in chosen.items() for q in qids for d in ds.qrels[split][q]
                      if d in docs})
     others = np.setdiff1d(np.arange(len(ds.doc_ids)), judged)
@@ -192,7 +192,7 @@ def run_demo(
     dims = tuple(s.dims) if s.dims is not None else (default_dims(D)[-2:] if s.max_docs else default_dims(D))
     if max(dims) >= D:
         raise ValueError(f"demo: dims {dims} must all be < the embedding dim {D}")
-    Qe, qids, qrels, Qt, pairs = _eval_split(ds, seed)
+    Qe, qids, qrels, Qt, pairs = eval_split(ds, seed)
     echo(f"smec-index demo: {ds.name} / {ds.model} ({D} dims): {len(ds.doc_ids):,} documents, "
          f"{len(qids)} test queries; supervised training on {Qt.shape[0]} train queries")
     env = environment()
@@ -287,7 +287,7 @@ def answer_query(
     t0 = time.perf_counter()
     q = enc.encode([query], progress=False)
     encode_s = time.perf_counter() - t0
-    _, _, _, Qt, pairs = _eval_split(ds, seed)
+    _, _, _, Qt, pairs = eval_split(ds, seed)
     t0 = time.perf_counter()
     smec = SMEC((dim,), "smec", seed=seed, progress=progress, **(training or DEMO_TRAINING))
     smec.fit(ds.corpus, queries=Qt, qrels=pairs)

@@ -16,7 +16,7 @@ from .compressor import METHODS, SMEC
 from .datasets import BeirDataset
 from .metrics import evaluate_embeddings
 
-__all__ = ["default_dims", "run_quality", "run_ablation", "ABLATION"]
+__all__ = ["default_dims", "eval_split", "run_quality", "run_ablation", "average_runs", "ABLATION"]
 
 MODES = ("unsupervised", "supervised")
 # The paper's Table 1, built from the same code: MRL, then each SMEC module added alone, then all three.
@@ -35,14 +35,22 @@ def default_dims(D: int) -> tuple[int, ...]:
     return dims or tuple(d for d in (D // 2, D // 4, D // 8) if d > 0)
 
 
-def _eval_split(ds: BeirDataset, seed: int):
-    train_qids, train_split, eval_qids, eval_split = ds.supervised_split(seed)
-    Q, qids, qrels = ds.split_queries(eval_split)
+def eval_split(ds: BeirDataset, seed: int):
+    """The evaluation queries and the supervised training pairs of ``ds``, as every benchmark uses them.
+
+    Returns ``(Qe, qids, qrels, Qt, pairs)``: evaluation query vectors, their ids and judgments, and the
+    training query vectors with (query_row, doc_row, relevance) pairs (see ``BeirDataset.supervised_split``).
+    """
+    train_qids, train_split, eval_qids, eval_name = ds.supervised_split(seed)
+    Q, qids, qrels = ds.split_queries(eval_name)
     keep = [i for i, q in enumerate(qids) if q in set(eval_qids)]
     Qe = Q[keep]
     qids = [qids[i] for i in keep]
     Qt, pairs = ds.pairs(train_qids, train_split)
     return Qe, qids, {q: qrels[q] for q in qids}, Qt, pairs
+
+
+_eval_split = eval_split  # the earlier private name
 
 
 def _score(smec: SMEC, ds: BeirDataset, Qe, qids, qrels, dim: int) -> dict:
@@ -65,7 +73,7 @@ def run_quality(
     supervised mode, its adapted full vector (``dim`` = D).
     """
     dims = tuple(dims) if dims is not None else default_dims(ds.dim)
-    Qe, qids, qrels, Qt, pairs = _eval_split(ds, seed)
+    Qe, qids, qrels, Qt, pairs = eval_split(ds, seed)
     records: list[dict] = []
     full = evaluate_embeddings(Qe, ds.corpus, qids, ds.doc_ids, qrels)
     for mode in modes:
@@ -106,7 +114,7 @@ def run_ablation(
     ``mrl``) and the all-three row (= method ``smec``) are taken from them instead of retrained.
     """
     dims = tuple(dims) if dims is not None else default_dims(ds.dim)
-    Qe, qids, qrels, Qt, pairs = _eval_split(ds, seed)
+    Qe, qids, qrels, Qt, pairs = eval_split(ds, seed)
     same_as = {"MRL (baseline)": "mrl", "SMEC (all three)": "smec"}
     rows = []
     for name, flags in ABLATION.items():

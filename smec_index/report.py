@@ -27,11 +27,14 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence], floatfmt: s
 
 
 def write_json(path: str | Path, payload: dict) -> Path:
-    """Write ``payload`` as indented JSON, atomically (a temporary file renamed into place)."""
+    """Write ``payload`` as indented JSON, atomically (a temporary file, fsynced, renamed into place)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
+    with open(tmp, "w") as f:
+        f.write(json.dumps(payload, indent=2))
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
 
