@@ -6,22 +6,12 @@ import json
 import re
 
 import pytest
+from test_cli import run
 from text_helpers import sentence_model
 
-from smec_index.cli import main
 from smec_index.data import demo_data_dir
 from smec_index.datasets import iter_jsonl
-
 from smec_index.text import encoder as encoder_module
-
-
-def run(argv, capsys) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(autouse=True)

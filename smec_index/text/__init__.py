@@ -1,7 +1,8 @@
 """From texts to compressed search: ``Encoder`` (sentence-transformers, cached) and ``TextIndex``.
 
 Importing this package does not import sentence-transformers: an ``Encoder`` loads it when it is created, and
-``SMECStage`` / ``load_sentence_transformer`` (``st_module``) are imported on first access.
+``SMECStage`` / ``load_sentence_transformer`` (``st_module``) and ``QdrantTextCollection`` (``qdrant``) are
+imported on first access.
 """
 
 from typing import Any
@@ -12,7 +13,7 @@ from .store import TextStore
 from .textindex import TextIndex
 
 __all__ = ["Encoder", "TextIndex", "TextStore", "DEFAULT_MODEL", "TruncationWarning", "read_texts", "SMECStage",
-           "load_sentence_transformer"]
+           "load_sentence_transformer", "QdrantTextCollection"]
 
 
 def __getattr__(name: str) -> Any:
@@ -20,4 +21,8 @@ def __getattr__(name: str) -> Any:
         from . import st_module
 
         return getattr(st_module, name)
+    if name == "QdrantTextCollection":
+        from .qdrant import QdrantTextCollection
+
+        return QdrantTextCollection
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

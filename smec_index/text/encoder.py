@@ -220,12 +220,14 @@ class Encoder:
         return f"Encoder({self.name!r}, dim={self.dim}, max_seq_length={self.max_seq_length}, cache={self.cache_path})"
 
     # ----------------------------------------------------------------- encoding
-    def encode(self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool | None = None) -> np.ndarray:
+    def encode(self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool | None = None,
+               cache: bool = True) -> np.ndarray:
         """float32 (n, D), rows L2-normalised, in the order of ``texts``.
 
         Texts already in the cache are read back; the rest go through the model in batches (each distinct text
         once) and are added to the cache. Texts longer than ``max_seq_length`` tokens are truncated, with one
-        ``TruncationWarning`` per call saying how many.
+        ``TruncationWarning`` per call saying how many. ``cache=False`` neither reads nor writes the cache
+        (``TextIndex.search`` encodes queries so: they would fill the cache with one-off texts).
         """
         texts = check_texts(texts, "Encoder.encode")
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
@@ -235,16 +237,16 @@ class Encoder:
         keys = [hashlib.sha256(t.encode("utf-8")).digest() for t in texts]
         D = self.dim
         found: dict[bytes, np.ndarray] = {}
-        cache = self._open_cache()
-        if cache is not None:
-            found = cache.get(self.fingerprint, list(dict.fromkeys(keys)), D)
+        store = self._open_cache() if cache else None
+        if store is not None:
+            found = store.get(self.fingerprint, list(dict.fromkeys(keys)), D)
         todo: dict[bytes, str] = {}
         for k, t in zip(keys, texts):
             if k not in found and k not in todo:
                 todo[k] = t
         if todo:
             self._warn_truncation(list(todo.values()))
-            found.update(self._run(todo, batch_size, show, cache))
+            found.update(self._run(todo, batch_size, show, store))
         X = np.empty((len(texts), D), dtype=np.float32)
         for i, k in enumerate(keys):
             X[i] = found[k]

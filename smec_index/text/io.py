@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["read_texts", "doc_text", "check_texts", "check_ids"]
+__all__ = ["read_texts", "doc_text", "check_texts", "check_ids", "check_id_list"]
 
 
 def doc_text(record: dict[str, Any]) -> str:
@@ -107,3 +107,14 @@ def check_ids(ids: Any, n: int, where: str) -> list[str | int]:
             raise ValueError(f"{where}: ids repeat: {x!r} (at ids[{i}] and earlier); expected distinct ids")
         seen.add(x)
     return out
+
+
+def check_id_list(ids: Any, where: str) -> list[str | int]:
+    """A list of distinct ids of any length (for removal), refusing a single id given bare."""
+    if isinstance(ids, (str, int, np.integer)) and not isinstance(ids, bool):
+        raise TypeError(f"{where}: ids must be a list of ids, got a single {type(ids).__name__} (wrap it in a list)")
+    if isinstance(ids, np.ndarray) and ids.ndim == 1:
+        ids = ids.tolist()
+    if not isinstance(ids, Sequence) or isinstance(ids, bytes):
+        raise TypeError(f"{where}: ids must be a list of str or int, got {type(ids).__name__}")
+    return check_ids(ids, len(ids), where)

@@ -19,9 +19,9 @@ import numpy as np
 from .._fsutil import atomic_directory, sha256_file
 from ..compressor import SMEC
 from ..index import CompressedIndex
-from ..index.checks import is_int
+from ..index.checks import check_vectors, is_int
 from .encoder import DEFAULT_MODEL, BUNDLED_MODELS, Encoder
-from .io import check_ids, check_texts, read_texts
+from .io import check_id_list, check_ids, check_texts, read_texts
 from .store import TextStore
 
 __all__ = ["TextIndex", "Hit", "FORMAT_VERSION", "KIND"]
@@ -136,6 +136,7 @@ class TextIndex:
         seed: int = 0,
         progress: bool = True,
         smec_options: Mapping[str, Any] | None = None,
+        embeddings: np.ndarray | None = None,
         **backend_options: Any,
     ) -> "TextIndex":
         """Encode ``texts``, fit a compressor on them (supervised when ``queries`` and ``qrels`` are given),
@@ -150,6 +151,8 @@ class TextIndex:
             backend, spec, rerank, candidates, backend_options: as ``CompressedIndex`` (``spec`` is FAISS's).
             queries, qrels: training queries and judgements (see ``_supervision`` for the two forms).
             smec_options: extra ``SMEC`` options (``max_epochs``, ``init``, ...).
+            embeddings: the texts' embeddings by ``encoder``'s model, (n, D), when you already have them: they
+                are used instead of encoding the texts (queries are still encoded).
         Everything is checked before anything is encoded.
         """
         where = "TextIndex.build"
@@ -178,7 +181,14 @@ class TextIndex:
         enc = _as_encoder(encoder, where)
         if max(smec.dims) >= enc.dim:
             raise ValueError(f"{where}: dims {tuple(smec.dims)} must all be below the encoder's dim {enc.dim}")
-        X = enc.encode(texts, progress=progress)
+        if embeddings is not None:
+            X = check_vectors(embeddings, where, enc.dim, name="embeddings")
+            if X.shape[0] != len(texts):
+                raise ValueError(f"{where}: embeddings has shape {X.shape}; expected ({len(texts)}, {enc.dim}), one "
+                                 f"row per text")
+            X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        else:
+            X = enc.encode(texts, progress=progress)
         Q = enc.encode(q_texts, progress=progress) if q_texts is not None else None
         smec.fit(X, queries=Q, qrels=pairs)
         index = CompressedIndex(smec, **index_args)
@@ -245,7 +255,7 @@ class TextIndex:
         queries = check_texts([query] if single else query, where, "query")
         if not is_int(k) or k <= 0:
             raise ValueError(f"{where}: k must be a positive int, got {k!r}")
-        Q = self.encoder.encode(queries, progress=False)
+        Q = self.encoder.encode(queries, progress=False, cache=False)
         D, I = self.index.search(Q, int(k), dim=dim, rerank=rerank, candidates=candidates)
         found = self.store.get(int(s) for s in np.unique(I) if s >= 0)
         hits = [[(found[int(s)][0], float(d), found[int(s)][1]) for d, s in zip(Drow, Irow) if s >= 0]
@@ -275,14 +285,7 @@ class TextIndex:
 
     def remove(self, ids: Sequence[str | int]) -> int:
         """Remove texts by id; returns how many were present (absent ids are ignored)."""
-        where = "TextIndex.remove"
-        if isinstance(ids, (str, int)) and not isinstance(ids, bool):
-            raise TypeError(f"{where}: ids must be a list of ids, got a single {type(ids).__name__} (wrap it in a list)")
-        if isinstance(ids, np.ndarray):
-            ids = ids.tolist()
-        if not isinstance(ids, Sequence):
-            raise TypeError(f"{where}: ids must be a list of str or int, got {type(ids).__name__}")
-        ids = check_ids(ids, len(ids), where)
+        ids = check_id_list(ids, "TextIndex.remove")
         slots = list(self.store.slots_of(ids).values())
         if not slots:
             return 0
