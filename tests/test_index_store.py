@@ -41,3 +41,20 @@ def test_load_refuses_a_shape_or_dtype_mismatch(tmp_path):
         VectorStore.load(tmp_path / "s.npy", 3, "float16", "memory", 4)
     with pytest.raises(ValueError, match=r"the manifest says float32 \(5, 3\)"):
         VectorStore.load(tmp_path / "s.npy", 3, "float32", "mmap", 5)
+
+
+@pytest.mark.parametrize("kind", ["mmap", "disk"])
+def test_file_stores_leave_no_named_temporary_file(tmp_path, monkeypatch, kind):
+    """The private file is unlinked when created: a process killed mid-build leaves nothing in TMPDIR."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    store = VectorStore(8, "float32", kind)
+    X = np.arange(4000 * 8, dtype=np.float32).reshape(4000, 8)
+    store.append(X[:3000])
+    store.append(X[3000:])
+    assert list((tmp_path / "tmp").iterdir()) == []
+    np.testing.assert_array_equal(store.take(np.array([3999, 0])), X[[3999, 0]])
+    store.save(tmp_path / "s.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "s.npy"), X)

@@ -12,7 +12,8 @@ so a few thousand queries map most of the file), pages read with ``pread`` are n
 the resident set must stay at the size of the indexes (a memory limit, a cgroup).
 
 A file-backed store writes its rows to a private temporary file with ``pwrite``, so building never maps
-them into the process. A loaded one reads the saved ``.npy`` read-only and copies it to a private file
+them into the process; the file has no name (unlinked when created), so a killed process leaves nothing
+behind. A loaded one reads the saved ``.npy`` read-only and copies it to a private file
 (``copy_file_range``, in the kernel) only on the first ``append``, so a saved index on disk is never
 modified by later adds. Saving copies file to file too.
 """
@@ -65,12 +66,11 @@ def _copy_range(src: int, src_off: int, dst: int, dst_off: int, nbytes: int) -> 
         src_off, dst_off, nbytes = src_off + done, dst_off + done, nbytes - done
 
 
-def _map_rows(path: str | Path, offset: int, n: int, dim: int, dtype: np.dtype) -> np.ndarray:
+def _map_rows(fd: int, offset: int, n: int, dim: int, dtype: np.dtype) -> np.ndarray:
     """A read-only (n, dim) view of a file's bytes from ``offset``, mapped with random-access advice."""
     if n == 0:
         return np.empty((0, dim), dtype=dtype)
-    with open(path, "rb") as f:
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)  # holds its own duplicate of fd
     if hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
         mm.madvise(mmap.MADV_RANDOM)  # a rerank reads scattered rows: no read-ahead
     return np.frombuffer(mm, dtype=dtype, count=n * dim, offset=offset).reshape(n, dim)
@@ -85,10 +85,13 @@ class VectorStore:
         self.kind = kind
         self._n = 0
         self._arr: np.ndarray = np.empty((0, self.dim), dtype=self.dtype)
-        self._path: str | None = None  # the private file of a writable mmap store
+        # a file-backed store reads its rows from one open descriptor, at ``_offset``: the saved .npy after a
+        # load (read-only), or its private file, which has no name (unlinked at creation: a killed process
+        # leaves nothing behind in the temporary directory)
+        self._fds: list[int] = []
+        self._offset = 0
+        self._private = False
         self._cap = 0  # rows the private file has room for
-        self._src: tuple[Path, int] | None = None  # a loaded file-backed store: the saved file and its data offset
-        self._fds: list[int] = []  # "disk": the open data file that take() reads with pread (closed with the store)
         weakref.finalize(self, _close_all, self._fds)
 
     @property
@@ -115,44 +118,34 @@ class VectorStore:
             self._arr[self._n : self._n + m] = X
             self._n += m
             return
-        if self._path is None:
+        if not self._private:
             self._open_private()
+        fd = self._fds[0]
         if self._n + m > self._cap:
             self._cap = max(self._n + m, int(self._cap * 1.5), 1024)
-            os.truncate(self._path, self._cap * self.row_bytes)
+            os.ftruncate(fd, self._cap * self.row_bytes)
         data = np.ascontiguousarray(X, dtype=self.dtype)
-        fd = os.open(self._path, os.O_WRONLY)
-        try:
-            view, off = memoryview(data).cast("B"), self._n * self.row_bytes
-            while view.nbytes:
-                done = os.pwrite(fd, view, off)
-                view, off = view[done:], off + done
-        finally:
-            os.close(fd)
+        view, off = memoryview(data).cast("B"), self._n * self.row_bytes
+        while view.nbytes:
+            done = os.pwrite(fd, view, off)
+            view, off = view[done:], off + done
         self._n += m
-        self._reopen(self._path, 0)
-
-    def _reopen(self, path: str | Path, offset: int) -> None:
-        """Point reads at the rows of ``path`` from ``offset``: a mapping ("mmap") or an open descriptor ("disk")."""
         if self.kind == "mmap":
-            self._arr = _map_rows(path, offset, self._n, self.dim, self.dtype)
-            return
-        self._fds.append(os.open(path, os.O_RDONLY))
-        self._offset = offset
-        while len(self._fds) > 1:
-            os.close(self._fds.pop(0))
+            self._arr = _map_rows(fd, 0, self._n, self.dim, self.dtype)
 
     def _open_private(self) -> None:
-        """Create the private file of a writable mmap store (holding the loaded rows, if any)."""
-        fd, self._path = tempfile.mkstemp(prefix="smec-store-", suffix=".bin")
-        weakref.finalize(self, _unlink, self._path)
+        """Give the store its own unnamed file, holding the loaded rows if any (copied in the kernel)."""
+        fd, path = tempfile.mkstemp(prefix="smec-store-", suffix=".bin")
+        os.unlink(path)
         try:
-            if self._src is not None and self._n:
-                with open(self._src[0], "rb") as src:
-                    _copy_range(src.fileno(), self._src[1], fd, 0, self._n * self.row_bytes)
-        finally:
+            if self._fds and self._n:
+                _copy_range(self._fds[0], self._offset, fd, 0, self._n * self.row_bytes)
+        except BaseException:
             os.close(fd)
-        self._cap, self._src = self._n, None
+            raise
+        _close_all(self._fds)
+        self._fds.append(fd)
+        self._offset, self._private, self._cap = 0, True, self._n
 
     def take(self, slots: np.ndarray) -> np.ndarray:
         """Rows of the given slots as float32 (any shape of slots; rows appended on the last axis)."""
@@ -163,22 +156,21 @@ class VectorStore:
         if flat.shape[0]:
             if flat.min() < 0 or flat.max() >= self._n:
                 raise IndexError(f"store: slots outside 0..{self._n - 1}")
-            buf, rb = memoryview(out).cast("B"), self.row_bytes
+            fd, buf, rb = self._fds[0], memoryview(out).cast("B"), self.row_bytes
             for j, s in enumerate(flat.tolist()):  # pread at explicit offsets: safe from many threads at once
-                os.preadv(self._fds[-1], [buf[j * rb : (j + 1) * rb]], self._offset + s * rb)
+                os.preadv(fd, [buf[j * rb : (j + 1) * rb]], self._offset + s * rb)
         return out.reshape(np.shape(slots) + (self.dim,)).astype(np.float32, copy=False)
 
     def rows(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """The stored rows ``start:stop`` in the store's dtype (a view, or for "disk" a read-only mapping)."""
         stop = self._n if stop is None else stop
-        if self.kind == "disk":
-            path, off = self._src if self._src is not None else (self._path, 0)
-            return _map_rows(path, off, self._n, self.dim, self.dtype)[start:stop] if self._n else self._arr[:0]
+        if self.kind == "disk" and self._n:
+            return _map_rows(self._fds[0], self._offset, self._n, self.dim, self.dtype)[start:stop]
         return self._arr[start:stop]
 
     # ----------------------------------------------------------------- persistence
     def save(self, path: Path) -> None:
-        """Write the stored rows as one ``.npy`` file (an mmap store is copied file to file, not through RAM)."""
+        """Write the stored rows as one ``.npy`` file (a file-backed store is copied file to file, not through RAM)."""
         header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
                   "shape": (self._n, self.dim)}
         with open(path, "wb") as f:
@@ -187,10 +179,8 @@ class VectorStore:
                 return
             np.lib.format.write_array_header_1_0(f, header)
             f.flush()
-            src, off = (self._src if self._src is not None else (self._path, 0))
-            if self._n and src is not None:
-                with open(src, "rb") as s:
-                    _copy_range(s.fileno(), off, f.fileno(), f.tell(), self._n * self.row_bytes)
+            if self._n:
+                _copy_range(self._fds[0], self._offset, f.fileno(), f.tell(), self._n * self.row_bytes)
 
     @classmethod
     def load(cls, path: Path, dim: int, dtype: str, kind: str, n: int) -> "VectorStore":
@@ -207,8 +197,10 @@ class VectorStore:
         if kind == "memory":
             obj._arr = np.load(path, allow_pickle=False)
         else:
-            obj._src = (Path(path), offset)
-            obj._reopen(path, offset)
+            obj._fds.append(os.open(path, os.O_RDONLY))
+            obj._offset = offset
+            if kind == "mmap":
+                obj._arr = _map_rows(obj._fds[0], offset, n, dim, got)
         return obj
 
 
@@ -218,10 +210,3 @@ def _close_all(fds: list[int]) -> None:
             os.close(fds.pop())
         except OSError:
             pass
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
