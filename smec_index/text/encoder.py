@@ -77,10 +77,16 @@ def _name_of_dir(path: str | Path) -> str:
     return Path(path).name
 
 
-def _name_of(model: Any) -> str:
-    """A loaded model's name: that of the directory it was loaded from (``_name_of_dir``), or "in-memory model"."""
+def _source_dir(model: Any) -> str | None:
+    """The directory a loaded model was read from, if it says so and it exists."""
     config = getattr(getattr(model[0], "auto_model", None), "config", None) if len(model) else None
     source = getattr(config, "_name_or_path", "") or ""
+    return str(Path(source).resolve()) if source and Path(source).is_dir() else None
+
+
+def _name_of(model: Any) -> str:
+    """A loaded model's name: that of the directory it was loaded from (``_name_of_dir``), or "in-memory model"."""
+    source = _source_dir(model)
     return _name_of_dir(source) if source else "in-memory model"
 
 
@@ -188,6 +194,8 @@ class Encoder:
         if not isinstance(cache, (bool, str, os.PathLike)):
             raise TypeError(f"Encoder: cache must be True, False or a directory, got {type(cache).__name__}")
         self.model, self.name = load_model(model, device)
+        # how to load this model again: its bundled name, else the directory it came from (None: unknown)
+        self.source: str | None = self.name if self.name in BUNDLED_MODELS else _source_dir(self.model)
         self.batch_size = batch_size
         self.progress = progress
         self._cache_dir = None if cache is False else (default_cache_dir() if cache is True else Path(cache))

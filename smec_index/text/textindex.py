@@ -20,7 +20,7 @@ from .._fsutil import atomic_directory, sha256_file
 from ..compressor import SMEC
 from ..index import CompressedIndex
 from ..index.checks import check_vectors, is_int
-from .encoder import DEFAULT_MODEL, BUNDLED_MODELS, Encoder
+from .encoder import BUNDLED_MODELS, DEFAULT_MODEL, Encoder
 from .io import check_id_list, check_ids, check_texts, read_texts
 from .store import TextStore
 
@@ -200,18 +200,21 @@ class TextIndex:
 
     @staticmethod
     def _encoder_meta(enc: Encoder) -> dict[str, Any]:
-        return {"name": enc.name, "dim": enc.dim, "max_seq_length": enc.max_seq_length, "fingerprint": enc.fingerprint}
+        return {"name": enc.name, "source": enc.source, "dim": enc.dim, "max_seq_length": enc.max_seq_length,
+                "fingerprint": enc.fingerprint}
 
     # ----------------------------------------------------------------- properties
     @property
     def encoder(self) -> Encoder:
-        """The encoder; after ``load`` without one, the saved model is loaded on first use (and checked)."""
+        """The encoder; after ``load`` without one, the saved model (a bundled name, or the directory it was
+        loaded from) is loaded on first use, and checked to be the same weights."""
         if self._encoder is None:
-            name = self._meta["name"]
-            if name not in BUNDLED_MODELS:
-                raise ValueError(f"TextIndex: the index was built with model {name!r}, which is not bundled; "
-                                 f"pass encoder=Encoder(<its directory>) to TextIndex.load")
-            self._encoder = self._checked(Encoder(name), "TextIndex")
+            source = self._meta.get("source")
+            if source is None or (source not in BUNDLED_MODELS and not Path(source).is_dir()):
+                raise ValueError(f"TextIndex: the index was built with model {self._meta['name']!r} "
+                                 f"({source or 'a model given in memory'}), which is neither bundled nor found on "
+                                 f"this machine; pass encoder= (an Encoder or a model directory) to TextIndex.load")
+            self._encoder = self._checked(Encoder(source), "TextIndex")
         return self._encoder
 
     def _checked(self, enc: Encoder, where: str) -> Encoder:
