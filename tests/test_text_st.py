@@ -72,6 +72,17 @@ def test_encode_equals_transform_before_and_after_reload_in_a_fresh_process(smec
         assert np.abs(got - np.load(tmp_path / f"expected-{dim}.npy")).max() < 1e-5
 
 
+def test_an_encoder_over_a_saved_smec_model(smec, tmp_path):
+    """A saved SMEC pipeline is a model directory like any other: Encoder(path) encodes to the SMEC dim."""
+    from smec_index.text import Encoder
+
+    model = sentence_model()
+    smec.to_sentence_transformers(model, dim=64).save(str(tmp_path / "st"))
+    enc = Encoder(str(tmp_path / "st"), cache=False, progress=False)
+    assert enc.dim == 64 and enc.name == "st"
+    assert np.abs(enc.encode(TEXTS) - smec.transform(model.encode(TEXTS), dim=64)).max() < 1e-5
+
+
 def test_stage_refuses_bad_input_and_other_versions(smec, tmp_path):
     from smec_index.text import SMECStage
 

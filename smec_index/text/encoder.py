@@ -115,7 +115,20 @@ def load_model(model: Any = DEFAULT_MODEL, device: str | None = None) -> tuple[A
             raise ValueError(f"Encoder: {str(path)!r} is not a sentence-transformers model directory "
                              f"(no modules.json or config.json)")
         name = _name_of_dir(path)
-    return SentenceTransformer(str(path), device=device, local_files_only=True), name
+    return SentenceTransformer(str(path), device=device, local_files_only=True,
+                               trust_remote_code=_only_our_modules(path)), name
+
+
+def _only_our_modules(path: Path) -> bool:
+    """True when the directory's modules are sentence-transformers' own and smec_index's (an ``SMECStage``
+    saved by ``SMEC.to_sentence_transformers``, whose class sentence-transformers 6 imports only when trusted):
+    then loading imports nothing but these two installed packages."""
+    try:
+        types = [m["type"] for m in json.loads((path / "modules.json").read_text(encoding="utf-8"))]
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+    ours = [t for t in types if not t.startswith("sentence_transformers.")]
+    return bool(ours) and all(t.startswith("smec_index.") for t in ours)
 
 
 def _model_fingerprint(model: Any) -> str:
