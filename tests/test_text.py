@@ -81,6 +81,14 @@ def sentence_tmp_cache(tmp_path) -> Encoder:
     return Encoder(sentence_model(), cache=tmp_path, progress=False)
 
 
+def test_a_damaged_cache_file_is_named(tmp_path):
+    (tmp_path / "embeddings.sqlite").write_bytes(b"not a database" * 100)
+    enc = Encoder(sentence_model(), cache=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="embedding cache .*embeddings.sqlite is not a usable SQLite file"):
+        enc.encode(["text"])
+    assert enc.texts_encoded == 0
+
+
 def test_no_cache(tmp_path):
     enc = Encoder(sentence_model(), cache=False, progress=False)
     enc.encode(["one text"])

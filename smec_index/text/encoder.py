@@ -157,9 +157,14 @@ class _Cache:
         self.path = path
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), timeout=60, check_same_thread=False)
-        with self._db:
-            self._db.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT NOT NULL, key BLOB NOT NULL, "
-                             "dim INTEGER NOT NULL, vec BLOB NOT NULL, PRIMARY KEY (model, key))")
+        try:
+            with self._db:
+                self._db.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT NOT NULL, key BLOB NOT NULL, "
+                                 "dim INTEGER NOT NULL, vec BLOB NOT NULL, PRIMARY KEY (model, key))")
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            raise ValueError(f"Encoder: the embedding cache {path} is not a usable SQLite file ({e}); remove it, "
+                             f"choose another cache= directory, or pass cache=False") from None
 
     def get(self, model: str, keys: Sequence[bytes], dim: int) -> dict[bytes, np.ndarray]:
         out: dict[bytes, np.ndarray] = {}
