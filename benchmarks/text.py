@@ -36,7 +36,7 @@ import numpy as np
 
 from smec_index.datasets import default_data_dir, iter_jsonl, load_beir
 from smec_index.index.backends import make_backend
-from smec_index.quality import _eval_split
+from smec_index.quality import eval_split
 from smec_index.report import describe_environment, environment, markdown_table, write_json
 from smec_index.text import Encoder, TextIndex, read_texts
 
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     query_text = {d["_id"]: d["text"] for d in iter_jsonl(args.data / "queries.jsonl.gz")}
     ds = load_beir(args.data, "all-MiniLM-L6-v2")
     assert ids == ds.doc_ids
-    Qe, qids, qrels, Qt, pairs = _eval_split(ds, 0)
+    Qe, qids, qrels, Qt, pairs = eval_split(ds, 0)
     qids = qids[: args.queries]
     claims = [query_text[q] for q in qids]
 
