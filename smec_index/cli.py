@@ -314,13 +314,14 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_search_text(args: argparse.Namespace) -> int:
     """``search --text``: rank, id, score and the first 100 characters of each hit of a saved TextIndex."""
-    from .text import TextIndex
+    from .text import Encoder, TextIndex
 
     root = _existing(args.index, "--index")
     if not (root / "textindex.json").is_file():
         raise CliError(f"--text: {args.index} is not a text index (no textindex.json); build one with build --texts, "
                        f"or search it with --queries Q.npy")
-    ti = TextIndex.load(root, encoder=args.encoder)
+    ti = TextIndex.load(root, encoder=Encoder(args.encoder, progress=not args.quiet) if args.encoder else None,
+                        progress=not args.quiet)
     t0 = time.perf_counter()
     hits = ti.search(args.text, args.k, dim=args.dim, rerank=args.rerank, candidates=args.candidates)
     secs = time.perf_counter() - t0

@@ -20,8 +20,8 @@ def shared_model(monkeypatch, tmp_path):
     a cache in the test's own directory."""
     real = encoder_module.load_model
 
-    def load(model="all-MiniLM-L6-v2", device=None):
-        return (sentence_model(), "all-MiniLM-L6-v2") if model == "all-MiniLM-L6-v2" else real(model, device)
+    def load(model="all-MiniLM-L6-v2", device=None, progress=True):
+        return (sentence_model(), "all-MiniLM-L6-v2") if model == "all-MiniLM-L6-v2" else real(model, device, progress)
 
     monkeypatch.setattr(encoder_module, "load_model", load)
     monkeypatch.setenv("SMEC_INDEX_CACHE", str(tmp_path / "cache"))

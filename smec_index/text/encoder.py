@@ -90,10 +90,11 @@ def _name_of(model: Any) -> str:
     return _name_of_dir(source) if source else "in-memory model"
 
 
-def load_model(model: Any = DEFAULT_MODEL, device: str | None = None) -> tuple[Any, str]:
+def load_model(model: Any = DEFAULT_MODEL, device: str | None = None, progress: bool = True) -> tuple[Any, str]:
     """``(SentenceTransformer, name)`` for a bundled model name, a local model directory or a loaded model.
 
-    Never downloads: a name that is neither bundled nor a directory is a ValueError saying so.
+    Never downloads: a name that is neither bundled nor a directory is a ValueError saying so. ``progress=False``
+    also silences transformers' weight-loading bar.
     """
     SentenceTransformer = _import_st()
     if isinstance(model, SentenceTransformer):
@@ -115,8 +116,18 @@ def load_model(model: Any = DEFAULT_MODEL, device: str | None = None) -> tuple[A
             raise ValueError(f"Encoder: {str(path)!r} is not a sentence-transformers model directory "
                              f"(no modules.json or config.json)")
         name = _name_of_dir(path)
-    return SentenceTransformer(str(path), device=device, local_files_only=True,
-                               trust_remote_code=_only_our_modules(path)), name
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    if not progress:
+        hf_logging.disable_progress_bar()
+    try:
+        st = SentenceTransformer(str(path), device=device, local_files_only=True,
+                                 trust_remote_code=_only_our_modules(path))
+    finally:
+        if bars and not progress:
+            hf_logging.enable_progress_bar()
+    return st, name
 
 
 def _only_our_modules(path: Path) -> bool:
@@ -211,7 +222,7 @@ class Encoder:
             raise ValueError(f"Encoder: batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(cache, (bool, str, os.PathLike)):
             raise TypeError(f"Encoder: cache must be True, False or a directory, got {type(cache).__name__}")
-        self.model, self.name = load_model(model, device)
+        self.model, self.name = load_model(model, device, progress)
         # how to load this model again: its bundled name, else the directory it came from (None: unknown)
         self.source: str | None = self.name if self.name in BUNDLED_MODELS else _source_dir(self.model)
         self.batch_size = batch_size

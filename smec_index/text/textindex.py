@@ -116,6 +116,7 @@ class TextIndex:
         self.store = store
         self._encoder = encoder
         self._meta = meta
+        self._progress = True  # progress bars of an encoder loaded later (``load(..., progress=)``)
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -214,7 +215,7 @@ class TextIndex:
                 raise ValueError(f"TextIndex: the index was built with model {self._meta['name']!r} "
                                  f"({source or 'a model given in memory'}), which is neither bundled nor found on "
                                  f"this machine; pass encoder= (an Encoder or a model directory) to TextIndex.load")
-            self._encoder = self._checked(Encoder(source), "TextIndex")
+            self._encoder = self._checked(Encoder(source, progress=self._progress), "TextIndex")
         return self._encoder
 
     def _checked(self, enc: Encoder, where: str) -> Encoder:
@@ -307,9 +308,10 @@ class TextIndex:
             (tmp / _META).write_text(json.dumps(meta, indent=2))
 
     @classmethod
-    def load(cls, path: str | Path, encoder: Any = None) -> "TextIndex":
+    def load(cls, path: str | Path, encoder: Any = None, progress: bool = True) -> "TextIndex":
         """Reopen a directory written by ``save``. ``encoder``: an ``Encoder`` (or what it takes) for the model
-        the index was built with; by default the saved bundled model, loaded on first search or add."""
+        the index was built with; by default the saved model (bundled name or directory), loaded on first
+        search or add, with progress bars unless ``progress=False``."""
         where = "TextIndex.load"
         path = Path(path)
         meta_path = path / _META
@@ -334,6 +336,7 @@ class TextIndex:
             raise ValueError(f"{where}: {path} is inconsistent: {len(store)} texts, {index.ntotal} vectors, "
                              f"{meta.get('ntotal')} in {_META}")
         obj = cls(index, store, None, meta["encoder"])
+        obj._progress = bool(progress)
         if encoder is not None:
             obj._encoder = obj._checked(_as_encoder(encoder, where), where)
         return obj
