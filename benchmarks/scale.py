@@ -279,6 +279,8 @@ def report(payload: dict[str, Any]) -> str:
              f"Machine: {describe_machine(payload['machine'])}. OMP threads {payload['omp_threads']}, "
              f"load average {payload['load_start']} at start, {payload['load_end']} at the end.", "",
              f"Data: {payload['data']}.", ""]
+    if payload.get("data_phase_note"):
+        lines += [f"The data phase: {payload['data_phase_note']}.", ""]
     phases = [["data", payload["data_phase"]]] if payload.get("data_phase") else []
     if payload.get("train"):
         phases.append([f"train ({payload['train']['method']}, {payload['train']['train_rows']:,} rows)", payload["train"]])
@@ -352,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                                "train_rows": a.train_rows, "data": DATA_NOTE, "machine": info,
                                "omp_threads": faiss.omp_get_max_threads(),
                                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                               "load_start": round(os.getloadavg()[0], 2), "configs": []}
+                               "load_start": round(os.getloadavg()[0], 2), "configs": [],
+                               "command": " ".join(["python", "benchmarks/scale.py", *(argv if argv is not None else sys.argv[1:])])}
     print(f"# scale: N={a.n:,}, {a.compressor}, engines {engines}, dims {dims}\n# machine: {describe_machine(info)}",
           flush=True)
     t0 = time.perf_counter()

@@ -135,8 +135,18 @@ def render_qdrant(p: dict, rel: str) -> str:
     return "\n\n".join(parts)
 
 
+def render_scale(p: dict, rel: str) -> str:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from scale import report
+
+    cmd = f"`{p['command']}`"
+    body = report(p).split("\n", 1)[1].strip().replace("\n## ", "\n### ")  # without its title; headings one level down
+    return cmd + "\n\n" + body
+
+
 RENDERERS: dict[str, Callable[[dict, str], str]] = {"demo": render_demo, "quality": render_quality,
-                                               "speed": render_speed, "qdrant": render_qdrant}
+                                               "speed": render_speed, "qdrant": render_qdrant,
+                                               "scale": render_scale}
 
 
 def regenerate(text: str) -> str:
