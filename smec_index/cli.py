@@ -279,6 +279,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     from .compressor import SMEC
     from .index import CompressedIndex
+    from .index.stream import take_rows
 
     if args.texts:
         return cmd_build_texts(args)
@@ -297,7 +298,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if not index.is_trained:  # engines that learn (IVF, PQ) train on a sample of rows
         rows = np.random.default_rng(0).choice(X.shape[0], min(X.shape[0], BUILD_TRAIN_ROWS), replace=False)
-        index.train(X[np.sort(rows)])
+        index.train(take_rows(X, np.sort(rows)))
     step = 65_536
     for s in tqdm(range(0, X.shape[0], step), desc="add", disable=args.quiet, leave=False):
         try:

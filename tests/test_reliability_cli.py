@@ -75,8 +75,14 @@ def test_build_refuses_bad_corpus_files_and_writes_nothing(model, tmp_path_facto
 @SETTINGS
 @given(lines=st.lists(st.one_of(st.integers(-5, 2000).map(str), st.text(max_size=4)), max_size=700))
 def test_build_refuses_bad_id_files(model, tmp_path_factory, capsys, lines):
-    ids = [int(x) for x in lines if x.strip().lstrip("-").isdigit()]
-    valid = len(lines) == 600 and len(ids) == 600 and len(set(ids)) == 600 and min(ids) >= 0
+    def as_int(x: str) -> int | None:
+        try:
+            return int(x)
+        except ValueError:
+            return None
+
+    ids = [as_int(x) for x in lines]
+    valid = len(lines) == 600 and None not in ids and len(set(ids)) == 600 and min(ids) >= 0
     if valid:
         return
     tmp = tmp_path_factory.mktemp("ids")
@@ -179,3 +185,17 @@ def test_search_and_info_refuse_a_damaged_index(built, tmp_path, capsys, synth):
     for argv in (["search", "--index", tmp_path / "ix", "--queries", tmp_path / "Q.npy"], ["info", tmp_path / "ix"]):
         code, err = run(argv, capsys)
         assert code == 1 and "does not match its sha256" in err and err.count("\n") == 1, err
+
+
+def test_take_rows_samples_a_mapped_file_like_fancy_indexing(tmp_path, monkeypatch):
+    import smec_index.index.stream as stream
+
+    X = np.random.default_rng(0).normal(size=(5000, 24)).astype(np.float16)
+    np.save(tmp_path / "X.npy", X)
+    mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
+    monkeypatch.setattr(stream, "chunk_rows", lambda d: 333)  # many chunks, rows in several of them
+    rows = np.random.default_rng(1).choice(5000, 700, replace=False)  # unsorted on purpose
+    got = stream.take_rows(mapped, rows)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, X[rows].astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(mapped), X)  # the released pages read back unchanged

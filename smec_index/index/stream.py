@@ -15,7 +15,7 @@ import mmap
 
 import numpy as np
 
-__all__ = ["CHUNK_BYTES", "chunk_rows", "release_pages"]
+__all__ = ["CHUNK_BYTES", "chunk_rows", "release_pages", "take_rows"]
 
 CHUNK_BYTES = 64 << 20  # float32 bytes of full-dim rows processed at once
 _MADV_DONTNEED = 4
@@ -57,3 +57,20 @@ def release_pages(x: np.ndarray, start: int, stop: int) -> None:
     hi = hi // page * page
     if hi > lo:
         fn(lo, hi - lo, _MADV_DONTNEED)
+
+
+def take_rows(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``x[rows]`` as a float32 array, for a training sample of a big (memory-mapped) input: the rows are
+    gathered one chunk of ``x`` at a time and each chunk's pages are handed back, so sampling from a file
+    does not map the whole file into the process."""
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty((rows.shape[0], x.shape[1]), dtype=np.float32)
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    step = chunk_rows(x.shape[1])
+    for s in range(0, x.shape[0], step):
+        lo, hi = np.searchsorted(ordered, [s, s + step])
+        if hi > lo:
+            out[order[lo:hi]] = x[ordered[lo:hi]]
+            release_pages(x, s, s + step)
+    return out
