@@ -4,6 +4,8 @@ is never created or changed."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,7 +15,9 @@ from hypothesis.extra import numpy as hnp
 from smec_index import SMEC, CompressedIndex, read_index
 from smec_index.cli import main
 
-SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# SMEC_HYPOTHESIS_DEEPER=10 runs every property with 10x the examples (CI keeps the default, 1)
+DEEPER = int(os.environ.get("SMEC_HYPOTHESIS_DEEPER", "1"))
+SETTINGS = settings(max_examples=30 * DEEPER, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 finite = st.floats(-10, 10, allow_nan=False, width=32)
 
 

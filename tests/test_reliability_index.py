@@ -6,6 +6,7 @@ ntotal, the id of every slot, and the results of a fixed set of searches are com
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,9 @@ from smec_index import SMEC, CompressedIndex, read_index
 from smec_index.index.persist import MANIFEST, _body_sha256
 
 D = 48
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# SMEC_HYPOTHESIS_DEEPER=10 runs every property with 10x the examples (CI keeps the default, 1)
+DEEPER = int(os.environ.get("SMEC_HYPOTHESIS_DEEPER", "1"))
+SETTINGS = settings(max_examples=40 * DEEPER, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 CASES = [("faiss", {"spec": "Flat"}), ("faiss", {"spec": "HNSW32", "params": {"efSearch": 256}}),
          ("hnswlib", {"M": 16, "ef": 256})]
 
@@ -180,7 +183,7 @@ def test_search_refuses_unknown_dims_and_reranks(index, synth, dim, rerank):
         index.search(synth[300:302], 3, rerank=rerank)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15 * DEEPER, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(k=st.integers(1, 3000))
 def test_search_with_any_k_matches_faiss_padding(index, synth, k):
     D_, I = index.search(synth[300:303], k)
@@ -263,7 +266,7 @@ SETTING_KEYS = ["d", "dims", "backend", "metric", "rerank", "candidates", "full_
                 "ntotal", "n_slots", "stores", "full_vectors"]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60 * DEEPER, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(key=st.sampled_from(SETTING_KEYS), value=json_values, data=st.data())
 def test_load_of_a_resealed_manifest_with_any_setting_fails_cleanly(saved, synth, tmp_path_factory, key, value, data):
     """Whatever value a setting takes, load raises ValueError or loads an index that answers searches."""
@@ -277,7 +280,7 @@ def test_load_of_a_resealed_manifest_with_any_setting_fails_cleanly(saved, synth
     ix.search(synth[300:302], 3)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40 * DEEPER, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rel=st.sampled_from(["../outside.npy", "/etc/hostname", "backend-8/../../x", "./ids.npy", "a//b", "a\\..\\b",
                             "", "smec/../../../etc/passwd"]))
 def test_manifest_paths_cannot_escape_the_directory(saved, tmp_path_factory, rel):
@@ -304,7 +307,7 @@ def test_symlinks_and_unlisted_files_are_refused(saved, tmp_path):
         read_index(b)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30 * DEEPER, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), how=st.sampled_from(["flip", "truncate", "append"]))
 def test_any_damaged_file_is_refused(saved, tmp_path_factory, data, how):
     import shutil

@@ -4,6 +4,7 @@ naming the argument, and a fitted compressor left exactly as it was (its maps an
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -15,7 +16,9 @@ from hypothesis.extra import numpy as hnp
 from smec_index import SMEC
 
 D = 48
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# SMEC_HYPOTHESIS_DEEPER=10 runs every property with 10x the examples (CI keeps the default, 1)
+DEEPER = int(os.environ.get("SMEC_HYPOTHESIS_DEEPER", "1"))
+SETTINGS = settings(max_examples=40 * DEEPER, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 finite = st.floats(-10, 10, allow_nan=False, width=32)
 
 
@@ -37,6 +40,14 @@ def assert_same(a: tuple, b: tuple) -> None:
         np.testing.assert_array_equal(a[1][d][0], b[1][d][0])
         np.testing.assert_array_equal(a[1][d][1], b[1][d][1])
         np.testing.assert_array_equal(a[2].get(d), b[2].get(d))
+
+
+def assert_refused(smec: SMEC, call, match: str, Q: np.ndarray) -> None:
+    """``call(smec)`` raises TypeError/ValueError matching ``match`` and leaves the compressor as it was."""
+    before = snapshot(smec, Q)
+    with pytest.raises((TypeError, ValueError), match=match):
+        call(smec)
+    assert_same(before, snapshot(smec, Q))
 
 
 @st.composite
@@ -64,21 +75,14 @@ def bad_matrix(draw, d: int | None = D):
 @SETTINGS
 @given(X=bad_matrix(d=None), method=st.sampled_from(["pca", "smec"]))
 def test_fit_refuses_bad_corpus_and_keeps_the_old_fit(fitted, synth, X, method):
-    smec = fitted[method]
-    before = snapshot(smec, synth[:5])
-    with pytest.raises((TypeError, ValueError), match=r"^fit: corpus"):
-        smec.fit(X)
-    assert_same(before, snapshot(smec, synth[:5]))
+    assert_refused(fitted[method], lambda smec: smec.fit(X), r"^fit: corpus", synth[:5])
 
 
 @SETTINGS
 @given(Q=bad_matrix(), method=st.sampled_from(["pca", "smec"]))
 def test_fit_refuses_bad_queries(fitted, synth, Q, method):
-    smec = fitted[method]
-    before = snapshot(smec, synth[:5])
-    with pytest.raises((TypeError, ValueError), match=r"^fit: queries"):
-        smec.fit(synth, queries=Q, qrels=[(0, 0, 1.0)])
-    assert_same(before, snapshot(smec, synth[:5]))
+    assert_refused(fitted[method], lambda smec: smec.fit(synth, queries=Q, qrels=[(0, 0, 1.0)]), r"^fit: queries",
+                   synth[:5])
 
 
 bad_pair = st.one_of(
@@ -142,21 +146,13 @@ def test_unfitted_compressor_refuses_transform_extend_save(tmp_path, synth):
                      st.booleans(), st.text(max_size=2)),
        method=st.sampled_from(["pca", "smec"]))
 def test_extend_refuses_bad_dims_and_keeps_the_fit(fitted, synth, dim, method):
-    smec = fitted[method]
-    before = snapshot(smec, synth[:5])
-    with pytest.raises((TypeError, ValueError), match=r"^extend: dim"):
-        smec.extend(dim, synth)
-    assert_same(before, snapshot(smec, synth[:5]))
+    assert_refused(fitted[method], lambda smec: smec.extend(dim, synth), r"^extend: dim", synth[:5])
 
 
 @SETTINGS
 @given(X=bad_matrix(), method=st.sampled_from(["pca", "smec"]))
 def test_extend_refuses_bad_corpus_and_keeps_the_fit(fitted, synth, X, method):
-    smec = fitted[method]
-    before = snapshot(smec, synth[:5])
-    with pytest.raises((TypeError, ValueError), match=r"^extend: corpus"):
-        smec.extend(4, X)
-    assert_same(before, snapshot(smec, synth[:5]))
+    assert_refused(fitted[method], lambda smec: smec.extend(4, X), r"^extend: corpus", synth[:5])
 
 
 def test_extend_after_load_needs_a_corpus(fitted, synth, tmp_path):
@@ -193,7 +189,7 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers(-3, 100) | st
                            max_leaves=6)
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=50 * DEEPER, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(path=st.sampled_from([("method",), ("dims",), ("init",), ("seed",), ("train_options",), ("fitted",),
                              ("fitted", "input_dim"), ("fitted", "dims"), ("fitted", "selected"), ("fitted", "supervised"),
                              ("sequential",)]),
@@ -217,7 +213,7 @@ def test_load_of_any_config_value_fails_cleanly(fitted, synth, tmp_path_factory,
         assert back.transform(synth[:2], d).shape == (2, d)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30 * DEEPER, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), name=st.sampled_from(["config.json", "weights.safetensors"]),
        how=st.sampled_from(["truncate", "garbage", "empty"]))
 def test_load_of_a_damaged_file_fails_cleanly(fitted, tmp_path_factory, data, name, how):
