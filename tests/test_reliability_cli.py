@@ -17,7 +17,8 @@ from smec_index.cli import main
 
 # SMEC_HYPOTHESIS_DEEPER=10 runs every property with 10x the examples (CI keeps the default, 1)
 DEEPER = int(os.environ.get("SMEC_HYPOTHESIS_DEEPER", "1"))
-SETTINGS = settings(max_examples=30 * DEEPER, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=30 * DEEPER, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 finite = st.floats(-10, 10, allow_nan=False, width=32)
 
 
@@ -43,7 +44,8 @@ def bad_npy(draw) -> tuple[bytes | np.ndarray, str]:
     kind = draw(st.sampled_from(["width", "ndim", "int", "empty", "nan", "object", "garbage", "truncated"]))
     n = draw(st.integers(1, 40))
     if kind == "width":
-        return draw(hnp.arrays(np.float32, (n, draw(st.integers(1, 96).filter(lambda w: w != 48))), elements=finite)), "--corpus"
+        width = draw(st.integers(1, 96).filter(lambda w: w != 48))
+        return draw(hnp.arrays(np.float32, (n, width), elements=finite)), "--corpus"
     if kind == "ndim":
         return draw(hnp.arrays(np.float32, draw(st.sampled_from([(48,), (n, 48, 1)])), elements=finite)), "--corpus"
     if kind == "int":
@@ -55,7 +57,8 @@ def bad_npy(draw) -> tuple[bytes | np.ndarray, str]:
     if kind == "garbage":
         return draw(st.binary(max_size=200)), "--corpus"
     if kind == "truncated":
-        return b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order': False, 'shape': (1000, 48), }" + b" " * 40, "--corpus"
+        header = b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order': False, 'shape': (1000, 48), }"
+        return header + b" " * 40, "--corpus"  # a header promising 1000 rows, and no data
     X = draw(hnp.arrays(draw(st.sampled_from([np.float16, np.float32, np.float64])), (n, 48), elements=finite))
     X[draw(st.integers(0, n - 1)), draw(st.integers(0, 47))] = draw(st.sampled_from([np.nan, np.inf]))
     return X, "NaN or inf"

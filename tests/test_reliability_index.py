@@ -22,7 +22,8 @@ from smec_index.index.persist import MANIFEST, _body_sha256
 D = 48
 # SMEC_HYPOTHESIS_DEEPER=10 runs every property with 10x the examples (CI keeps the default, 1)
 DEEPER = int(os.environ.get("SMEC_HYPOTHESIS_DEEPER", "1"))
-SETTINGS = settings(max_examples=40 * DEEPER, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=40 * DEEPER, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 CASES = [("faiss", {"spec": "Flat"}), ("faiss", {"spec": "HNSW32", "params": {"efSearch": 256}}),
          ("hnswlib", {"M": 16, "ef": 256})]
 
@@ -229,7 +230,8 @@ def test_save_refuses_paths_it_must_not_replace(index, synth, tmp_path):
     for path, exc, match in cases:
         with pytest.raises(exc, match=match):
             index.save(path)
-    assert (foreign / "cat.jpg").read_bytes() == b"\xff\xd8 not ours" and sorted(p.name for p in foreign.iterdir()) == ["cat.jpg"]
+    assert (foreign / "cat.jpg").read_bytes() == b"\xff\xd8 not ours"
+    assert sorted(p.name for p in foreign.iterdir()) == ["cat.jpg"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "photos", "webapp"]  # no temp dir left behind
     assert (webapp / "manifest.json").read_text() == '{"name": "my app"}'
     assert_same(before, state(index, synth[300:305]))
@@ -259,7 +261,8 @@ def _rewrite_manifest(src: Path, dst: Path, edit) -> None:
     (dst / MANIFEST).write_text(json.dumps(m))
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers(-5, 5000) | st.floats(allow_nan=False) | st.text(max_size=8),
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-5, 5000) | st.floats(allow_nan=False)
+                           | st.text(max_size=8),
                            lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3),
                            max_leaves=6)
 SETTING_KEYS = ["d", "dims", "backend", "metric", "rerank", "candidates", "full_store", "store_dtype", "id_mode",

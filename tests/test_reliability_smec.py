@@ -18,7 +18,8 @@ from smec_index import SMEC
 D = 48
 # SMEC_HYPOTHESIS_DEEPER=10 runs every property with 10x the examples (CI keeps the default, 1)
 DEEPER = int(os.environ.get("SMEC_HYPOTHESIS_DEEPER", "1"))
-SETTINGS = settings(max_examples=40 * DEEPER, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=40 * DEEPER, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 finite = st.floats(-10, 10, allow_nan=False, width=32)
 
 
@@ -26,7 +27,8 @@ finite = st.floats(-10, 10, allow_nan=False, width=32)
 def fitted(synth):
     """A fitted compressor for each family: a baseline (pca) and a short SMEC training (extend trains)."""
     return {"pca": SMEC(dims=(16, 8), method="pca", progress=False).fit(synth),
-            "smec": SMEC(dims=(16, 8), method="smec", seed=0, progress=False, max_epochs=1, ads_epochs=1).fit(synth[:300])}
+            "smec": SMEC(dims=(16, 8), method="smec", seed=0, progress=False, max_epochs=1,
+                         ads_epochs=1).fit(synth[:300])}
 
 
 def snapshot(smec: SMEC, Q: np.ndarray) -> tuple:
@@ -52,13 +54,15 @@ def assert_refused(smec: SMEC, call, match: str, Q: np.ndarray) -> None:
 
 @st.composite
 def bad_matrix(draw, d: int | None = D):
-    """Not a finite float (n >= 1, d) matrix: wrong width (when d is given), ndim, dtype, NaN/inf, empty, not an array."""
+    """Not a finite float (n >= 1, d) matrix: wrong width (when d is given), ndim, dtype, NaN/inf, empty, or
+    not an array."""
     kinds = ["ndim", "dtype", "nonfinite", "empty", "list"] + (["width"] if d is not None else [])
     kind = draw(st.sampled_from(kinds))
     width = d or 48
     n = draw(st.integers(1, 6))
     if kind == "width":
-        return draw(hnp.arrays(np.float32, (n, draw(st.integers(1, 2 * width).filter(lambda w: w != width))), elements=finite))
+        w = draw(st.integers(1, 2 * width).filter(lambda w: w != width))
+        return draw(hnp.arrays(np.float32, (n, w), elements=finite))
     if kind == "ndim":
         return draw(hnp.arrays(np.float32, draw(st.sampled_from([(width,), (n, width, 1), ()])), elements=finite))
     if kind == "dtype":
