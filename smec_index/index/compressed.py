@@ -286,7 +286,8 @@ class CompressedIndex:
     def _add(self, x: Any, ids: Any, where: str) -> None:
         """Validate the whole input first (nothing changes on bad input), then add it one chunk of rows at a
         time under the write lock: searches see all of the batch or none of it, and at most one chunk of
-        full-dim float32 rows is held beyond the stores (see ``stream.py``)."""
+        full-dim float32 rows is held beyond the stores (see ``stream.py``). Should the machine fail the add
+        half way (out of memory, disk full), what it had added is taken out again before the error is raised."""
         d = self._require_trained(where)
         X = check_shape(x, where, d)
         ids = None if ids is None else check_ids(ids, where, X.shape[0])
@@ -299,31 +300,55 @@ class CompressedIndex:
             with self._lock.write():
                 self._ids.check_add(mode, ids, where)
                 if n:
-                    self._add_rows(X, inv, reduced, ids)
+                    with self._undo_on_failure() as added:
+                        self._add_rows(X, inv, reduced, ids, added)
             return
         for s in range(0, n, step):
             check_finite(np.asarray(X[s : s + step], dtype=np.float32), where, row0=s)
             release_pages(X, s, s + step)
         with self._lock.write():
             self._ids.check_add(mode, ids, where)
-            for s in range(0, n, step):
-                C = np.ascontiguousarray(X[s : s + step], dtype=np.float32)
-                inv = _inv_norms(C)
-                self._add_rows(C, inv, {dim: self._project(dim, C, inv) for dim in self.dims},
-                               None if ids is None else ids[s : s + step])
-                release_pages(X, s, s + step)
+            with self._undo_on_failure() as added:
+                for s in range(0, n, step):
+                    C = np.ascontiguousarray(X[s : s + step], dtype=np.float32)
+                    inv = _inv_norms(C)
+                    self._add_rows(C, inv, {dim: self._project(dim, C, inv) for dim in self.dims},
+                                   None if ids is None else ids[s : s + step], added)
+                    release_pages(X, s, s + step)
 
     def _add_rows(self, X: np.ndarray, inv: float | np.ndarray, reduced: dict[int, np.ndarray],
-                  ids: np.ndarray | None) -> None:
-        """Give validated rows their slots, then add them to every backend and store (write lock held)."""
+                  ids: np.ndarray | None, added: dict[Any, list[np.ndarray]]) -> None:
+        """Give validated rows their slots, then add them to every backend and store (write lock held);
+        ``added`` records what each part received, for ``_undo_on_failure``."""
         slots = self._ids.assign(X.shape[0], ids)
+        added["ids"].append(self._ids.slot_ids[slots])
         for dim, b in self.backends.items():
             b.add(slots, reduced[dim])
+            added[dim].append(slots)
         for key in self._store_keys():
             if key not in self._stores:
                 dim = self._d if key == FULL else key
                 self._stores[key] = VectorStore(dim, self.store_dtype, self.full_store or "memory")
             self._stores[key].append(self._project(FULL, X, inv) if key == FULL else reduced[key])
+
+    @contextlib.contextmanager
+    def _undo_on_failure(self) -> Iterator[dict[Any, list[np.ndarray]]]:
+        """Yield a record of what an add gave each part; if the add raises, take it all out again: the ids
+        are removed, each backend forgets the slots it received, and every store is padded to the slot
+        count (slots are never reused, so removed ones keep a row), then the error goes on."""
+        added: dict[Any, list[np.ndarray]] = {"ids": [], **{dim: [] for dim in self.backends}}
+        try:
+            yield added
+        except BaseException:
+            for dim, b in self.backends.items():
+                if added[dim]:
+                    b.remove(np.concatenate(added[dim]))
+            if added["ids"]:
+                self._ids.remove(np.concatenate(added["ids"]))
+            for key, store in self._stores.items():
+                if store.n < self._ids.n_slots:
+                    store.append(np.zeros((self._ids.n_slots - store.n, store.dim), dtype=np.float32))
+            raise
 
     def _store_keys(self) -> list[int | str]:
         """Stores needed: each configured dim above the smallest (cascade rescoring), and the full one."""
