@@ -153,12 +153,13 @@ def phase_train(work: Path, n: int, train_rows: int, compressor: str, dims: list
     import torch
 
     from smec_index import SMEC
+    from smec_index.index.stream import take_rows
 
     if threads:
         torch.set_num_threads(threads)
 
     X = np.load(work / "corpus.npy", mmap_mode="r")
-    sample = np.ascontiguousarray(X[train_sample(n, train_rows)])
+    sample = take_rows(X, train_sample(n, train_rows))  # chunk by chunk: the file's pages are handed back
     smec = SMEC(dims=sorted(dims, reverse=True), method=compressor, seed=0, progress=False)
     t = time.perf_counter()
     smec.fit(sample)
@@ -171,6 +172,7 @@ def phase_train(work: Path, n: int, train_rows: int, compressor: str, dims: list
 def phase_build(work: Path, n: int, compressor: str, engine: str, dim: int) -> dict[str, Any]:
     """Build a CompressedIndex at one dim from the memory-mapped corpus in batches; save it."""
     from smec_index import SMEC, CompressedIndex
+    from smec_index.index.stream import take_rows
 
     smec = SMEC.load(work / f"smec-{compressor}")
     X = np.load(work / "corpus.npy", mmap_mode="r")
@@ -179,7 +181,7 @@ def phase_build(work: Path, n: int, compressor: str, engine: str, dim: int) -> d
                             candidates=CANDIDATES)
     t, c = time.perf_counter(), cpu_now()
     if not index.is_trained:
-        index.train(np.ascontiguousarray(X[train_sample(n, 50_000)]))
+        index.train(take_rows(X, train_sample(n, 50_000)))
     for s in range(0, n, ADD_BATCH):
         index.add(X[s : s + ADD_BATCH])
     build = {"build_s": round(time.perf_counter() - t, 1), "build_cpu_s": round(cpu_now() - c, 1)}

@@ -117,8 +117,8 @@ def test_build_with_a_bad_row_in_a_late_chunk_keeps_the_old_save(model, tmp_path
     assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "out").iterdir()) == before  # old save kept
 
 
-@pytest.mark.parametrize("spec", ["Flat", "IVF8,Flat"])
-def test_streaming_build_equals_an_in_memory_build(model, tmp_path, capsys, synth, monkeypatch, spec):
+@pytest.mark.parametrize("spec,store", [("Flat", "memory"), ("IVF8,Flat", "mmap"), ("Flat", "disk")])
+def test_streaming_build_equals_an_in_memory_build(model, tmp_path, capsys, synth, monkeypatch, spec, store):
     """build maps the file and adds it in batches (forced small here); the result equals add() of the whole array."""
     import smec_index.index.compressed as compressed
 
@@ -126,9 +126,10 @@ def test_streaming_build_equals_an_in_memory_build(model, tmp_path, capsys, synt
     np.save(tmp_path / "X16.npy", synth.astype(np.float16))
     extra = ["--param", "nprobe=8"] if spec != "Flat" else []
     code, err = run(["build", "--compressor", model / "pca", "--corpus", tmp_path / "X16.npy", "--dims", "8,16",
-                     "--spec", spec, *extra, "--out", tmp_path / "ix", "--quiet"], capsys)
+                     "--spec", spec, *extra, "--full-store", store, "--out", tmp_path / "ix", "--quiet"], capsys)
     assert code == 0, err
     built = read_index(tmp_path / "ix")
+    assert built.full_store == store
     ref = CompressedIndex(SMEC.load(model / "pca"), dims=(8, 16), spec=spec,
                           **({"params": {"nprobe": 8}} if spec != "Flat" else {}))
     ref.train(synth.astype(np.float16).astype(np.float32))
