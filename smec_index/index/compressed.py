@@ -241,9 +241,10 @@ class CompressedIndex:
 
     def memory_usage(self) -> dict[str, int]:
         """Bytes held in RAM by part: ``backends``, ``ids``, ``cascade_stores`` (intermediate dims), ``full_store``."""
-        return {"backends": sum(b.nbytes for b in self.backends.values()), "ids": self._ids.nbytes,
-                "cascade_stores": sum(s.nbytes for key, s in self._stores.items() if key != FULL),
-                "full_store": self._stores[FULL].nbytes if FULL in self._stores else 0}
+        with self._lock.read():  # FAISS serialises the index to count it: not while an add changes it
+            return {"backends": sum(b.nbytes for b in self.backends.values()), "ids": self._ids.nbytes,
+                    "cascade_stores": sum(s.nbytes for key, s in self._stores.items() if key != FULL),
+                    "full_store": self._stores[FULL].nbytes if FULL in self._stores else 0}
 
     @property
     def nbytes(self) -> int:
