@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                "per_seed": dict(zip(map(str, a.seeds), runs))}
     if len(a.seeds) > 1:
         print(f"\nMeans over seeds {a.seeds}; largest std of nDCG@10 over seeds: "
-              f"{max(r.get('ndcg@10_std', 0.0) for r in records):.4f}")
+              f"{max(r.get('std_ndcg@10', 0.0) for r in records):.4f}")
     print(quality_tables(records, dims, ds.dim))
     if a.ablation:
         rows = average_runs(ablations, ("variant",))

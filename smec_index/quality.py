@@ -139,7 +139,7 @@ def run_ablation(
 
 def average_runs(runs: list[list[dict]], key: tuple[str, ...]) -> list[dict]:
     """One record per ``key`` from runs with different seeds: the mean of each numeric field, plus
-    ``<field>_std`` (population std over seeds) for the nDCG fields and ``seeds`` (how many runs)."""
+    ``std_<field>`` (population std over seeds) for the nDCG fields and ``seeds`` (how many runs)."""
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
         for r in run:
@@ -153,7 +153,7 @@ def average_runs(runs: list[list[dict]], key: tuple[str, ...]) -> list[dict]:
             vals = np.array([r[f] for r in recs], dtype=np.float64)
             row[f] = float(vals.mean())
             if f.startswith("ndcg@10"):
-                row[f + "_std"] = float(vals.std())
+                row["std_" + f] = float(vals.std())
         row["seeds"] = len(recs)
         out.append(row)
     return out

@@ -70,9 +70,16 @@ def render_quality(p: dict, rel: str) -> str:
     modes = sorted({r["mode"] for r in p["records"]})
     if len(modes) == 1:
         cmd += f" --mode {modes[0]}"
+    seeds = p["seed"] if isinstance(p["seed"], list) else [p["seed"]]
+    if seeds != [0]:
+        cmd += " --seeds " + ",".join(map(str, seeds))
     if "ablation" in p:
         cmd += " --ablation"
     how = f"`{cmd}`"
+    if len(seeds) > 1:
+        worst = max(r.get("std_ndcg@10", 0.0) for r in p["records"])
+        how += (f": every number is the mean over {len(seeds)} training seeds (the largest std of an nDCG@10 "
+                f"over seeds is {worst:.4f}; each seed's numbers: `{rel.removesuffix('.json')}.md`)")
     if p.get("parts"):
         how += (f", run as {len(p['parts'])} parts merged with `--merge` (how: "
                 f"`{rel.removesuffix('.json')}.md`)")
