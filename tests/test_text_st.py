@@ -105,3 +105,15 @@ def test_stage_refuses_bad_input_and_other_versions(smec, tmp_path):
         SMECStage.load(str(tmp_path))
     with pytest.raises(ValueError, match=r"M has shape \(3, 2\)"):
         SMECStage(4, 2, M=np.zeros((3, 2), np.float32))
+
+
+def test_reload_trusts_only_known_module_classes(tmp_path):
+    from smec_index.text import load_sentence_transformer
+
+    (tmp_path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Evil", "type": "evil_package.Module"}]))
+    with pytest.raises(ValueError, match=r"uses module classes \['evil_package.Module'\], which are neither"):
+        load_sentence_transformer(tmp_path)
+    with pytest.raises(ValueError, match="no readable modules.json"):
+        load_sentence_transformer(tmp_path / "missing")

@@ -14,7 +14,9 @@ ask for ``trust_remote_code=True`` for any module class outside their own packag
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -152,10 +154,25 @@ def to_sentence_transformers(smec: Any, model: Any, dim: int, portable: bool = F
 
 
 def load_sentence_transformer(path: str | os.PathLike, **kwargs: Any) -> Any:
-    """``SentenceTransformer(path, trust_remote_code=True, local_files_only=True)``: reload a model saved with an
-    ``SMECStage``. sentence-transformers 6+ only imports module classes outside its own package with
-    ``trust_remote_code=True``; here the class is ``smec_index.text.st_module.SMECStage``, from this package."""
+    """Reload a model saved with an ``SMECStage``: ``SentenceTransformer(path, local_files_only=True)``, with
+    ``trust_remote_code=True`` only when every module class is sentence-transformers' or smec_index's
+    (sentence-transformers 6+ imports ``smec_index.text.st_module.SMECStage`` only when trusted). A directory
+    that names any other module class is refused with a ValueError naming it."""
     from sentence_transformers import SentenceTransformer
 
+    from .encoder import _only_our_modules
+
+    where = "load_sentence_transformer"
+    path = Path(path)
+    try:
+        types = [m["type"] for m in json.loads((path / "modules.json").read_text(encoding="utf-8"))]
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{where}: {str(path)!r} has no readable modules.json ({e}); it is not a saved "
+                         f"sentence-transformers model") from None
+    foreign = [t for t in types if not t.startswith(("sentence_transformers.", "smec_index."))]
+    if foreign:
+        raise ValueError(f"{where}: {str(path)!r} uses module classes {foreign}, which are neither "
+                         f"sentence-transformers' nor smec_index's; if you trust that code, load it with "
+                         f"SentenceTransformer(path, trust_remote_code=True)")
     kwargs.setdefault("local_files_only", True)
-    return SentenceTransformer(str(path), trust_remote_code=True, **kwargs)
+    return SentenceTransformer(str(path), trust_remote_code=_only_our_modules(path), **kwargs)
