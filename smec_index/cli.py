@@ -490,7 +490,8 @@ def _common(quiet: bool = True, seed: bool = False, training: bool = False, data
         g.add_argument("--max-epochs", type=_positive_int, metavar="N", help="epochs per stage, at most")
         g.add_argument("--ads-epochs", type=_positive_int, metavar="N", help="epochs of ADS dimension selection")
         g.add_argument("--patience", type=_positive_int, metavar="N", help="early-stopping patience, in epochs")
-        g.add_argument("--init", choices=["identity", "pca"], help="start each stage from identity or from PCA")
+        g.add_argument("--init", choices=["auto", "identity", "pca"],
+                       help="start each stage from identity or from PCA (auto: PCA with labels, identity without)")
     if seed:
         p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     if quiet:
@@ -523,8 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fit SMEC (unsupervised and supervised), PCA and truncation, build a FAISS index "
                        "per dim, and print nDCG@10, bytes/vector and QPS per dim; writes OUT/demo.json and "
                        "OUT/demo.png. Runs on SciFact data shipped with the package (CC BY-NC 2.0), nothing to "
-                       "download; under three minutes on two CPU cores (shortened training: --init pca --max-epochs 2 "
-                       "--ads-epochs 1 --patience 1, each can be overridden).")
+                       "download; under three minutes on two CPU cores, with the library's default training.")
     s.add_argument("--out", default="smec-demo", metavar="DIR", help="where demo.json and demo.png go (default smec-demo)")
     s.add_argument("--dims", type=_dims, help="dims to train and index (default 128,64,32 for 384-dim data)")
     s.add_argument("--fast", action="store_true", help="a smoke run for CI: 600 documents, 60 test queries, 2 dims, 1 epoch per phase")
