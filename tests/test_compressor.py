@@ -469,3 +469,15 @@ def test_auto_init_is_pca_with_labels_and_identity_without(synth, synth_supervis
     assert not np.array_equal(auto.transform(synth, 16), ident.transform(synth, 16))
     np.testing.assert_array_equal(SMEC((16,), **kw).fit(synth).transform(synth, 16),
                                   SMEC((16,), init="identity", **kw).fit(synth).transform(synth, 16))
+
+
+@pytest.mark.parametrize("n", [2, 5, 11])
+@pytest.mark.parametrize("method", LEARNED)
+def test_tiny_corpora_fit_or_fail_clearly(n, method):
+    """A handful of rows trains (uselessly, but without a torch error); one row is refused by name."""
+    rng = np.random.default_rng(n)
+    X = rng.normal(size=(n, 24)).astype(np.float32)
+    smec = SMEC((8, 4), method, seed=0, **FAST).fit(X)
+    assert np.isfinite(smec.transform(X, 4)).all()
+    with pytest.raises(ValueError, match="corpus has 1 row"):
+        SMEC((8, 4), method, seed=0, **FAST).fit(X[:1])

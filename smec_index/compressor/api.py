@@ -226,6 +226,9 @@ class SMEC:
     def _check_fit_input(self, corpus, queries, qrels, where, D=None):
         X = _check_matrix(corpus, "corpus", where, D)
         D = X.shape[1]
+        if X.shape[0] < 2 and self.method != "truncate":
+            raise ValueError(f"{where}: corpus has {X.shape[0]} row; method {self.method!r} learns from at least 2 "
+                             f"rows (thousands for a useful map)")
         if self.dims[0] >= D:
             raise ValueError(f"{where}: dims {self.dims} must all be < the corpus dim {D}")
         if (queries is None) != (qrels is None):

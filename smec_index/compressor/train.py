@@ -100,7 +100,8 @@ class TrainData:
         """Each held-out row's exact teacher top-10 among the training rows (positions), computed once."""
         if "val_exact" not in self._cache:
             val, train_rows = torch.as_tensor(self.val_rows), torch.as_tensor(self.train_rows)
-            self._cache["val_exact"] = torch.topk(self.teacher[val] @ self.teacher[train_rows].T, 10, dim=1).indices
+            k = min(10, len(train_rows))
+            self._cache["val_exact"] = torch.topk(self.teacher[val] @ self.teacher[train_rows].T, k, dim=1).indices
         return self._cache["val_exact"]
 
     def val_positives(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,7 +172,7 @@ def _validate(model: StageModel, data: TrainData) -> float:
         val = torch.as_tensor(data.val_rows)
         exact = data.val_exact()
         for d in model.out_dims:
-            got = torch.topk(corpus_out[d][val] @ corpus_out[d][train_rows].T, 10, dim=1).indices
+            got = torch.topk(corpus_out[d][val] @ corpus_out[d][train_rows].T, exact.shape[1], dim=1).indices
             hit = (got.unsqueeze(2) == exact.unsqueeze(1)).any(dim=2).float().mean()
             scores.append(float(hit))
     model.train()
@@ -307,6 +308,8 @@ class _Stepper:
             sims.fill_diagonal_(float("-inf"))
             t_sims, nb = torch.topk(sims, min(pool, B - 1), dim=1)
             valid = torch.ones_like(t_sims, dtype=torch.bool)
+        if nb.shape[1] == 0:  # a corpus of one training row has no neighbours
+            return None
         if nb.shape[1] > cfg.neighbours:
             keys = torch.rand(nb.shape, generator=self.gen).to(self.device) + valid.float()
             pick = torch.topk(keys, cfg.neighbours, dim=1).indices
