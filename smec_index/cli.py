@@ -212,6 +212,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CliError("--queries/--qrels go with --corpus; with --data use --mode supervised")
         ds = _load_dataset(args)
         X, source = ds.corpus, f"{ds.name} / {ds.model}"
+        n_total = X.shape[0]
         Q = pairs = None
         if args.mode == "supervised":
             train_qids, split, _, _ = ds.supervised_split(args.seed)
@@ -221,11 +222,21 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CliError("--mode goes with --data; with --corpus, give --queries and --qrels for supervised training")
         if (args.queries is None) != (args.qrels is None):
             raise CliError("--queries and --qrels go together (supervised training); got only one of them")
-        X, source = load_matrix(args.corpus, "--corpus"), args.corpus
         Q = pairs = None
         if args.queries:
+            X, source = load_matrix(args.corpus, "--corpus"), args.corpus
+            n_total = X.shape[0]
             Q = load_matrix(args.queries, "--queries", X.shape[1])
             pairs = read_qrels(args.qrels, Q.shape[0], X.shape[0])
+        else:
+            # unsupervised: read only the rows fit() would sample, from the memory-mapped file
+            from .index.stream import take_rows
+
+            X, source = open_matrix(args.corpus, "--corpus"), args.corpus
+            probe = SMEC((1,), args.method, seed=args.seed, **_training_options(args))
+            rows = probe.training_rows(X.shape[0])
+            n_total = X.shape[0]
+            X = take_rows(X, rows if rows is not None else np.arange(n_total))
     dims = args.dims or default_dims(X.shape[1])
     if max(dims) >= X.shape[1]:
         raise CliError(f"--dims: {','.join(map(str, dims))} must all be below the input dim {X.shape[1]}")
@@ -233,7 +244,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     smec.fit(X, queries=Q, qrels=pairs)
     smec.save(out)
     mode = "supervised" if smec.supervised_ else "unsupervised"
-    print(f"trained {args.method} ({mode}) on {source}: {X.shape[0]:,} x {X.shape[1]} -> dims "
+    sample = f" (a seeded sample of {X.shape[0]:,} rows)" if n_total > X.shape[0] else ""
+    print(f"trained {args.method} ({mode}) on {source}: {n_total:,} x {X.shape[1]}{sample} -> dims "
           f"{', '.join(map(str, smec.dims_))} in {_fmt_s(smec.train_s_)}; saved to {out}")
     return 0
 

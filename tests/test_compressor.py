@@ -253,6 +253,8 @@ def test_unsupervised_fit_trains_on_a_seeded_sample_of_a_large_corpus(synth):
     """Above ``max_train_rows`` the corpus is sampled (seeded) before training: same result as fitting the sample."""
     capped = SMEC((16, 8), seed=5, **FAST, max_train_rows=250).fit(synth)
     keep = np.sort(np.random.default_rng(5).choice(synth.shape[0], 250, replace=False))
+    np.testing.assert_array_equal(SMEC((16, 8), seed=5, max_train_rows=250).training_rows(synth.shape[0]), keep)
+    assert SMEC((16, 8), seed=5, max_train_rows=600).training_rows(600) is None
     on_sample = SMEC((16, 8), seed=5, **FAST).fit(synth[keep])
     for d in (16, 8):
         np.testing.assert_array_equal(capped.transform(synth, d), on_sample.transform(synth, d))

@@ -199,11 +199,9 @@ class SMEC:
         X, Q, pairs = self._check_fit_input(corpus, queries, qrels, "fit")
         t0 = time.perf_counter()
         D = X.shape[1]
-        cap = self._config().max_train_rows
-        if pairs is None and X.shape[0] > cap:
-            # unsupervised training sees a seeded random sample: a linear map of D x D parameters is fully
-            # determined long before 50k rows, and the neighbour ranking grows with the square of the rows
-            X = X[np.sort(np.random.default_rng(self.seed).choice(X.shape[0], cap, replace=False))]
+        rows = self.training_rows(X.shape[0]) if pairs is None else None
+        if rows is not None:
+            X = X[rows]
         projections: dict[int, Projection] = {D: Projection.identity(D)}
         selections: dict[int, np.ndarray] = {}
         reports: list[StageReport] = []
@@ -222,6 +220,17 @@ class SMEC:
         self.train_s_ = time.perf_counter() - t0
         self._data = (X, Q, pairs)
         return self
+
+    def training_rows(self, n_rows: int) -> np.ndarray | None:
+        """The rows an unsupervised ``fit`` trains on when the corpus has more than ``max_train_rows``
+        (a seeded random sample, sorted), else None (all of them). Callers holding a corpus on disk can
+        read just these rows and fit on them: the result is the same."""
+        cap = self._config().max_train_rows
+        if n_rows <= cap:
+            return None
+        # a linear map of D x D parameters is determined long before 50k rows, and the neighbour ranking
+        # grows with the square of the rows
+        return np.sort(np.random.default_rng(self.seed).choice(n_rows, cap, replace=False))
 
     def _check_fit_input(self, corpus, queries, qrels, where, D=None):
         X = _check_matrix(corpus, "corpus", where, D)
