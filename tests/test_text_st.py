@@ -34,8 +34,11 @@ def test_encode_equals_transform_before_and_after_reload_in_a_fresh_process(smec
     model = sentence_model()
     base = model.encode(TEXTS)
     dirs = {}
-    for dim, portable in ((64, False), (32, True), (384, False)):
-        st = smec.to_sentence_transformers(model, dim=dim, portable=portable)
+    # 32: the default (portable), which a plain SentenceTransformer(path) reloads
+    for dim, portable in ((64, False), (32, None), (384, False)):
+        st = (smec.to_sentence_transformers(model, dim=dim) if portable is None
+              else smec.to_sentence_transformers(model, dim=dim, portable=portable))
+        portable = True if portable is None else portable
         expected = smec.transform(base, dim=dim)
         got = st.encode(TEXTS)
         assert got.shape == (len(TEXTS), dim) and np.abs(got - expected).max() < 1e-5
@@ -96,7 +99,7 @@ def test_stage_refuses_bad_input_and_other_versions(smec, tmp_path):
         other.to_sentence_transformers(model, dim=16)
     with pytest.raises(ValueError, match="not fitted"):
         SMEC((16,)).to_sentence_transformers(model, dim=16)
-    stage = smec.to_sentence_transformers(model, dim=64)[-1]
+    stage = smec.to_sentence_transformers(model, dim=64, portable=False)[-1]
     stage.save(str(tmp_path))
     assert SMECStage.load(str(tmp_path)).M.equal(stage.M)
     cfg = json.loads((tmp_path / "config.json").read_text())

@@ -412,11 +412,12 @@ class SMEC:
         obj.train_s_ = fitted["train_s"]
         return obj
 
-    def to_sentence_transformers(self, model: Any, dim: int, portable: bool = False) -> Any:
+    def to_sentence_transformers(self, model: Any, dim: int, portable: bool = True) -> Any:
         """A ``SentenceTransformer`` whose ``encode`` returns ``transform(model.encode(x), dim)``: ``model``'s
-        modules followed by this compressor's map to ``dim`` as a module (``smec_index.text.SMECStage``; with
-        ``portable=True`` sentence-transformers' own Dense and Normalize). Needs ``pip install 'smec-index[embed]'``;
-        see ``smec_index.text.st_module``."""
+        modules followed by this compressor's map to ``dim``: sentence-transformers' own Normalize, Dense and
+        Normalize modules (default; ``SentenceTransformer(path)`` reloads a saved one anywhere), or with
+        ``portable=False`` one ``smec_index.text.SMECStage`` that records the compressor. Needs
+        ``pip install 'smec-index[embed]'``; see ``smec_index.text.st_module``."""
         from ..text.st_module import to_sentence_transformers
 
         return to_sentence_transformers(self, model, dim, portable)

@@ -113,14 +113,16 @@ class SMECStage(Module):
                 f"supervised={self.supervised})")
 
 
-def to_sentence_transformers(smec: Any, model: Any, dim: int, portable: bool = False) -> Any:
+def to_sentence_transformers(smec: Any, model: Any, dim: int, portable: bool = True) -> Any:
     """A ``SentenceTransformer`` made of ``model``'s modules (shared, not copied) followed by the SMEC map to ``dim``.
 
     ``model``: a ``SentenceTransformer``, an ``Encoder``, a bundled model name or a model directory; its
-    embedding dim must be the compressor's input dim. The map is an ``SMECStage`` (default), or with
-    ``portable=True`` sentence-transformers' own ``Normalize``, ``Dense`` (identity activation) and ``Normalize``
-    modules computing the same thing, which ``SentenceTransformer(path)`` reloads without ``trust_remote_code``
-    and without smec_index installed (the saved directory then does not record the compressor's provenance).
+    embedding dim must be the compressor's input dim. By default (``portable=True``) the map is
+    sentence-transformers' own ``Normalize``, ``Dense`` (identity activation) and ``Normalize`` modules, so a
+    plain ``SentenceTransformer(path)`` reloads a saved pipeline anywhere (sentence-transformers 6 imports
+    module classes from other packages only with ``trust_remote_code=True``). ``portable=False`` uses one
+    ``SMECStage`` instead, which records the compressor (method, dims) in the directory and reloads with
+    ``load_sentence_transformer(path)`` when smec_index is installed.
     """
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Dense, Normalize
