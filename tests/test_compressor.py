@@ -483,3 +483,15 @@ def test_tiny_corpora_fit_or_fail_clearly(n, method):
     assert np.isfinite(smec.transform(X, 4)).all()
     with pytest.raises(ValueError, match="corpus has 1 row"):
         SMEC((8, 4), method, seed=0, **FAST).fit(X[:1])
+
+
+@pytest.mark.parametrize("epoch_rows,steps", [(128, 2), (100, 2), (8192, 8)])
+def test_an_unsupervised_epoch_is_at_most_epoch_rows_anchors(synth, epoch_rows, steps):
+    """Large corpora are validated every ``epoch_rows`` anchors, not once per pass (bounded epochs)."""
+    from smec_index.compressor.train import TrainConfig, TrainData, _Stepper
+
+    X = torch.as_tensor(synth)
+    data = TrainData(teacher=X, inputs=X, train_rows=np.arange(500), val_rows=np.arange(500, 600))
+    cfg = TrainConfig(batch_size=64, epoch_rows=epoch_rows, xbm=False)
+    stepper = _Stepper(StageModel(48, (16,), False), data, cfg, np.random.default_rng(0), torch.Generator())
+    assert stepper.n_steps == steps

@@ -49,6 +49,9 @@ class TrainConfig:
     val_fraction: float = 0.1
     max_val: int = 1000
     max_train_rows: int = 50_000
+    # unsupervised "epoch" (one validation, one early-stopping tick) = at most this many anchors; the corpus
+    # order runs on across epochs, so a large corpus is still seen whole, just validated more often
+    epoch_rows: int = 8192
     xbm: bool = True
 
 
@@ -283,7 +286,7 @@ class _Stepper:
         self.n_steps = (
             math.ceil(len(data.train_q) / cfg.query_batch_size)
             if data.supervised
-            else math.ceil(len(data.train_rows) / cfg.batch_size)
+            else math.ceil(min(len(data.train_rows), cfg.epoch_rows) / cfg.batch_size)
         )
         self.corpus_order = rng.permutation(data.train_rows)
         self.cpos = 0
