@@ -7,7 +7,29 @@ import torch
 __all__ = ["CrossBatchMemory", "NeighbourMemory", "teacher_neighbours"]
 
 
-class CrossBatchMemory:
+class _Fifo:
+    """The ring of ``size`` slots both memories share: row ids per slot (-1: empty), oldest overwritten first."""
+
+    def __init__(self, size: int, device: torch.device | str) -> None:
+        if size <= 0:
+            raise ValueError(f"{type(self).__name__}: size must be > 0, got {size}")
+        self.size = size
+        self.ids = torch.full((size,), -1, dtype=torch.long, device=device)
+        self.ptr = 0
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def _take_slots(self, n: int) -> torch.Tensor:
+        """The next ``n`` (<= size) slots, oldest first; advances the ring."""
+        pos = (torch.arange(n, device=self.ids.device) + self.ptr) % self.size
+        self.ptr = (self.ptr + n) % self.size
+        self.count = min(self.count + n, self.size)
+        return pos
+
+
+class CrossBatchMemory(_Fifo):
     """FIFO queue of frozen rows, searched by the teacher embedding (paper section 3.4).
 
     Each entry keeps the teacher embedding (what neighbours are chosen and scored by), the input of
@@ -16,17 +38,9 @@ class CrossBatchMemory:
     """
 
     def __init__(self, size: int, teacher_dim: int, input_dim: int, device: torch.device | str = "cpu") -> None:
-        if size <= 0:
-            raise ValueError(f"CrossBatchMemory: size must be > 0, got {size}")
-        self.size = size
+        super().__init__(size, device)
         self.teacher = torch.zeros(size, teacher_dim, device=device)
         self.inputs = torch.zeros(size, input_dim, device=device)
-        self.ids = torch.full((size,), -1, dtype=torch.long, device=device)
-        self.ptr = 0
-        self.count = 0
-
-    def __len__(self) -> int:
-        return self.count
 
     @torch.no_grad()
     def enqueue(self, teacher: torch.Tensor, inputs: torch.Tensor, ids: torch.Tensor) -> None:
@@ -35,12 +49,10 @@ class CrossBatchMemory:
         if n >= self.size:
             teacher, inputs, ids = teacher[-self.size :], inputs[-self.size :], ids[-self.size :]
             n = self.size
-        pos = (torch.arange(n, device=self.ids.device) + self.ptr) % self.size
+        pos = self._take_slots(n)
         self.teacher[pos] = teacher
         self.inputs[pos] = inputs
         self.ids[pos] = ids
-        self.ptr = (self.ptr + n) % self.size
-        self.count = min(self.count + n, self.size)
 
     @torch.no_grad()
     def topk(self, query_teacher: torch.Tensor, query_ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,7 +92,7 @@ def teacher_neighbours(
     return ids, sims
 
 
-class NeighbourMemory:
+class NeighbourMemory(_Fifo):
     """S-XBM with the retrieval precomputed: a FIFO of row ids over a fixed table of frozen rows.
 
     The memory only ever holds frozen features, so the teacher similarities between any two rows never
@@ -94,22 +106,14 @@ class NeighbourMemory:
 
     def __init__(self, size: int, cand_ids: torch.Tensor, cand_sims: torch.Tensor, rows: torch.Tensor,
                  n_rows: int) -> None:
-        if size <= 0:
-            raise ValueError(f"NeighbourMemory: size must be > 0, got {size}")
         device = cand_ids.device
-        self.size = size
+        super().__init__(size, device)
         # row id -> its line in the candidate lists (which hold only ``rows``)
         self.cand_ids, self.cand_sims = cand_ids, cand_sims
         self.line_of = torch.full((n_rows,), -1, dtype=torch.long, device=device)
         self.line_of[rows] = torch.arange(len(rows), device=device)
         # FIFO bookkeeping: the queue position at which each row was last enqueued (-1: never)
         self.slot_of = torch.full((n_rows,), -1, dtype=torch.long, device=device)
-        self.ids = torch.full((size,), -1, dtype=torch.long, device=device)
-        self.ptr = 0
-        self.count = 0
-
-    def __len__(self) -> int:
-        return self.count
 
     @torch.no_grad()
     def enqueue(self, ids: torch.Tensor) -> None:
@@ -117,7 +121,7 @@ class NeighbourMemory:
         n = ids.shape[0]
         if n >= self.size:
             ids, n = ids[-self.size :], self.size
-        pos = (torch.arange(n, device=ids.device) + self.ptr) % self.size
+        pos = self._take_slots(n)
         old = self.ids[pos]
         held = old >= 0
         old, old_pos = old[held], pos[held]
@@ -125,8 +129,6 @@ class NeighbourMemory:
         self.slot_of[old[self.slot_of[old] == old_pos]] = -1
         self.ids[pos] = ids
         self.slot_of[ids] = pos
-        self.ptr = (self.ptr + n) % self.size
-        self.count = min(self.count + n, self.size)
 
     @torch.no_grad()
     def topk(self, query_ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
