@@ -16,14 +16,15 @@ import ctypes
 import ctypes.util
 import glob
 import hashlib
+import json
 import os
 import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
-__all__ = ["atomic_directory", "sha256_file", "fsync_tree", "TMP_PREFIX"]
+__all__ = ["atomic_directory", "sha256_file", "fsync_tree", "json_kind", "read_versioned_json", "TMP_PREFIX"]
 
 TMP_PREFIX = ".tmp-"
 _TMP_TAIL = re.compile(r"(?:old-)?(\d+)-[0-9a-f]{12}")
@@ -130,3 +131,29 @@ def atomic_directory(path: str | Path, is_ours: Callable[[Path], bool] | None = 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def json_kind(path: Path) -> Any:
+    """The ``kind`` field of a JSON object file, or None when it is missing or unreadable."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data.get("kind") if isinstance(data, dict) else None
+
+
+def read_versioned_json(path: Path, kind: str, version: int, where: str, what: str) -> dict:
+    """The JSON object in ``path`` (a save's description: manifest, config), checked to name ``kind`` and
+    format ``version``; otherwise a ValueError that starts with ``where`` and says which of the three is wrong.
+    ``what`` names the expected file in the message, e.g. "an SMEC config"."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{where}: {path} is corrupt or truncated (not valid JSON: {e})") from None
+    if not isinstance(data, dict) or data.get("kind") != kind:
+        found = data.get("kind") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{where}: {path} is not {what} (kind={found!r})")
+    if data.get("format_version") != version:
+        raise ValueError(f"{where}: {path} has format version {data.get('format_version')!r}; "
+                         f"this smec_index reads version {version}")
+    return data

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from .._fsutil import atomic_directory
+from .._fsutil import atomic_directory, json_kind, read_versioned_json
 from .baselines import pca_projections, pca_rotation, truncate_projections
 from .model import Projection, StageModel
 from .train import StageReport, TrainConfig, TrainData, train_stage
@@ -21,6 +21,7 @@ __all__ = ["SMEC", "NotFittedError", "METHODS", "FORMAT_VERSION"]
 METHODS = ("smec", "mrl", "search-adaptor", "pca", "truncate")
 FORMAT_VERSION = 1
 _CONFIG = "config.json"
+_KIND = "smec_index.SMEC"
 _WEIGHTS = "weights.safetensors"
 _FLAG_DEFAULTS = {
     "smec": dict(sequential=True, ads=True, xbm=True),
@@ -35,11 +36,7 @@ class NotFittedError(ValueError, AttributeError):
 
 def is_saved_smec(path: Path) -> bool:
     """Whether ``path`` holds an earlier ``SMEC.save`` (which a new save may replace)."""
-    try:
-        cfg = json.loads((path / _CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(cfg, dict) and cfg.get("kind") == "smec_index.SMEC"
+    return json_kind(path / _CONFIG) == _KIND
 
 
 def _check_matrix(X: Any, name: str, where: str, D: int | None = None) -> np.ndarray:
@@ -328,7 +325,7 @@ class SMEC:
     def get_config(self) -> dict:
         return {
             "format_version": FORMAT_VERSION,
-            "kind": "smec_index.SMEC",
+            "kind": _KIND,
             "method": self.method,
             "dims": list(self.dims),
             "sequential": self.sequential,
@@ -374,16 +371,7 @@ class SMEC:
         cfg_path = path / _CONFIG
         if not cfg_path.is_file() or not (path / _WEIGHTS).is_file():
             raise ValueError(f"SMEC.load: {str(path)!r} is not a saved SMEC (needs {_CONFIG} and {_WEIGHTS})")
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"SMEC.load: {cfg_path} is not valid JSON ({e})") from None
-        if not isinstance(cfg, dict) or cfg.get("kind") != "smec_index.SMEC":
-            kind = cfg.get("kind") if isinstance(cfg, dict) else type(cfg).__name__
-            raise ValueError(f"SMEC.load: {cfg_path} is not an SMEC config (kind={kind!r})")
-        if cfg.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"SMEC.load: format version {cfg.get('format_version')!r} in {cfg_path}; "
-                             f"this smec_index reads version {FORMAT_VERSION}")
+        cfg = read_versioned_json(cfg_path, _KIND, FORMAT_VERSION, "SMEC.load", "an SMEC config")
         try:
             tensors = load_file(str(path / _WEIGHTS))
         except Exception as e:  # safetensors raises its own error types for a damaged file

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .._fsutil import TMP_PREFIX, sha256_file
+from .._fsutil import TMP_PREFIX, json_kind, read_versioned_json, sha256_file
 
 __all__ = ["FORMAT_VERSION", "KIND", "MANIFEST", "write_manifest", "read_manifest", "is_saved_index"]
 
@@ -43,16 +43,7 @@ def write_manifest(root: Path, meta: dict[str, Any]) -> None:
 
 def is_saved_index(path: Path) -> bool:
     """Whether ``path`` holds an earlier save (a manifest of this kind), which a new save may replace."""
-    return _json_kind(path / MANIFEST) == KIND
-
-
-def _json_kind(path: Path) -> Any:
-    """The ``kind`` field of a JSON object file, or None when it is missing or unreadable."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data.get("kind") if isinstance(data, dict) else None
+    return json_kind(path / MANIFEST) == KIND
 
 
 def _check_entry(root: Path, rel: Any, info: Any, where: str) -> Path:
@@ -89,16 +80,7 @@ def read_manifest(root: Path, verify: bool = True) -> dict[str, Any]:
     path = root / MANIFEST
     if not path.is_file() or path.is_symlink():
         raise ValueError(f"{where}: {str(root)!r} has no {MANIFEST}; it is not a saved CompressedIndex")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{where}: {path} is corrupt or truncated (not valid JSON: {e})") from None
-    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
-        kind = manifest.get("kind") if isinstance(manifest, dict) else type(manifest).__name__
-        raise ValueError(f"{where}: {path} is not a CompressedIndex manifest (kind={kind!r})")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{where}: {path} has format version {manifest.get('format_version')!r}; "
-                         f"this smec_index reads version {FORMAT_VERSION}")
+    manifest = read_versioned_json(path, KIND, FORMAT_VERSION, where, "a CompressedIndex manifest")
     body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
     if manifest.get("manifest_sha256") != _body_sha256(body):
         raise ValueError(f"{where}: {path} does not match its own checksum; it was modified or damaged")

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .._fsutil import atomic_directory, sha256_file
+from .._fsutil import atomic_directory, read_versioned_json, sha256_file
 from ..compressor import SMEC
 from ..index import CompressedIndex
 from ..index.checks import check_vectors, is_int
@@ -317,16 +317,7 @@ class TextIndex:
         meta_path = path / _META
         if not meta_path.is_file():
             raise ValueError(f"{where}: {str(path)!r} has no {_META}; it is not a saved TextIndex")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{where}: {meta_path} is not valid JSON ({e})") from None
-        if not isinstance(meta, dict) or meta.get("kind") != KIND:
-            raise ValueError(f"{where}: {meta_path} is not a TextIndex description (kind="
-                             f"{meta.get('kind') if isinstance(meta, dict) else None!r})")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{where}: {meta_path} has format version {meta.get('format_version')!r}; this "
-                             f"smec_index reads version {FORMAT_VERSION}")
+        meta = read_versioned_json(meta_path, KIND, FORMAT_VERSION, where, "a TextIndex description")
         texts = path / _TEXTS
         if not texts.is_file() or sha256_file(texts) != meta.get("texts_sha256"):
             raise ValueError(f"{where}: {texts} is missing or does not match its sha256 in {_META}")
