@@ -229,18 +229,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             Q = load_matrix(args.queries, "--queries", X.shape[1])
             pairs = read_qrels(args.qrels, Q.shape[0], X.shape[0])
         else:
-            # unsupervised: read only the rows fit() would sample, from the memory-mapped file
-            from .index.stream import take_rows
-
+            # unsupervised: memory-mapped; only the rows fit() would sample are read (below)
             X, source = open_matrix(args.corpus, "--corpus"), args.corpus
-            probe = SMEC((1,), args.method, seed=args.seed, **_training_options(args))
-            rows = probe.training_rows(X.shape[0])
             n_total = X.shape[0]
-            X = take_rows(X, rows if rows is not None else np.arange(n_total))
     dims = args.dims or default_dims(X.shape[1])
     if max(dims) >= X.shape[1]:
         raise CliError(f"--dims: {','.join(map(str, dims))} must all be below the input dim {X.shape[1]}")
     smec = SMEC(dims, args.method, seed=args.seed, progress=not args.quiet, **_training_options(args))
+    if args.corpus and not args.queries:
+        from .index.stream import take_rows
+
+        rows = smec.training_rows(n_total)
+        X = take_rows(X, rows if rows is not None else np.arange(n_total))
     smec.fit(X, queries=Q, qrels=pairs)
     smec.save(out)
     mode = "supervised" if smec.supervised_ else "unsupervised"

@@ -50,9 +50,6 @@ def eval_split(ds: BeirDataset, seed: int):
     return Qe, qids, {q: qrels[q] for q in qids}, Qt, pairs
 
 
-_eval_split = eval_split  # the earlier private name
-
-
 def _score(smec: SMEC, ds: BeirDataset, Qe, qids, qrels, dim: int) -> dict:
     return evaluate_embeddings(smec.transform(Qe, dim), smec.transform(ds.corpus, dim), qids, ds.doc_ids, qrels)
 

@@ -170,9 +170,7 @@ class StageModel(nn.Module):
             idx = torch.as_tensor(self.selection(d), device=x.device)
             lin = self.adapter.linear
             return {d: x[:, idx] + nn.functional.linear(x, lin.weight[idx], lin.bias[idx])}
-        y = self.adapter(x)
-        return {d: y if d == self.n_in else y[:, torch.as_tensor(self.selection(d), device=x.device)]
-                for d in self.out_dims}
+        return self.forward_eval(x)
 
     def forward_eval(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         y = self.adapter(x)
