@@ -260,6 +260,10 @@ def test_unsupervised_fit_trains_on_a_seeded_sample_of_a_large_corpus(synth):
         np.testing.assert_array_equal(capped.transform(synth, d), on_sample.transform(synth, d))
     full = SMEC((16, 8), seed=5, **FAST).fit(synth)
     assert not np.array_equal(full.transform(synth, 8), capped.transform(synth, 8))
+    # extend with a corpus trains on the same kind of sample
+    capped.extend(4, corpus=synth)
+    on_sample.extend(4, corpus=synth[keep])
+    np.testing.assert_array_equal(capped.transform(synth, 4), on_sample.transform(synth, 4))
 
 
 def test_smec_stages_are_frozen_and_extend_keeps_them_bit_identical(synth):

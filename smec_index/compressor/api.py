@@ -193,12 +193,9 @@ class SMEC:
     def fit(self, corpus: np.ndarray, queries: np.ndarray | None = None, qrels: Iterable | None = None) -> "SMEC":
         """Learn the projections from corpus embeddings (n, D); with ``queries`` and ``qrels``
         (pairs of (query_row, doc_row, relevance)) also with the supervised rank loss."""
-        X, Q, pairs = self._check_fit_input(corpus, queries, qrels, "fit")
+        X, Q, pairs = self._training_input(corpus, queries, qrels, "fit")
         t0 = time.perf_counter()
         D = X.shape[1]
-        rows = self.training_rows(X.shape[0]) if pairs is None else None
-        if rows is not None:
-            X = X[rows]
         projections: dict[int, Projection] = {D: Projection.identity(D)}
         selections: dict[int, np.ndarray] = {}
         reports: list[StageReport] = []
@@ -229,7 +226,9 @@ class SMEC:
         # grows with the square of the rows
         return np.sort(np.random.default_rng(self.seed).choice(n_rows, cap, replace=False))
 
-    def _check_fit_input(self, corpus, queries, qrels, where, D=None):
+    def _training_input(self, corpus, queries, qrels, where, D=None):
+        """The checked, L2-normalised training matrices of ``fit`` and ``extend``: the corpus (unsupervised: its
+        ``training_rows`` sample), the queries and the pairs; a specific error for bad input."""
         X = _check_matrix(corpus, "corpus", where, D)
         D = X.shape[1]
         if X.shape[0] < 2 and self.method != "truncate":
@@ -245,7 +244,8 @@ class SMEC:
             Q = _check_matrix(queries, "queries", where, D)
             pairs = _check_pairs(qrels, Q.shape[0], X.shape[0], where)
             Q = _normalise(Q)
-        return _normalise(X), Q, pairs
+        rows = self.training_rows(X.shape[0]) if pairs is None else None
+        return _normalise(X if rows is None else X[rows]), Q, pairs
 
     def transform(self, X: np.ndarray, dim: int) -> np.ndarray:
         """Project rows of X (n, D) to ``dim`` dims: float32 (n, dim), L2-normalised.
@@ -304,7 +304,7 @@ class SMEC:
             if queries is not None or qrels is not None:
                 raise ValueError("extend: pass queries and qrels together with corpus")
         else:
-            X, Q, pairs = self._check_fit_input(corpus, queries, qrels, "extend", self.input_dim_)
+            X, Q, pairs = self._training_input(corpus, queries, qrels, "extend", self.input_dim_)
         projections = dict(self.projections_)
         selections = dict(self.selections_)
         reports: list[StageReport] = []
