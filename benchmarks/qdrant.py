@@ -79,6 +79,13 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "smec64i8-full-f16": {"label": "smec_64 int8 -> full, float16 storage",
                           "layout": {"dims": (64,), "quantization": "int8", "datatype": "float16"},
                           "search": {"candidates": 100}},
+    # the peer re-scores 20 points (oversampling 2 x k); these spend a like budget on the full-vector re-score
+    "smec64i8-full-f16-c20": {"label": "smec_64 int8 -> full f16, 20 candidates",
+                              "layout": {"dims": (64,), "quantization": "int8", "datatype": "float16"},
+                              "search": {"candidates": 20}},
+    "smec64i8-full-f16-c40": {"label": "smec_64 int8 -> full f16, 40 candidates",
+                              "layout": {"dims": (64,), "quantization": "int8", "datatype": "float16"},
+                              "search": {"candidates": 40}},
 }
 
 

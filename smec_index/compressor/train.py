@@ -30,7 +30,7 @@ class TrainConfig:
     """Training hyper-parameters; defaults follow the paper where it gives one (memory 5000, alpha 1.0)."""
 
     max_epochs: int = 80
-    patience: int = 4
+    patience: int = 8
     batch_size: int = 256
     query_batch_size: int = 32
     lr: float = 2e-3
