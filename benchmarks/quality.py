@@ -98,10 +98,16 @@ def merge(parts: list[str], out: str | None, plot_path: str | None) -> int:
             if key not in seen:
                 seen.add(key)
                 records.append(r)
+    per_seed: dict[str, list] = {}
+    for p in payloads:
+        for seed, recs in p.get("per_seed", {}).items():
+            per_seed.setdefault(seed, []).extend(recs)
     merged = {k: first[k] for k in ("data", "dataset", "model", "dim", "dims", "seed")}
     merged.update(machine=first["machine"], records=records,
-                  parts=[{"file": Path(f).name, "machine": p["machine"], "wall_s": p.get("wall_s")}
+                  parts=[{"file": Path(f).name, "argv": p.get("argv"), "machine": p["machine"], "wall_s": p.get("wall_s")}
                          for f, p in zip(parts, payloads)])
+    if per_seed:
+        merged["per_seed"] = per_seed
     ablation = [p["ablation"] for p in payloads if "ablation" in p]
     if ablation:
         merged["ablation"] = ablation[0]

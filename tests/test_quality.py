@@ -85,3 +85,6 @@ def test_quality_program_merges_parts(tmp_path, toy):
     got = {(r["method"], r["mode"]) for r in merged["records"]}
     assert got == {("full", "unsupervised"), ("pca", "unsupervised"), ("full", "supervised"), ("truncate", "supervised")}
     assert len(merged["parts"]) == 2
+    assert merged["parts"][0]["argv"][-1] == str(tmp_path / "a.json")
+    # the per-seed records of both parts survive the merge
+    assert {(r["method"], r["mode"]) for r in merged["per_seed"]["0"]} == got
