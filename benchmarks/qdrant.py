@@ -103,8 +103,22 @@ def recall(I: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(a[:K]) & set(b[:K])) / K for a, b in zip(I, truth)]))
 
 
+def ndcg_per_query(I: np.ndarray, doc_ids: list[str], qids: list[str], qrels: dict) -> np.ndarray:
+    return np.array([ndcg_at_k([doc_ids[j] for j in row if j >= 0], qrels[q], K) for q, row in zip(qids, I)])
+
+
 def ndcg(I: np.ndarray, doc_ids: list[str], qids: list[str], qrels: dict) -> float:
-    return float(np.mean([ndcg_at_k([doc_ids[j] for j in row if j >= 0], qrels[q], K) for q, row in zip(qids, I)]))
+    return float(ndcg_per_query(I, doc_ids, qids, qrels).mean())
+
+
+def paired_interval(a: np.ndarray, b: np.ndarray, rounds: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% paired-bootstrap interval of mean(a - b) over queries: whether a quality difference between two
+    configurations is larger than what resampling the same queries gives."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(rounds, len(diff)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 # --------------------------------------------------------------------- timing
@@ -203,7 +217,9 @@ def build(name: str, cfg: dict[str, Any], smec: SMEC, X: np.ndarray, Q: np.ndarr
     _, I = col.search(Q, k=K, **cfg["search"])
     rec["recall@10"] = recall(I, truth)
     if rel is not None:
-        rec["ndcg@10"] = ndcg(I, *rel)
+        per_query = ndcg_per_query(I, *rel)
+        rec["ndcg@10"] = float(per_query.mean())
+        rec["ndcg@10_per_query"] = [round(float(x), 6) for x in per_query]
     print(f"  built {cfg['label']}: R@10 {rec['recall@10']:.3f}"
           + (f" nDCG@10 {rec['ndcg@10']:.4f}" if "ndcg@10" in rec else "")
           + f" | upsert {rec['upsert_pts_s']:.0f}/s optimize {rec['optimize_s']:.1f} s"
@@ -289,8 +305,12 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
     for r in res["records"]:
         if not r["config"].startswith("smec"):
             continue
+        interval = (paired_interval(r["ndcg@10_per_query"], peer["ndcg@10_per_query"])
+                    if "ndcg@10_per_query" in r and "ndcg@10_per_query" in peer else None)
         out.append({"config": r["config"], "label": r["label"], "quality": quality,
                     "quality_delta": r[quality] - peer[quality], "quality_ok": r[quality] >= peer[quality] - 1e-9,
+                    "quality_interval": interval,
+                    "quality_within_noise": interval is not None and interval[0] <= 0 <= interval[1],
                     "disk_bytes_ok": r["disk_b_per_pt"] < peer["disk_b_per_pt"],
                     "code_bytes_ok": r["code_b_per_pt"] < peer["code_b_per_pt"],
                     "qps_b1_ok": r["qps_b1"] > peer["qps_b1"], "qps_batch_ok": r["qps_batch"] > peer["qps_batch"],
@@ -300,10 +320,15 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
 
 def goals_table(res: dict[str, Any]) -> str:
     keys = ("quality_ok", "disk_bytes_ok", "code_bytes_ok", "qps_b1_ok", "qps_batch_ok", "cpu_b1_ok")
-    rows = [[g["label"], f"{g['quality']} {g['quality_delta']:+.4f}"] + ["met" if g[k] else "not met" for k in keys]
-            for g in goals(res)]
-    return markdown_table(["vs peer", "quality (minus peer's)", ">= quality", "< disk B/pt", "< code B/pt",
-                           "> QPS b1", "> QPS batch", "< CPU ms/q b1"], rows)
+    rows = []
+    for g in goals(res):
+        lo_hi = g.get("quality_interval")
+        noise = "-" if lo_hi is None else (f"{lo_hi[0]:+.4f} .. {lo_hi[1]:+.4f} "
+                                           f"({'contains 0' if g['quality_within_noise'] else 'excludes 0'})")
+        rows.append([g["label"], f"{g['quality']} {g['quality_delta']:+.4f}", noise]
+                    + ["met" if g[k] else "not met" for k in keys])
+    return markdown_table(["vs peer", "quality (minus peer's)", "95% paired bootstrap of the nDCG@10 difference",
+                           ">= quality", "< disk B/pt", "< code B/pt", "> QPS b1", "> QPS batch", "< CPU ms/q b1"], rows)
 
 
 def report(payload: dict[str, Any]) -> str:
