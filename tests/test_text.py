@@ -281,6 +281,15 @@ def test_text_index_refuses_damaged_or_foreign_saves(scifact_index, enc, tmp_pat
         TextIndex.load(tmp_path / "ti")
     with pytest.raises(ValueError, match="not a saved TextIndex"):
         TextIndex.load(tmp_path)
+    # a save replaces a directory only when its textindex.json says it is one (like SMEC and CompressedIndex)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "textindex.json").write_text(json.dumps({"kind": "someone.else", "format_version": 1}))
+    (foreign / "keep.txt").write_text("theirs")
+    with pytest.raises(ValueError, match="exists and is not a saved TextIndex"):
+        ti.save(foreign)
+    assert (foreign / "keep.txt").read_text() == "theirs"
+    ti.save(tmp_path / "ti")  # an earlier save of ours is replaced
 
 
 def test_text_index_bad_input_changes_nothing(scifact_index, enc):

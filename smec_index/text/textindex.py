@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .._fsutil import atomic_directory, read_versioned_json, sha256_file
+from .._fsutil import atomic_directory, json_kind, read_versioned_json, sha256_file
 from ..compressor import SMEC
 from ..index import CompressedIndex
 from ..index.checks import check_vectors, is_int
@@ -300,7 +300,7 @@ class TextIndex:
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:
         """Write the index, its compressor and its texts to directory ``path`` atomically."""
-        with atomic_directory(path, is_ours=lambda p: (p / _META).is_file(), what="a saved TextIndex") as tmp:
+        with atomic_directory(path, is_ours=lambda p: json_kind(p / _META) == KIND, what="a saved TextIndex") as tmp:
             self.index.save(tmp / _INDEX)
             self.store.save(tmp / _TEXTS)
             meta = {"kind": KIND, "format_version": FORMAT_VERSION, "encoder": self._meta, "ntotal": len(self),
