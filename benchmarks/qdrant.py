@@ -1,6 +1,6 @@
 """SMEC on Qdrant Edge against Qdrant's own answers (not a timed test).
 
-    nice -n 10 python benchmarks/qdrant.py                       # SciFact (both models) + 100k tiled, method smec
+    OMP_NUM_THREADS=1 python benchmarks/qdrant.py                # SciFact (both models) + 100k tiled, method smec
     nice -n 10 python benchmarks/qdrant.py --data scifact-minilm --method pca --runs 1     # a quick look
 
 Every configuration is a ``QdrantCompressedCollection`` on Qdrant Edge (the engine in-process, a shard on
@@ -27,6 +27,9 @@ the blocking ``optimize`` that builds HNSW and codes), bytes on disk per point (
 shard, and its segments without the write-ahead log), and the bytes per point of the first-stage vector
 codes (what a search scans; every configuration also keeps its full float vectors on disk for the re-score).
 Writes ``qdrant.json`` and ``qdrant.md`` under ``benchmarks/results/``.
+
+Run it with ``OMP_NUM_THREADS=1``: with the default thread pool, every configuration (the peer's too) took
+1.3-1.7x the CPU time a query on this 2-core machine (peer on SciFact mpnet: 0.73 against 0.58 ms).
 """
 
 from __future__ import annotations
@@ -339,7 +342,8 @@ def report(payload: dict[str, Any]) -> str:
              f"qdrant-edge-py {payload['machine']['versions']['qdrant-edge-py']}. Compressor: SMEC(dims=(256, 64), "
              f"method={payload['method']!r}, seed=0), unsupervised; k={K}. Timing: {payload['runs']} rounds, each "
              f"passing over every configuration in turn (300 queries at batch 1, then as one batch); medians over "
-             f"rounds. The machine is shared with other jobs: load averages are in the JSON."]
+             f"rounds. The machine is shared with other jobs: load averages are in the JSON."
+             + (f" OMP_NUM_THREADS={payload['omp_num_threads']}." if payload.get("omp_num_threads") else "")]
     for res in payload["datasets"]:
         train = res.get("smec_train_s")
         parts.append(f"## {res['dataset']} ({res['n']:,} x {res['d']}, {res['queries']} queries"
@@ -373,7 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     print(describe_machine(info), flush=True)
     work = Path(tempfile.mkdtemp(prefix="smec-qdrant-bench-", dir=args.workdir))
-    payload: dict[str, Any] = {"machine": info, "method": args.method, "runs": args.runs, "k": K, "datasets": []}
+    # one BLAS thread is how it is meant to run (each search projects one query; a spinning thread pool costs
+    # more than the matmul): recorded so that a run without it is recognisable
+    payload: dict[str, Any] = {"machine": info, "method": args.method, "runs": args.runs, "k": K, "datasets": [],
+                               "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     try:
         fitted: dict[str, tuple[SMEC, float]] = {}
         for label in datasets:
