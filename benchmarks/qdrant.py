@@ -29,7 +29,7 @@ codes (what a search scans; every configuration also keeps its full float vector
 Writes ``qdrant.json`` and ``qdrant.md`` under ``benchmarks/results/``.
 
 Run it with ``OMP_NUM_THREADS=1``: with the default thread pool, every configuration (the peer's too) took
-1.3-1.7x the CPU time a query on this 2-core machine (peer on SciFact mpnet: 0.73 against 0.58 ms).
+1.25-1.5x the CPU time a query on this 2-core machine (peer on SciFact mpnet: 0.73 against 0.58 ms).
 """
 
 from __future__ import annotations
