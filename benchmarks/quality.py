@@ -18,39 +18,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, describe_machine, machine_info, markdown_table, write_json  # noqa: E402
+from common import RESULTS, describe_machine, machine_info, write_json  # noqa: E402
 
 from smec_index.compressor import METHODS  # noqa: E402
 from smec_index.datasets import default_data_dir, load_beir  # noqa: E402
 from smec_index.quality import MODES, average_runs, default_dims, run_ablation, run_quality  # noqa: E402
+from smec_index.report import ablation_table, quality_tables  # noqa: E402
 
 
 def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
-
-
-def quality_tables(records: list[dict], dims: list[int], D: int) -> str:
-    out = []
-    for mode in MODES:
-        recs = [r for r in records if r["mode"] == mode]
-        if not recs:
-            continue
-        methods = list(dict.fromkeys(r["method"] for r in recs if r["method"] != "full"))
-        cols = list(dims) + [D]
-        rows = []
-        for m in methods:
-            by_dim = {r["dim"]: r for r in recs if r["method"] == m}
-            rows.append([m] + [by_dim[d]["ndcg@10"] if d in by_dim else "-" for d in cols]
-                        + [by_dim[dims[0]]["train_s"]])
-        full = next(r for r in recs if r["method"] == "full")
-        rows.append(["full (raw)"] + ["-"] * len(dims) + [full["ndcg@10"], 0.0])
-        out.append(f"### nDCG@10, {mode}\n\n" + markdown_table(["method"] + [str(d) for d in cols] + ["train_s"], rows))
-    return "\n\n".join(out)
-
-
-def ablation_table(rows: list[dict], dims: list[int]) -> str:
-    return markdown_table(["method"] + [str(d) for d in dims] + ["train_s"],
-                          [[r["variant"]] + [r[f"ndcg@10@{d}"] for d in dims] + [r["train_s"]] for r in rows])
 
 
 def plot(records: list[dict], path: Path, title: str) -> None:
@@ -113,10 +90,10 @@ def merge(parts: list[str], out: str | None, plot_path: str | None) -> int:
         merged["ablation"] = ablation[0]
     print(f"# quality (merged from {len(parts)} parts): {first['dataset']} / {first['model']}")
     print(f"# machine: {describe_machine(first['machine'])}")
-    print(quality_tables(records, first["dims"], first["dim"]))
+    print(quality_tables(records))
     if ablation:
         print("\n### Ablation (paper Table 1 layout), nDCG@10, supervised\n")
-        print(ablation_table(ablation[0]["rows"], first["dims"]))
+        print(ablation_table(ablation[0]["rows"]))
     dest = Path(out) if out else RESULTS / f"quality-{first['dataset']}-{first['model']}.json"
     write_json(dest, merged)
     print(f"\nwrote {dest}")
@@ -169,12 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     if len(a.seeds) > 1:
         print(f"\nMeans over seeds {a.seeds}; largest std of nDCG@10 over seeds: "
               f"{max(r.get('std_ndcg@10', 0.0) for r in records):.4f}")
-    print(quality_tables(records, dims, ds.dim))
+    print(quality_tables(records))
     if a.ablation:
         rows = average_runs(ablations, ("variant",))
         payload["ablation"] = {"mode": "supervised", "rows": rows, "per_seed": ablations}
         print("\n### Ablation (paper Table 1 layout), nDCG@10, supervised\n")
-        print(ablation_table(rows, dims))
+        print(ablation_table(rows))
     payload["wall_s"] = round(time.perf_counter() - t0, 1)
     out = Path(a.json) if a.json else RESULTS / f"quality-{ds.name}-{ds.model}.json"
     write_json(out, payload)

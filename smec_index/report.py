@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 __all__ = ["markdown_table", "environment", "describe_environment", "curves_by_label", "plot_ndcg_vs_bytes",
-           "human_bytes", "write_json", "quality_tables", "best_time"]
+           "human_bytes", "write_json", "quality_tables", "ablation_table", "best_time"]
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence], floatfmt: str = ".4f") -> str:
@@ -52,6 +52,14 @@ def quality_tables(records: Sequence[dict]) -> str:
                 + [f'{max(r["train_s"] for r in recs if r["method"] == m):.1f}'] for m in methods]
         out.append(f"nDCG@10, {mode}:\n\n" + markdown_table(["method"] + [str(d) for d in cols] + ["train_s"], rows))
     return "\n\n".join(out)
+
+
+def ablation_table(rows: Sequence[dict]) -> str:
+    """The paper's Table 1 layout from ``run_ablation`` rows: a row per variant, nDCG@10 per dim (largest
+    first), and the variant's training seconds."""
+    dims = sorted((int(k.split("@")[-1]) for k in rows[0] if k.startswith("ndcg@10@")), reverse=True)
+    return markdown_table(["variant"] + [str(d) for d in dims] + ["train_s"],
+                          [[r["variant"]] + [r[f"ndcg@10@{d}"] for d in dims] + [f"{r['train_s']:.1f}"] for r in rows])
 
 
 def best_time(fn: Callable[[], object], repeats: int = 3, min_seconds: float = 0.0) -> float:

@@ -62,7 +62,7 @@ def render_demo(p: dict, rel: str) -> str:
 
 def render_quality(p: dict, rel: str) -> str:
     from smec_index.quality import default_dims
-    from smec_index.report import markdown_table, quality_tables
+    from smec_index.report import ablation_table, quality_tables
 
     cmd = f"python benchmarks/quality.py --data {p['data']} --model {p['model']}"
     if list(p["dims"]) != list(default_dims(p["dim"])):
@@ -85,12 +85,8 @@ def render_quality(p: dict, rel: str) -> str:
                 f"`{rel.removesuffix('.json')}.md`)")
     out = f"{how}\n{_machine(p['machine'])}\n\n" + quality_tables(p["records"])
     if "ablation" in p:
-        rows = p["ablation"]["rows"]
-        dims = [int(k.split("@")[-1]) for k in rows[0] if k.startswith("ndcg@10@")]
         out += (f"\n\nAblation (the paper's Table 1 layout), nDCG@10, {p['ablation']['mode']}:\n\n"
-                + markdown_table(["variant"] + [str(d) for d in dims] + ["train_s"],
-                                 [[r["variant"]] + [r[f"ndcg@10@{d}"] for d in dims] + [f"{r['train_s']:.1f}"]
-                                  for r in rows]))
+                + ablation_table(p["ablation"]["rows"]))
     return out
 
 
