@@ -472,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hnsw-ef", default=None, help="ef values swept for the HNSW engines (default 32,64,128)")
     p.add_argument("--tag", default=None, help="suffix of the output files (speed-<N>-<tag>.*)")
     p.add_argument("--plot", default=None, help="only re-plot this JSON")
+    p.add_argument("--out", type=Path, default=RESULTS, help="directory of the output files (default benchmarks/results)")
     a = p.parse_args(argv)
     if a.plot:
         path = Path(a.plot)
@@ -497,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "result": res, "scifact_ndcg": ndcg,
                "wall_s": round(time.perf_counter() - t0, 1)}
     payload["targets"] = targets(res, ndcg, ds.dim)
-    stem = RESULTS / (f"speed-{a.n}" + (f"-{a.tag}" if a.tag else ""))
+    stem = a.out / (f"speed-{a.n}" + (f"-{a.tag}" if a.tag else ""))
     write_json(stem.with_suffix(".json"), payload)
     md = report(payload)
     stem.with_suffix(".md").write_text(md)
