@@ -6,11 +6,14 @@ benchmarks their short names and the results folder.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import numpy as np
 
 from smec_index.report import describe_environment, environment, markdown_table, write_json
 
-__all__ = ["RESULTS", "machine_info", "describe_machine", "markdown_table", "write_json"]
+__all__ = ["RESULTS", "machine_info", "describe_machine", "markdown_table", "write_json", "load_avg", "recall"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -23,3 +26,13 @@ def machine_info() -> dict:
 def describe_machine(info: dict) -> str:
     """One line: the machine and versions of ``machine_info`` and its date."""
     return f"{describe_environment(info)}; {info['date']}"
+
+
+def load_avg() -> float:
+    """The 1-minute load average, to two decimals (the machine is shared: every timing records it)."""
+    return round(os.getloadavg()[0], 2)
+
+
+def recall(I: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
+    """recall@k of each row of result ids ``I`` against the exact ids ``truth``, averaged over the rows."""
+    return float(np.mean([len(set(a[:k]) & set(b[:k])) / k for a, b in zip(I, truth)]))

@@ -47,7 +47,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, describe_machine, machine_info, markdown_table, write_json  # noqa: E402
+from common import RESULTS, describe_machine, load_avg, machine_info, markdown_table, recall, write_json  # noqa: E402
 
 from smec_index import SMEC  # noqa: E402
 from smec_index.datasets import default_data_dir, load_beir  # noqa: E402
@@ -102,10 +102,6 @@ def tiled(corpus: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     out = corpus[rows] + SIGMA * rng.standard_normal((n, corpus.shape[1]), dtype=np.float32)
     out /= np.linalg.norm(out, axis=1, keepdims=True)
     return out
-
-
-def recall(I: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(a[:K]) & set(b[:K])) / K for a, b in zip(I, truth)]))
 
 
 def ndcg_per_query(I: np.ndarray, doc_ids: list[str], qids: list[str], qrels: dict) -> np.ndarray:
@@ -203,7 +199,7 @@ def build(name: str, cfg: dict[str, Any], smec: SMEC, X: np.ndarray, Q: np.ndarr
     rec: dict[str, Any] = {"config": name, "label": cfg["label"], "n": n,
                            "layout": {k: list(v) if isinstance(v, tuple) else v for k, v in layout.items()},
                            "search": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg["search"].items()},
-                           "load_at_build": round(os.getloadavg()[0], 2)}
+                           "load_at_build": load_avg()}
     col = QdrantCompressedCollection.edge(path, smec, full=True, **layout)
     t = time.perf_counter()
     col.upsert(np.arange(n), X, batch_size=1024, optimize=False)
@@ -248,9 +244,9 @@ def run_dataset(label: str, X: np.ndarray, Q: np.ndarray, smec: SMEC, configs: l
             out["records"].append(rec)
         searches = {name: (lambda q, c=col, kw=CONFIGS[name]["search"]: c.search(q, k=K, **kw))
                     for name, col in cols.items()}
-        load = os.getloadavg()[0]
+        load = load_avg()
         timings = time_interleaved(searches, Q, runs)
-        out["load_during_timing"] = [round(load, 2), round(os.getloadavg()[0], 2)]
+        out["load_during_timing"] = [load, load_avg()]
     finally:
         for name, col in cols.items():
             col.close()

@@ -41,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, describe_machine, machine_info, markdown_table, write_json  # noqa: E402
+from common import RESULTS, describe_machine, load_avg, machine_info, markdown_table, recall, write_json  # noqa: E402
 
 MODEL = "all-mpnet-base-v2"
 SIGMA = 0.02
@@ -98,7 +98,7 @@ def phase_result(t0: float, c0: float, sampler: RssSampler, **values: Any) -> di
     """Wall and CPU seconds of the phase, its peak RSS from the kernel, and the phase's own numbers."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return {"wall_s": round(time.perf_counter() - t0, 2), "cpu_s": round(ru.ru_utime + ru.ru_stime - c0, 2),
-            "peak_rss": ru.ru_maxrss * 1024, **sampler.stop(), "load_avg_end": round(os.getloadavg()[0], 2), **values}
+            "peak_rss": ru.ru_maxrss * 1024, **sampler.stop(), "load_avg_end": load_avg(), **values}
 
 
 def cpu_now() -> float:
@@ -199,7 +199,7 @@ def phase_build(work: Path, n: int, compressor: str, engine: str, dim: int) -> d
 def phase_search(work: Path, engine: str, dim: int, b1: int, runs: int, store: str) -> dict[str, Any]:
     """Load the saved index with its full store as ``store`` ("mmap" or "disk"), with and without the sha256
     pass, then QPS and recall@10 against exact full-dim search."""
-    from speed import recall, time_batch, time_batch1
+    from speed import time_batch, time_batch1
 
     from smec_index import read_index
 
@@ -237,7 +237,7 @@ def run_phase_here(name: str, kwargs: dict[str, Any], out: Path) -> None:
 def run_phase(name: str, work: Path, **kwargs: Any) -> dict[str, Any]:
     """Run one phase in a fresh process (TMPDIR = the work dir, for the mmap store's private file)."""
     out = work / f"phase-{name}-{os.getpid()}.json"
-    la = round(os.getloadavg()[0], 2)
+    la = load_avg()
     env = {**os.environ, "TMPDIR": str(work)}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", name,
            "--phase-args", json.dumps({"work": str(work), **kwargs}), "--phase-out", str(out)]
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                                "train_rows": a.train_rows, "data": DATA_NOTE, "machine": info,
                                "omp_threads": faiss.omp_get_max_threads(),
                                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                               "load_start": round(os.getloadavg()[0], 2), "configs": [],
+                               "load_start": load_avg(), "configs": [],
                                "command": " ".join(["python", "benchmarks/scale.py", *(argv if argv is not None else sys.argv[1:])])}
     print(f"# scale: N={a.n:,}, {a.compressor}, engines {engines}, dims {dims}\n# machine: {describe_machine(info)}",
           flush=True)
@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                 payload["configs"].append({"engine": engine, "dim": dim, "build": build, "search": search})
                 if not a.keep:
                     shutil.rmtree(work / f"index-{engine}-{dim}")
-    payload["load_end"] = round(os.getloadavg()[0], 2)
+    payload["load_end"] = load_avg()
     payload["wall_s"] = round(time.perf_counter() - t0, 1)
     payload["targets"] = targets(payload)
     out = Path(a.out) if a.out else RESULTS / (f"scale-{a.n}" + (f"-{a.tag}" if a.tag else "") + ".json")

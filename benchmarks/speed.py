@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, describe_machine, machine_info, markdown_table, write_json  # noqa: E402
+from common import RESULTS, describe_machine, load_avg, machine_info, markdown_table, recall, write_json  # noqa: E402
 
 import faiss  # noqa: E402
 from smec_index import SMEC, CompressedIndex  # noqa: E402
@@ -119,15 +119,7 @@ def exact_top(Q: np.ndarray, X: np.ndarray, k: int) -> np.ndarray:
     return I
 
 
-def recall(I: np.ndarray, truth: np.ndarray, k: int = K) -> float:
-    return float(np.mean([len(set(a[:k]) & set(b[:k])) / k for a, b in zip(I, truth)]))
-
-
 # --------------------------------------------------------------------- timing
-def load_avg() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
 def time_batch1(search: Callable[[np.ndarray], Any], Q: np.ndarray, warmup: int = 10) -> dict[str, float]:
     """One query at a time: QPS, p50 and p99 latency (ms), by the wall clock and by the calling thread's
     CPU time (single queries run on the calling thread; CPU time is what a dedicated core would take)."""

@@ -38,18 +38,17 @@ from pathlib import Path
 
 import numpy as np
 
-from smec_index.datasets import default_data_dir, iter_jsonl, load_beir
-from smec_index.index.backends import make_backend
-from smec_index.quality import eval_split
-from smec_index.report import describe_environment, environment, markdown_table, write_json
-from smec_index.text import Encoder, TextIndex, read_texts
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from common import RESULTS, load_avg, markdown_table, write_json  # noqa: E402
+
+from smec_index.datasets import default_data_dir, iter_jsonl, load_beir  # noqa: E402
+from smec_index.index.backends import make_backend  # noqa: E402
+from smec_index.quality import eval_split  # noqa: E402
+from smec_index.report import describe_environment, environment  # noqa: E402
+from smec_index.text import Encoder, TextIndex, read_texts  # noqa: E402
+
 STEPS = ("encode", "project", "search", "rerank", "texts")
-
-
-def load_avg() -> float:
-    return round(os.getloadavg()[0], 2)
 
 
 def stats(ms: list[float]) -> dict[str, float]:
