@@ -130,16 +130,26 @@ def load_model(model: Any = DEFAULT_MODEL, device: str | None = None, progress: 
     return st, name
 
 
-def _only_our_modules(path: Path) -> bool:
-    """True when the directory's modules are sentence-transformers' own and smec_index's (an ``SMECStage``
-    saved by ``SMEC.to_sentence_transformers``, whose class sentence-transformers 6 imports only when trusted):
-    then loading imports nothing but these two installed packages."""
-    try:
-        types = [m["type"] for m in json.loads((path / "modules.json").read_text(encoding="utf-8"))]
-    except (OSError, ValueError, TypeError, KeyError):
-        return False
+def module_types(path: Path) -> list[str]:
+    """The module classes a saved sentence-transformers directory names in its ``modules.json`` (raises
+    OSError, ValueError, TypeError or KeyError when that file is missing or malformed)."""
+    return [m["type"] for m in json.loads((Path(path) / "modules.json").read_text(encoding="utf-8"))]
+
+
+def only_our_modules(types: list[str]) -> bool:
+    """True when the module classes are sentence-transformers' own and smec_index's, with at least one of ours
+    (an ``SMECStage`` saved by ``SMEC.to_sentence_transformers``, whose class sentence-transformers 6 imports
+    only when trusted): then loading imports nothing but these two installed packages."""
     ours = [t for t in types if not t.startswith("sentence_transformers.")]
     return bool(ours) and all(t.startswith("smec_index.") for t in ours)
+
+
+def _only_our_modules(path: Path) -> bool:
+    """``only_our_modules`` of a directory; False when its ``modules.json`` cannot be read."""
+    try:
+        return only_our_modules(module_types(path))
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
 
 
 def _model_fingerprint(model: Any) -> str:

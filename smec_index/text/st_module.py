@@ -14,7 +14,6 @@ ask for ``trust_remote_code=True`` for any module class outside their own packag
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -162,12 +161,12 @@ def load_sentence_transformer(path: str | os.PathLike, **kwargs: Any) -> Any:
     that names any other module class is refused with a ValueError naming it."""
     from sentence_transformers import SentenceTransformer
 
-    from .encoder import _only_our_modules
+    from .encoder import module_types, only_our_modules
 
     where = "load_sentence_transformer"
     path = Path(path)
     try:
-        types = [m["type"] for m in json.loads((path / "modules.json").read_text(encoding="utf-8"))]
+        types = module_types(path)
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise ValueError(f"{where}: {str(path)!r} has no readable modules.json ({e}); it is not a saved "
                          f"sentence-transformers model") from None
@@ -177,4 +176,4 @@ def load_sentence_transformer(path: str | os.PathLike, **kwargs: Any) -> Any:
                          f"sentence-transformers' nor smec_index's; if you trust that code, load it with "
                          f"SentenceTransformer(path, trust_remote_code=True)")
     kwargs.setdefault("local_files_only", True)
-    return SentenceTransformer(str(path), trust_remote_code=_only_our_modules(path), **kwargs)
+    return SentenceTransformer(str(path), trust_remote_code=only_our_modules(types), **kwargs)
