@@ -43,7 +43,8 @@ def eval_split(ds: BeirDataset, seed: int):
     """
     train_qids, train_split, eval_qids, eval_name = ds.supervised_split(seed)
     Q, qids, qrels = ds.split_queries(eval_name)
-    keep = [i for i, q in enumerate(qids) if q in set(eval_qids)]
+    wanted = set(eval_qids)
+    keep = [i for i, q in enumerate(qids) if q in wanted]
     Qe = Q[keep]
     qids = [qids[i] for i in keep]
     Qt, pairs = ds.pairs(train_qids, train_split)

@@ -222,7 +222,6 @@ def train_stage(
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    device = data.inputs.device
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
