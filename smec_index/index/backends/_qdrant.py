@@ -99,10 +99,11 @@ class StageParams:
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of a chain: the named vector it scores with, the query rows for it, how many it keeps."""
+    """One stage of a chain: the named vector it scores with, the query rows for it (an (nq, d) array, or
+    its rows as lists, which an engine may read faster), how many it keeps."""
 
     name: str
-    queries: np.ndarray
+    queries: np.ndarray | list[list[float]]
     limit: int
 
 
@@ -148,7 +149,7 @@ def stage_search_params(spec: VectorSpec | None, params: StageParams | None, sea
 
 
 def nest_chain(stages: Sequence[Stage], row: int, params: StageParams,
-               prefetch: Callable[[Stage, np.ndarray, Any, StageParams | None], Any]) -> Any:
+               prefetch: Callable[[Stage, Any, Any, StageParams | None], Any]) -> Any:
     """The nested prefetches for one query row, innermost = the first stage; returns the outermost prefetch
     (None for a one-stage chain). The last stage is the request itself, which the engine builds."""
     inner = None

@@ -224,7 +224,7 @@ class EdgeEngine:
     def native_filter(self, filter: Any, where: str) -> qe.Filter | None:
         return edge_filter(filter, where)
 
-    def _prefetch(self, stage: Stage, q: np.ndarray, inner: Any, params: StageParams | None) -> qe.Prefetch:
+    def _prefetch(self, stage: Stage, q: Sequence[float], inner: Any, params: StageParams | None) -> qe.Prefetch:
         return qe.Prefetch(limit=stage.limit, query=qe.Query.Nearest(q, using=stage.name),
                            prefetches=None if inner is None else [inner],
                            params=_search_params(self._vectors.get(stage.name), params))
@@ -237,8 +237,10 @@ class EdgeEngine:
         the same CPU time but 3x the wall time of the loop (0.15 ms CPU; 1.1 vs 0.36 ms a query, MiniLM
         SciFact, HNSW). ``filter`` (native, see ``native_filter``) is set on the request; Qdrant applies it
         to every prefetch, so the first stage already searches only matching points."""
+        # rows as Python lists: Edge reads a list 2.5x faster than a numpy row (7 vs 18 us at 384-d)
+        stages = [Stage(s.name, s.queries.tolist(), s.limit) for s in stages]
         last = stages[-1]
-        nq = last.queries.shape[0]
+        nq = len(last.queries)
         lp = params if len(stages) == 1 else None
         reqs = [
             qe.QueryRequest(limit=last.limit, query=qe.Query.Nearest(last.queries[r], using=last.name),
