@@ -61,19 +61,16 @@ def _fingerprint(smec: SMEC, full: bool) -> dict[str, Any]:
             "full_vector": ("adapted" if smec.supervised_ else "raw") if full else None, "sha256": h.hexdigest()}
 
 
-def _check_vectors(x: Any, name: str, where: str, d: int) -> np.ndarray:
+def _check_vectors(x: Any, name: str, where: str, d: int) -> tuple[np.ndarray, np.ndarray]:
     """float32 C-contiguous (n, d) and finite (``smec_index.index.checks``), without an all-zero row (cosine
-    has no direction for it)."""
+    has no direction for it); returns x and its row norms (the projections need unit rows)."""
     x = check_vectors(x, where, d, name=name)
-    zero = ~(x != 0).any(axis=1)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    zero = norms == 0
     if zero.any():
-        raise ValueError(f"{where}: {name} has {int(zero.sum())} all-zero row(s) (first: row {int(np.argmax(zero))}); "
-                         f"cosine similarity needs a non-zero vector")
-    return x
-
-
-def _normalise(X: np.ndarray) -> np.ndarray:
-    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        raise ValueError(f"{where}: {name} has {int(zero.sum())} all-zero row(s) (first: row {int(np.argmax(zero))}) "
+                         f"(or rows whose squared norm underflows float32); cosine similarity needs a non-zero vector")
+    return x, norms
 
 
 class QdrantCompressedCollection:
@@ -249,13 +246,21 @@ class QdrantCompressedCollection:
         """The full input dim."""
         return int(self.smec.input_dim_)
 
-    def stage_vectors(self, X: np.ndarray) -> dict[str, np.ndarray]:
-        """What each named vector holds for full-dim rows X (already checked): the SMEC projections, and the
-        full vector (adapted when the compressor is supervised, else X as given; cosine normalises it)."""
-        Xn = _normalise(X)
-        out = {vector_name(d): self.smec.projection(d)(Xn) for d in self.dims}
-        if self.full:
-            out[FULL] = self.smec.projection(self.d)(Xn) if self.smec.supervised_ else X
+    def stage_vectors(self, X: np.ndarray, norms: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """What each named vector holds for full-dim rows X (already checked; ``norms``: their row norms when
+        the caller has them): the SMEC projections of the unit rows, and the full vector (adapted when the
+        compressor is supervised, else X as given; cosine normalises it)."""
+        out: dict[str, np.ndarray] = {}
+        adapted = self.full and self.smec.supervised_
+        if self.dims or adapted:
+            if norms is None:
+                norms = np.sqrt(np.einsum("ij,ij->i", X, X))
+            Xn = X / np.maximum(norms, 1e-12)[:, None]
+            out = {vector_name(d): self.smec.projection(d)(Xn) for d in self.dims}
+            if adapted:
+                out[FULL] = self.smec.projection(self.d)(Xn)
+        if self.full and not adapted:
+            out[FULL] = X
         return out
 
     def _open(self, where: str) -> None:
@@ -274,7 +279,7 @@ class QdrantCompressedCollection:
         """
         where = "upsert"
         self._open(where)
-        X = _check_vectors(vectors, "vectors", where, self.d)
+        X, norms = _check_vectors(vectors, "vectors", where, self.d)
         ids = check_ids(ids, where, X.shape[0])
         payloads = check_payloads(payloads, X.shape[0], where)
         batch_size = check_batch_size(batch_size, where)
@@ -282,7 +287,7 @@ class QdrantCompressedCollection:
             raise TypeError(f"{where}: optimize must be a bool, got {optimize!r}")
         if X.shape[0] == 0:
             return
-        self.engine.upsert(ids, self.stage_vectors(X), payloads, batch_size, optimize=bool(optimize))
+        self.engine.upsert(ids, self.stage_vectors(X, norms), payloads, batch_size, optimize=bool(optimize))
 
     def optimize(self) -> None:
         """Edge: build indexes for everything written so far (blocking). Server: nothing (it does it itself)."""
@@ -310,6 +315,8 @@ class QdrantCompressedCollection:
         """How many points each stage keeps: the first and middle stages ``max(k, candidates[i])`` (one
         candidates value per SMEC dim, smallest first, or one int for all), the last stage k."""
         n = len(self.dims)
+        if is_int(candidates) and candidates > 0:
+            return [max(k, int(candidates))] * (len(self.stages) - 1) + [k]
         if is_int(candidates):
             candidates = (candidates,) * n
         if isinstance(candidates, (str, bytes)) or not isinstance(candidates, Sequence):
@@ -345,7 +352,7 @@ class QdrantCompressedCollection:
         """
         where = "search"
         self._open(where)
-        Q = _check_vectors(query_vectors, "query_vectors", where, self.d)
+        Q, norms = _check_vectors(query_vectors, "query_vectors", where, self.d)
         k = check_int(k, "k", where)
         limits = self._limits(k, candidates, where)
         if hnsw_ef is not None:
@@ -356,7 +363,7 @@ class QdrantCompressedCollection:
         native = self.engine.native_filter(filter, where)
         if Q.shape[0] == 0:
             return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
-        per_stage = self.stage_vectors(Q)
+        per_stage = self.stage_vectors(Q, norms)
         stages = [Stage(name, per_stage[name], limit) for name, limit in zip(self.stages, limits)]
         params = StageParams(hnsw_ef=hnsw_ef, exact=bool(exact), rescore=len(stages) == 1,
                              oversampling=oversampling)
