@@ -3,6 +3,7 @@ layout, round trip, the prefetch chain against a numpy cascade, filters, reopeni
 
 from __future__ import annotations
 
+import json
 import numpy as np
 import pytest
 import qdrant_edge as qe
@@ -251,6 +252,31 @@ def test_edge_reopens_from_disk_with_identical_results(tmp_path, pca, synth, que
             np.testing.assert_array_equal(I1, I0)
             np.testing.assert_array_equal(D1, D0)
 
+
+@pytest.mark.parametrize("threads,recorded", [((), 1), ((None,), None), ((2,), 2)])
+def test_edge_search_threads_default_to_one_and_answer_alike(tmp_path, pca, synth, queries, threads, recorded):
+    """One search thread by default (no hand-off to a pool per query); Edge's pool on request; same answers."""
+    kwargs = dict(dims=(8,), quantization="int8", full_scan_threshold_kb=1)
+    ref = QdrantCompressedCollection.edge(tmp_path / "ref", pca, **kwargs, max_search_threads=1)
+    ref.upsert(np.arange(600), synth)
+    with QdrantCompressedCollection.edge(tmp_path / "col", pca, **kwargs,
+                                         **dict(zip(["max_search_threads"], threads))) as col:
+        cfg = json.loads((col.engine.path / "edge_config.json").read_text())
+        assert cfg.get("max_search_threads") == recorded
+        col.upsert(np.arange(600), synth)
+        for got, want in zip(col.search(queries, k=10, candidates=40), ref.search(queries, k=10, candidates=40)):
+            np.testing.assert_array_equal(got, want)
+    ref.close()
+
+
+
+def test_edge_backend_of_compressed_index_searches_on_one_thread_by_default():
+    from smec_index.index.backends.qdrant_edge import QdrantEdgeBackend
+
+    for kwargs, recorded in (({}, 1), ({"max_search_threads": None}, None)):
+        backend = QdrantEdgeBackend(8, **kwargs)
+        cfg = json.loads((backend.engine.path / "edge_config.json").read_text())
+        assert cfg.get("max_search_threads") == recorded
 
 def test_reopen_refuses_another_layout_or_compressor(tmp_path, pca, synth):
     path = tmp_path / "docs"

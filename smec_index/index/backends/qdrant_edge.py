@@ -297,7 +297,8 @@ class QdrantEdgeBackend:
 
     Options: HNSW ``m``, ``ef_construct`` and search-time ``hnsw_ef`` (at least k), ``full_scan_threshold_kb``,
     ``quantization`` (``"int8"`` or ``"binary"``, re-scored with the floats, ``oversampling`` times k read
-    from the codes), ``datatype`` (``"float32"`` or ``"float16"``) and ``max_search_threads``.
+    from the codes), ``datatype`` (``"float32"`` or ``"float16"``) and ``max_search_threads`` (1, the default:
+    each query on the calling thread; None: Edge's pool, see ``QdrantCompressedCollection.edge``).
     """
 
     name: ClassVar[str] = "qdrant-edge"
@@ -307,7 +308,7 @@ class QdrantEdgeBackend:
     def __init__(self, dim: int, metric: str = "ip", m: int = 16, ef_construct: int = 100,
                  hnsw_ef: int | None = None, full_scan_threshold_kb: int = 1000, quantization: str | None = None,
                  oversampling: float | None = None, datatype: str = "float32",
-                 max_search_threads: int | None = None) -> None:
+                 max_search_threads: int | None = 1) -> None:
         self._configure(dim, metric, m, ef_construct, hnsw_ef, full_scan_threshold_kb, quantization, oversampling,
                         datatype, max_search_threads)
         self._start(None)
