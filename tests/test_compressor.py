@@ -512,3 +512,21 @@ def test_an_unsupervised_epoch_is_at_most_epoch_rows_anchors(synth, epoch_rows, 
     cfg = TrainConfig(batch_size=64, epoch_rows=epoch_rows, xbm=False)
     stepper = _Stepper(StageModel(48, (16,), False), data, cfg, np.random.default_rng(0), torch.Generator())
     assert stepper.n_steps == steps
+
+
+def test_adapt_phase_keeps_its_own_best_epoch_even_below_the_select_phase(synth, monkeypatch):
+    """The select phase scores the selection with the adapter at its start; the adapt phase keeps its best epoch
+    even when that score is never beaten (a tie on a small held-out slice threw the trained adapter away)."""
+    from smec_index.compressor import train as train_mod
+    from smec_index.compressor.train import TrainConfig, TrainData, train_stage
+
+    X = torch.as_tensor(synth)
+    data = TrainData(teacher=X, inputs=X, train_rows=np.arange(500), val_rows=np.arange(500, 600))
+    # initial, 2 select epochs (best 0.9), then adapt epochs peaking at 0.8 on the second
+    scores = iter([0.5, 0.9, 0.6, 0.7, 0.8, 0.75, 0.74, 0.73])
+    monkeypatch.setattr(train_mod, "_validate", lambda model, data: next(scores))
+    model = StageModel(48, (16,), True, torch.linspace(1.0, -1.0, 48))
+    cfg = TrainConfig(max_epochs=10, ads_epochs=2, patience=3, batch_size=64, xbm=False)
+    report = train_stage(model, data, cfg, seed=0)
+    assert report.epochs == 2 + 5 and report.best_epoch == 2 + 2
+    assert model.adapter.linear.weight.abs().sum() > 0  # the trained adapter, not the one the select phase held
