@@ -61,11 +61,15 @@ def _fingerprint(smec: SMEC, full: bool) -> dict[str, Any]:
             "full_vector": ("adapted" if smec.supervised_ else "raw") if full else None, "sha256": h.hexdigest()}
 
 
+def _row_norms(X: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.einsum("ij,ij->i", X, X))  # no (n, d) temporary
+
+
 def _check_vectors(x: Any, name: str, where: str, d: int) -> tuple[np.ndarray, np.ndarray]:
     """float32 C-contiguous (n, d) and finite (``smec_index.index.checks``), without an all-zero row (cosine
     has no direction for it); returns x and its row norms (the projections need unit rows)."""
     x = check_vectors(x, where, d, name=name)
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    norms = _row_norms(x)
     zero = norms == 0
     if zero.any():
         raise ValueError(f"{where}: {name} has {int(zero.sum())} all-zero row(s) (first: row {int(np.argmax(zero))}) "
@@ -257,7 +261,7 @@ class QdrantCompressedCollection:
         adapted = self.full and self.smec.supervised_
         if self.dims or adapted:
             if norms is None:
-                norms = np.sqrt(np.einsum("ij,ij->i", X, X))
+                norms = _row_norms(X)
             Xn = X / np.maximum(norms, 1e-12)[:, None]
             out = {vector_name(d): self.smec.projection(d)(Xn) for d in self.dims}
             if adapted:
@@ -318,11 +322,9 @@ class QdrantCompressedCollection:
         """How many points each stage keeps: the first and middle stages ``max(k, candidates[i])`` (one
         candidates value per SMEC dim, smallest first, or one int for all), the last stage k."""
         n = len(self.dims)
-        if is_int(candidates) and candidates > 0:
-            return [max(k, int(candidates))] * (len(self.stages) - 1) + [k]
         if is_int(candidates):
             candidates = (candidates,) * n
-        if isinstance(candidates, (str, bytes)) or not isinstance(candidates, Sequence):
+        elif isinstance(candidates, (str, bytes)) or not isinstance(candidates, Sequence):
             raise TypeError(f"{where}: candidates must be an int or one int per dim, got {candidates!r}")
         if len(candidates) != n or not all(is_int(c) and c > 0 for c in candidates):
             raise ValueError(f"{where}: candidates must be a positive int or {n} positive ints (one per dim of "

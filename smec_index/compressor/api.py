@@ -491,39 +491,36 @@ class _Trainer:
             if model.ads and d < model.n_in:
                 sel[d] = idx
 
+    def _from_raw(self, out_dims: tuple[int, ...], ads: bool, desc: str, projections, selections, reports,
+                  offset: int) -> None:
+        """Train one stage on the raw full vectors (teacher and input) with these outputs, then freeze it."""
+        D = self.X.shape[1]
+        ident = Projection.identity(D)
+        data = self._data(ident, self.X_t)
+        model = self._model(D, out_dims, ads, data.inputs)
+        self._train(model, data, desc, reports, offset)
+        self._compose(model, ident, projections, selections)
+
     def run(self, dims, projections, selections, reports) -> None:
         D = self.X.shape[1]
-        raw_teacher = self.X_t
         full = (D,) if self.sup is not None else ()
-        ident = Projection.identity(D)
         method = self.smec.method
         if method == "search-adaptor":
             for i, d in enumerate(full + tuple(dims)):
-                data = self._data(ident, raw_teacher)
-                model = self._model(D, (d,), False, data.inputs)
-                self._train(model, data, f"search-adaptor {d}", reports, i)
-                self._compose(model, ident, projections, selections)
+                self._from_raw((d,), False, f"search-adaptor {d}", projections, selections, reports, i)
             return
         if not self.smec.sequential:
-            data = self._data(ident, raw_teacher)
-            model = self._model(D, full + tuple(dims), self.smec.ads, data.inputs)
-            self._train(model, data, f"{method} joint", reports, 0)
-            self._compose(model, ident, projections, selections)
+            self._from_raw(full + tuple(dims), self.smec.ads, f"{method} joint", projections, selections, reports, 0)
             return
-        first = 0
-        if self.sup is not None:
-            # with labels the chain starts at the adapted full vector: D -> D is trained alone and frozen, then
-            # each smaller dim from the one before. (Training D and d1 as two outputs of one first stage carried
-            # the lower-dim loss SMRL removes; SciFact benchmark, nDCG@10 seed means: mpnet 256 0.7981 -> 0.8123,
-            # MiniLM 128 0.7915 -> 0.8171, smallest dims a little lower; see docs/method.md.)
-            data = self._data(ident, raw_teacher)
-            model = self._model(D, (D,), False, data.inputs)
-            self._train(model, data, f"smec {D}->{D}", reports, 0)
-            self._compose(model, ident, projections, selections)
-            first = 1
+        # with labels the chain starts at the adapted full vector: D -> D is trained alone and frozen, then
+        # each smaller dim from the one before. (Training D and d1 as two outputs of one first stage carried
+        # the lower-dim loss SMRL removes; SciFact benchmark, nDCG@10 seed means: mpnet 256 0.7981 -> 0.8123,
+        # MiniLM 128 0.7915 -> 0.8171, smallest dims a little lower; see docs/method.md.)
+        if full:
+            self._from_raw(full, False, f"smec {D}->{D}", projections, selections, reports, 0)
         prev = D
         for i, d in enumerate(dims):
-            self._stage(prev, d, projections, selections, reports, first + i)
+            self._stage(prev, d, projections, selections, reports, len(full) + i)
             prev = d
 
     def _stage(self, src: int, d: int, projections, selections, reports, offset: int) -> None:
@@ -538,12 +535,8 @@ class _Trainer:
         self._compose(model, proj_in, projections, selections)
 
     def extend(self, dim: int, projections, selections, reports) -> None:
-        D = self.X.shape[1]
         if self.smec.method == "search-adaptor":
-            data = self._data(Projection.identity(D), self.X_t)
-            model = self._model(D, (dim,), False, data.inputs)
-            self._train(model, data, f"search-adaptor {dim}", reports, len(projections))
-            self._compose(model, Projection.identity(D), projections, selections)
+            self._from_raw((dim,), False, f"search-adaptor {dim}", projections, selections, reports, len(projections))
             return
         src = min(d for d in projections if d > dim)
         self._stage(src, dim, projections, selections, reports, len(projections))
