@@ -5,7 +5,7 @@ unsupervised (corpus only) and supervised (the train queries' judgements), PCA a
 one FAISS index per method and dim; searches the held-out test queries without and with full-dim
 rerank; and reports nDCG@10, Recall@100, MRR@10 and queries per second per dim, next to the full-dim
 index. Training uses the library defaults (``DEMO_TRAINING`` is empty), the same recipe as ``smec-index
-bench`` and ``train``: on the shipped MiniLM data both fits together take about 85 s on two cores.
+bench`` and ``train``: on the shipped MiniLM data both fits together take about 90 s on two cores.
 """
 
 from __future__ import annotations
