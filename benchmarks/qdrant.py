@@ -89,15 +89,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
                           "search": {"candidates": 100}},
     # the peer re-scores 20 points (oversampling 2 x k); these spend a like budget on the full-vector re-score
     # (100k tiled, one timing round: 40 candidates R@10 0.830 against the peer's 0.833)
-    "smec64i8-full-f16-c20": {"label": "smec_64 int8 -> full f16, 20 candidates",
-                              "layout": {"dims": (64,), "quantization": "int8", "datatype": "float16"},
-                              "search": {"candidates": 20}},
-    "smec64i8-full-f16-c30": {"label": "smec_64 int8 -> full f16, 30 candidates",
-                              "layout": {"dims": (64,), "quantization": "int8", "datatype": "float16"},
-                              "search": {"candidates": 30}},
-    "smec64i8-full-f16-c50": {"label": "smec_64 int8 -> full f16, 50 candidates",
-                              "layout": {"dims": (64,), "quantization": "int8", "datatype": "float16"},
-                              "search": {"candidates": 50}},
+    **{f"smec64i8-full-f16-c{c}": {"label": f"smec_64 int8 -> full f16, {c} candidates",
+                                   "layout": {"dims": (64,), "quantization": "int8", "datatype": "float16"},
+                                   "search": {"candidates": c}}
+       for c in (20, 30, 50)},
     # 32-byte codes (the peer's are 48 on MiniLM, 96 on mpnet); SciFact MiniLM, 30 candidates: nDCG@10 0.6463
     # against the peer's 0.6454, R@10 0.890 against 0.864
     "smec256b-full-f16-c30": {"label": "smec_256 binary -> full f16, 30 candidates",
