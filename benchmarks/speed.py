@@ -43,7 +43,7 @@ import faiss  # noqa: E402
 from smec_index import SMEC, CompressedIndex  # noqa: E402
 from smec_index.datasets import default_data_dir, load_beir  # noqa: E402
 from smec_index.index.backends import make_backend  # noqa: E402
-from smec_index.index.compressed import _inv_norms  # noqa: E402  (timing the internal projector)
+from smec_index._rows import inv_row_norms  # noqa: E402  (timing the internal projector)
 from smec_index.metrics import evaluate, evaluate_embeddings  # noqa: E402
 
 MODEL = "all-mpnet-base-v2"
@@ -279,7 +279,7 @@ def stage_costs(index: CompressedIndex, d: int, X: np.ndarray, Q: np.ndarray) ->
     q = Q[:1]
     rng = np.random.default_rng(2)
     slots = rng.choice(X.shape[0], (1, CANDIDATES), replace=False).astype(np.int64)
-    proj_wall, proj_cpu = median_us(lambda: index._project(d, q, _inv_norms(q)))
+    proj_wall, proj_cpu = median_us(lambda: index._project(d, q, inv_row_norms(q)))
     checked_wall, checked_cpu = median_us(lambda: index.project(q, d))
     rr_wall, rr_cpu = median_us(lambda: index.rescore(q, slots, "full", K))
     return {"projector_us": proj_wall, "projector_cpu_us": proj_cpu, "project_call_us": checked_wall,

@@ -20,6 +20,8 @@ from typing import Iterator
 
 import numpy as np
 
+from ._rows import normalise_rows
+
 __all__ = ["BeirDataset", "load_beir", "default_data_dir", "hash_split"]
 
 Qrels = dict[str, dict[str, int]]
@@ -28,13 +30,6 @@ Qrels = dict[str, dict[str, int]]
 def default_data_dir() -> Path:
     """The shared SciFact directory next to the repository (``../shared/data/scifact``)."""
     return Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return np.ascontiguousarray(x / norms)
 
 
 def _read_ids(path: Path) -> list[str]:
@@ -178,8 +173,8 @@ def load_beir(root: str | Path, model: str) -> BeirDataset:
         )
     doc_ids = _read_ids(emb / "corpus_ids.txt")
     query_ids = _read_ids(emb / "query_ids.txt")
-    corpus = _normalise(np.load(emb / "corpus.f16.npy"))
-    queries = _normalise(np.load(emb / "queries.f16.npy"))
+    corpus = normalise_rows(np.load(emb / "corpus.f16.npy").astype(np.float32))
+    queries = normalise_rows(np.load(emb / "queries.f16.npy").astype(np.float32))
     if corpus.shape[0] != len(doc_ids) or queries.shape[0] != len(query_ids):
         raise ValueError(
             f"load_beir: {emb}: {corpus.shape[0]} corpus rows for {len(doc_ids)} ids, "

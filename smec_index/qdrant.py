@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ._rows import row_norms
 from .compressor import SMEC
 from .index.checks import check_vectors, is_int
 from .index.backends._qdrant import (DATATYPES, QUANTIZATIONS, CollectionSpec, QdrantEngine, QdrantEngineError,
@@ -61,15 +62,11 @@ def _fingerprint(smec: SMEC, full: bool) -> dict[str, Any]:
             "full_vector": ("adapted" if smec.supervised_ else "raw") if full else None, "sha256": h.hexdigest()}
 
 
-def _row_norms(X: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.einsum("ij,ij->i", X, X))  # no (n, d) temporary
-
-
 def _check_vectors(x: Any, name: str, where: str, d: int) -> tuple[np.ndarray, np.ndarray]:
     """float32 C-contiguous (n, d) and finite (``smec_index.index.checks``), without an all-zero row (cosine
     has no direction for it); returns x and its row norms (the projections need unit rows)."""
     x = check_vectors(x, where, d, name=name)
-    norms = _row_norms(x)
+    norms = row_norms(x)
     zero = norms == 0
     if zero.any():
         raise ValueError(f"{where}: {name} has {int(zero.sum())} all-zero row(s) (first: row {int(np.argmax(zero))}) "
@@ -261,7 +258,7 @@ class QdrantCompressedCollection:
         adapted = self.full and self.smec.supervised_
         if self.dims or adapted:
             if norms is None:
-                norms = _row_norms(X)
+                norms = row_norms(X)
             Xn = X / np.maximum(norms, 1e-12)[:, None]
             out = {vector_name(d): self.smec.projection(d)(Xn) for d in self.dims}
             if adapted:

@@ -382,6 +382,37 @@ def test_bad_constructor_arguments():
         SMEC((8,), "mrl", ads=True)
     with pytest.raises(TypeError, match="unknown option"):
         SMEC((8,), learning_rate=0.1)
+    with pytest.raises(ValueError, match="device must be None .* got 'gpu0'"):
+        SMEC((8,), device="gpu0")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
+def test_cuda_asked_for_without_cuda_fails_clearly_before_fitting(synth):
+    smec = SMEC((16, 8), device="cuda", **FAST)
+    with pytest.raises(ValueError, match="device='cuda' but CUDA is not available"):
+        smec.fit(synth)
+    assert not smec.is_fitted
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("supervised", [False, True])
+def test_cuda_is_the_default_when_present_and_trains_as_well_as_the_cpu(synth, synth_supervised, supervised):
+    """Float rounding differs between devices (and can move early stopping by an epoch), so the check is
+    on what the projection does: the neighbours it keeps, within a few points of the CPU fit's."""
+    Q, pairs = synth_supervised
+    args = (synth, Q, pairs) if supervised else (synth,)
+    gpu = SMEC((16, 8), seed=0, **FAST).fit(*args)
+    cpu = SMEC((16, 8), seed=0, device="cpu", **FAST).fit(*args)
+    assert gpu._device().type == "cuda"
+    exact = np.argsort(-(synth[:100] @ synth.T), axis=1)[:, 1:11]
+    for d in (16, 8):
+        recall = {}
+        for name, model in (("gpu", gpu), ("cpu", cpu)):
+            Z = model.transform(synth, d)
+            assert np.isfinite(Z).all() and np.allclose(np.linalg.norm(Z, axis=1), 1, atol=1e-5)
+            got = np.argsort(-(Z[:100] @ Z.T), axis=1)[:, 1:11]
+            recall[name] = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, exact)])
+        assert recall["gpu"] >= recall["cpu"] - 0.05, (d, recall)
 
 
 def test_bad_fit_input_leaves_object_untouched(synth, synth_supervised):

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .._fsutil import atomic_directory, json_kind, read_versioned_json
+from .._rows import normalise_rows
 from .baselines import pca_projections, pca_rotation, truncate_projections
 from .model import Projection, StageModel
 from .train import StageReport, TrainConfig, TrainData, train_stage
@@ -60,12 +61,6 @@ def _check_matrix(X: Any, name: str, where: str, D: int | None = None) -> np.nda
         bad = int((~np.isfinite(X)).any(axis=1).sum())
         raise ValueError(f"{where}: {name} has {bad} row(s) with NaN or inf")
     return X
-
-
-def _normalise(X: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    np.maximum(norms, 1e-12, out=norms)
-    return (X / norms).astype(np.float32, copy=False)
 
 
 def _check_pairs(qrels: Any, n_queries: int, n_docs: int, where: str) -> list[tuple[int, int, float]]:
@@ -140,6 +135,12 @@ class SMEC:
         self.sequential = bool(given.get("sequential", defaults["sequential"]))
         self.ads = bool(given.get("ads", defaults["ads"]))
         self.xbm = bool(given.get("xbm", defaults["xbm"]))
+        if device is not None:
+            try:
+                torch.device(device)
+            except (RuntimeError, TypeError):
+                raise ValueError(f"SMEC: device must be None (CUDA when present, else CPU) or a torch device such as "
+                                 f"'cpu' or 'cuda:0', got {device!r}") from None
         self.init = init
         self.seed = int(seed)
         self.device = device
@@ -176,7 +177,11 @@ class SMEC:
 
     def _device(self) -> torch.device:
         if self.device is not None:
-            return torch.device(self.device)
+            dev = torch.device(self.device)
+            if dev.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"SMEC: device={self.device!r} but CUDA is not available here (torch "
+                                 f"{torch.__version__}); pass device=None or 'cpu'")
+            return dev
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     # ----------------------------------------------------------------- public API
@@ -243,9 +248,9 @@ class SMEC:
         if queries is not None:
             Q = _check_matrix(queries, "queries", where, D)
             pairs = _check_pairs(qrels, Q.shape[0], X.shape[0], where)
-            Q = _normalise(Q)
+            Q = normalise_rows(Q)
         rows = self.training_rows(X.shape[0]) if pairs is None else None
-        return _normalise(X if rows is None else X[rows]), Q, pairs
+        return normalise_rows(X if rows is None else X[rows]), Q, pairs
 
     def transform(self, X: np.ndarray, dim: int) -> np.ndarray:
         """Project rows of X (n, D) to ``dim`` dims: float32 (n, dim), L2-normalised.
@@ -255,7 +260,7 @@ class SMEC:
         self._check_fitted("transform")
         proj = self.projection(dim)
         X = _check_matrix(X, "X", "transform", self.input_dim_)
-        return proj(_normalise(X))
+        return proj(normalise_rows(X))
 
     def projection(self, dim: int) -> Projection:
         """The affine map (M, c) of a trained dim; ``transform`` is ``normalise(normalise(X) @ M + c)``."""

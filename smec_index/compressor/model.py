@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._rows import normalise_rows
+
 __all__ = ["ResidualAdapter", "DimensionSelector", "StageModel", "Projection", "relaxed_topk"]
 
 
@@ -35,11 +37,7 @@ class Projection:
         return out
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
-        out = self.raw(X)
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        np.maximum(norms, 1e-12, out=norms)
-        out /= norms
-        return out.astype(np.float32, copy=False)
+        return normalise_rows(self.raw(X), in_place=True)
 
     def then(self, A: np.ndarray, b: np.ndarray, idx: np.ndarray | slice) -> "Projection":
         """This projection followed by ``y = x A + b`` and the coordinate selection ``idx``."""

@@ -18,7 +18,6 @@ one kind. ``faiss.write_index`` cannot save this Python object: use ``smec_index
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -27,6 +26,7 @@ import faiss
 import numpy as np
 
 from .._fsutil import atomic_directory
+from .._rows import inv_row_norms
 from ..compressor import SMEC
 from .backends import BACKENDS, METRIC_TYPE, METRICS, Backend, backend_class, make_backend, pad_results, worst_distance
 from .checks import check_finite, check_ids, check_shape, check_vectors, is_int
@@ -81,13 +81,6 @@ class _RWLock:
             with self._cond:
                 self._writer = False
                 self._cond.notify_all()
-
-
-def _inv_norms(X: np.ndarray) -> float | np.ndarray:
-    """1 / row norms, shaped to broadcast over X: a float for one row (the scalar path is 2x faster)."""
-    if X.shape[0] == 1:
-        return 1.0 / max(math.sqrt(float(X[0] @ X[0])), 1e-12)
-    return 1.0 / np.maximum(np.sqrt(np.einsum("ij,ij->i", X, X))[:, None], 1e-12)  # no (n, d) temporary
 
 
 class CompressedIndex:
@@ -271,7 +264,7 @@ class CompressedIndex:
                                      f"dim {max(self.dims)}")
                 self.smec.fit(X)
                 self._d = self.smec.input_dim_
-            inv = _inv_norms(X)
+            inv = inv_row_norms(X)
             for dim, b in self.backends.items():
                 if not b.is_trained:
                     b.train(self._project(dim, X, inv))
@@ -296,7 +289,7 @@ class CompressedIndex:
         n, step = X.shape[0], chunk_rows(d)
         if n <= step:  # one chunk: project before taking the lock, so searches wait less
             X = check_vectors(X, where, d)
-            inv = _inv_norms(X)
+            inv = inv_row_norms(X)
             reduced = {dim: self._project(dim, X, inv) for dim in self.dims}
             with self._lock.write():
                 self._ids.check_add(mode, ids, where)
@@ -312,7 +305,7 @@ class CompressedIndex:
             with self._undo_on_failure() as added:
                 for s in range(0, n, step):
                     C = np.ascontiguousarray(X[s : s + step], dtype=np.float32)
-                    inv = _inv_norms(C)
+                    inv = inv_row_norms(C)
                     self._add_rows(C, inv, {dim: self._project(dim, C, inv) for dim in self.dims},
                                    None if ids is None else ids[s : s + step], added)
                     release_pages(X, s, s + step)
@@ -402,7 +395,7 @@ class CompressedIndex:
         if nq == 0 or self.ntotal == 0:
             return pad_results(np.empty((nq, 0), np.float32), np.empty((nq, 0), np.int64), k, self.metric)
         stages = self._stages(start, rerank)
-        inv = _inv_norms(X)
+        inv = inv_row_norms(X)
         first = stages[0]
         # never ask an engine for more rows than it holds: FAISS allocates (nq, k) whatever ntotal is
         fetch = min(k if len(stages) == 1 else max(k, cands[start]), self._ids.n_slots)
@@ -419,13 +412,13 @@ class CompressedIndex:
         X = check_vectors(x, "project", d)
         if not is_int(dim) or (int(dim) not in self.dims and dim != d):
             raise ValueError(f"project: dim must be one of {self.dims} or d={d}, got {dim!r}")
-        return self._project(FULL if dim == d else int(dim), X, _inv_norms(X))
+        return self._project(FULL if dim == d else int(dim), X, inv_row_norms(X))
 
     def _project(self, stage: int | str, X: np.ndarray, inv: float | np.ndarray) -> np.ndarray:
         """Rows of X as a stage sees them: ``transform(X, dim)`` for a reduced dim; at full dim the raw rows,
         or the adapted full vectors when the compressor is supervised (raw ones would undo the adaptation).
 
-        ``inv`` is ``_inv_norms(X)``: normalising the input is folded into the affine map, which saves
+        ``inv`` is ``inv_row_norms(X)``: normalising the input is folded into the affine map, which saves
         a copy of X (the same result as ``SMEC.transform`` to float32 rounding).
         """
         if stage == FULL:
@@ -436,7 +429,7 @@ class CompressedIndex:
         Y = X @ P.M
         Y *= inv
         Y += P.c
-        Y *= _inv_norms(Y)
+        Y *= inv_row_norms(Y)
         return Y
 
     def rescore(self, Q: np.ndarray, slots: np.ndarray, stage: int | str, keep: int) -> tuple[np.ndarray, np.ndarray]:
