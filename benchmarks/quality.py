@@ -23,7 +23,13 @@ from common import RESULTS, describe_machine, machine_info, write_json  # noqa: 
 from smec_index.compressor import METHODS  # noqa: E402
 from smec_index.datasets import default_data_dir, load_beir  # noqa: E402
 from smec_index.quality import MODES, average_runs, default_dims, run_ablation, run_quality  # noqa: E402
-from smec_index.report import ablation_table, quality_tables  # noqa: E402
+from smec_index.report import ablation_table, quality_tables, quality_targets  # noqa: E402
+
+
+def _print_targets(records: list[dict]) -> None:
+    table = quality_targets(records)
+    if table:
+        print("\nGoals (nDCG@10 points):\n\n" + table)
 
 
 def _csv(s: str) -> list[str]:
@@ -91,6 +97,7 @@ def merge(parts: list[str], out: str | None, plot_path: str | None) -> int:
     print(f"# quality (merged from {len(parts)} parts): {first['dataset']} / {first['model']}")
     print(f"# machine: {describe_machine(first['machine'])}")
     print(quality_tables(records))
+    _print_targets(records)
     if ablation:
         print("\n### Ablation (paper Table 1 layout), nDCG@10, supervised\n")
         print(ablation_table(ablation[0]["rows"]))
@@ -147,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nMeans over seeds {a.seeds}; largest std of nDCG@10 over seeds: "
               f"{max(r.get('std_ndcg@10', 0.0) for r in records):.4f}")
     print(quality_tables(records))
+    _print_targets(records)
     if a.ablation:
         rows = average_runs(ablations, ("variant",))
         payload["ablation"] = {"mode": "supervised", "rows": rows, "per_seed": ablations}

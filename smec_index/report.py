@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 __all__ = ["markdown_table", "environment", "describe_environment", "curves_by_label", "plot_ndcg_vs_bytes",
-           "human_bytes", "write_json", "quality_tables", "ablation_table", "best_time"]
+           "human_bytes", "write_json", "quality_tables", "quality_targets", "ablation_table",
+           "best_time"]
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence], floatfmt: str = ".4f") -> str:
@@ -52,6 +53,37 @@ def quality_tables(records: Sequence[dict]) -> str:
                 + [f'{max(r["train_s"] for r in recs if r["method"] == m):.1f}'] for m in methods]
         out.append(f"nDCG@10, {mode}:\n\n" + markdown_table(["method"] + [str(d) for d in cols] + ["train_s"], rows))
     return "\n\n".join(out)
+
+
+def quality_targets(records: Sequence[dict]) -> str:
+    """The compressor's quality goals checked on ``run_quality`` records, one row each, in nDCG@10 points.
+
+    Supervised: smec >= max(mrl, search-adaptor) at every dim, and smec >= mrl + 1.0 on the mean of the two
+    smallest dims. Unsupervised: smec >= pca at every dim, and >= pca + 1.5 on the mean of the two smallest
+    dims. A goal whose methods were not run is left out; "" when none can be checked.
+    """
+    rows = []
+    for mode, peers, margin in (("supervised", ("mrl", "search-adaptor"), 1.0), ("unsupervised", ("pca",), 1.5)):
+        by = {(r["method"], r["dim"]): r["ndcg@10"] for r in records if r["mode"] == mode}
+        # the goals are on the reduced dims, not on the full dim ("full" is the raw reference there)
+        dims = sorted((d for m, d in by if m == "smec" and ("full", d) not in by and all((p, d) in by for p in peers)),
+                      reverse=True)
+        if not dims:
+            continue
+        for d in dims:
+            best = max(peers, key=lambda p: by[(p, d)])
+            gap = 100 * (by[("smec", d)] - by[(best, d)])
+            named = peers[0] if len(peers) == 1 else f"max({', '.join(peers)})"
+            rows.append([mode, f"smec >= {named} at {d}", f"{by[('smec', d)]:.4f} vs {best} "
+                         f"{by[(best, d)]:.4f}", f"{gap:+.2f}", "met" if gap >= 0 else "not met"])
+        small = dims[-2:]
+        mean = {m: sum(by[(m, d)] for d in small) / len(small) for m in ("smec", peers[0])}
+        gap = 100 * (mean["smec"] - mean[peers[0]])
+        rows.append([mode, f"smec >= {peers[0]} + {margin:.1f} pt, mean of {' and '.join(map(str, small))}",
+                     f"{mean['smec']:.4f} vs {mean[peers[0]]:.4f}", f"{gap:+.2f}", "met" if gap >= margin else "not met"])
+    if not rows:
+        return ""
+    return markdown_table(["mode", "goal", "nDCG@10", "difference (pt)", "met"], rows)
 
 
 def ablation_table(rows: Sequence[dict]) -> str:

@@ -62,7 +62,7 @@ def render_demo(p: dict, rel: str) -> str:
 
 def render_quality(p: dict, rel: str) -> str:
     from smec_index.quality import default_dims
-    from smec_index.report import ablation_table, quality_tables
+    from smec_index.report import ablation_table, quality_tables, quality_targets
 
     cmd = f"python benchmarks/quality.py --data {p['data']} --model {p['model']}"
     if list(p["dims"]) != list(default_dims(p["dim"])):
@@ -84,6 +84,9 @@ def render_quality(p: dict, rel: str) -> str:
         how += (f", run as {len(p['parts'])} parts merged with `--merge` (how: "
                 f"`{rel.removesuffix('.json')}.md`)")
     out = f"{how}\n{_machine(p['machine'])}\n\n" + quality_tables(p["records"])
+    goals = quality_targets(p["records"])
+    if goals:
+        out += "\n\nGoals, in nDCG@10 points (smec minus the baseline named):\n\n" + goals
     if "ablation" in p:
         out += (f"\n\nAblation (the paper's Table 1 layout), nDCG@10, {p['ablation']['mode']}:\n\n"
                 + ablation_table(p["ablation"]["rows"]))

@@ -88,3 +88,26 @@ def test_quality_program_merges_parts(tmp_path, toy):
     assert merged["parts"][0]["argv"][-1] == str(tmp_path / "a.json")
     # the per-seed records of both parts survive the merge
     assert {(r["method"], r["mode"]) for r in merged["per_seed"]["0"]} == got
+
+
+def test_quality_targets_checks_each_goal_on_the_reduced_dims_only():
+    from smec_index.report import quality_targets
+
+    def rec(method, dim, mode, v):
+        return {"method": method, "dim": dim, "mode": mode, "ndcg@10": v}
+
+    records = [rec("full", 96, "supervised", 0.60), rec("smec", 96, "supervised", 0.70), rec("mrl", 96, "supervised", 0.80),
+               rec("smec", 32, "supervised", 0.66), rec("mrl", 32, "supervised", 0.64),
+               rec("search-adaptor", 32, "supervised", 0.65), rec("smec", 16, "supervised", 0.55),
+               rec("mrl", 16, "supervised", 0.56), rec("search-adaptor", 16, "supervised", 0.50),
+               rec("smec", 32, "unsupervised", 0.50), rec("pca", 32, "unsupervised", 0.47)]
+    rows = [line.split(" | ") for line in quality_targets(records).splitlines()[2:]]
+    got = {r[1]: (r[3], r[4].rstrip(" |")) for r in rows}
+    assert not any("at 96" in goal for goal in got)  # the full dim's adapted vector is not a goal
+    assert got["smec >= max(mrl, search-adaptor) at 32"] == ("+1.00", "met")
+    assert got["smec >= max(mrl, search-adaptor) at 16"] == ("-1.00", "not met")
+    # mean of 32 and 16: smec 0.605, mrl 0.600 -> +0.50 < +1.0
+    assert got["smec >= mrl + 1.0 pt, mean of 32 and 16"] == ("+0.50", "not met")
+    assert got["smec >= pca at 32"] == ("+3.00", "met")
+    assert got["smec >= pca + 1.5 pt, mean of 32"] == ("+3.00", "met")
+    assert quality_targets([rec("pca", 32, "unsupervised", 0.4)]) == ""
