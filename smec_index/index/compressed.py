@@ -98,7 +98,7 @@ class CompressedIndex:
             per configured dim (smallest first). The last stage keeps k.
         full_store: where the full-dim vectors live: ``"memory"``, ``"mmap"`` (a file, read through a
             mapping: the fastest rerank from disk, but the pages it touches count in the process's RSS),
-            ``"disk"`` (a file, rows read with ``pread``: 4x slower rerank, RSS stays at the indexes) or
+            ``"disk"`` (a file, rows read with ``pread``: 3x slower rerank, RSS stays at the indexes) or
             None (no full rerank, no ``reconstruct``). Intermediate cascade stores follow it.
         store_dtype: ``"float32"`` or ``"float16"`` (half the bytes; slower rerank, tiny score error).
         d: the full input dim, only needed to know ``d`` before ``train`` fits an unfitted ``smec``.

@@ -4,8 +4,8 @@ The full-dim store holds what the final rerank scores against; smaller stores ho
 the intermediate cascade stages.
 
 Two kinds keep their rows in a file instead of RAM: ``"mmap"`` reads candidates through a read-only
-mapping (the fastest rerank, about 60 us for 100 rows of 768 floats), ``"disk"`` reads each candidate row
-with ``pread`` (about 4x slower). Both leave the data in the OS page cache, which the kernel can drop at
+mapping (the fastest rerank, about 70 us for 100 rows of 768 floats), ``"disk"`` reads each candidate row
+with ``pread`` (about 3x slower). Both leave the data in the OS page cache, which the kernel can drop at
 any time; the difference is what the kernel counts as the process's resident memory: pages reached
 through a mapping are counted (and on Linux a touched row maps its whole page-cache folio, up to 2 MiB,
 so a few thousand queries map most of the file), pages read with ``pread`` are not. Pick ``"disk"`` when
