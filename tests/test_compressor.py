@@ -243,7 +243,6 @@ def test_supervised_fit_adapts_full_vector(synth, synth_supervised, method):
     assert not np.allclose(smec.transform(synth[:5], 48), synth[:5], atol=1e-4)
 
 
-
 def test_supervised_smec_chain_starts_with_the_full_dim_stage_alone(synth, synth_supervised):
     """With labels SMRL runs D -> D alone, frozen, then D -> d1 -> d2: one output per stage, and the adapted full
     vector does not depend on which smaller dims are asked for (it is trained before any of them)."""
@@ -255,6 +254,7 @@ def test_supervised_smec_chain_starts_with_the_full_dim_stage_alone(synth, synth
     np.testing.assert_array_equal(one.transform(synth, 16), two.transform(synth, 16))
     unsup = SMEC((16, 8), "smec", seed=0, **FAST).fit(synth)
     assert [r["out_dims"] for r in unsup.reports_] == [[16], [8]]
+
 
 def test_seed_makes_training_reproducible(synth):
     a = SMEC((16, 8), seed=3, **FAST).fit(synth).transform(synth[:20], 8)

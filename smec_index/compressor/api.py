@@ -436,7 +436,9 @@ class _Trainer:
         self.val_rows = np.sort(perm[:n_val]) if n_val else np.sort(perm[: max(1, n // 5)])
         self.train_rows = np.sort(perm[n_val:]) if n_val else np.arange(n)
         self.X_t = torch.as_tensor(X, device=self.device)
-        self._raw_cache: dict = {}
+        self._adapted: torch.Tensor | None = None
+        # what depends only on a teacher (its neighbour lists, validation truth), per teacher tensor held above
+        self._teacher_caches: dict[int, dict] = {}
         self.sup = None
         if pairs is not None:
             positives: dict[int, list[tuple[int, float]]] = {}
@@ -459,9 +461,9 @@ class _Trainer:
     def _data(self, proj_in: Projection, teacher: torch.Tensor) -> TrainData:
         inputs = torch.as_tensor(proj_in.raw(self.X), device=self.device)
         data = TrainData(teacher=teacher, inputs=inputs, train_rows=self.train_rows, val_rows=self.val_rows)
-        if teacher is self.X_t:
-            # the raw corpus is the teacher of every unsupervised stage: rank its neighbours once per fit
-            data.share_teacher_cache(self._raw_cache)
+        # every stage of a fit shares one of two teachers (the raw or the adapted full vectors): rank their
+        # neighbours once per fit, not once per stage
+        data.share_teacher_cache(self._teacher_caches.setdefault(id(teacher), {}))
         if self.sup is not None:
             data.q_inputs = torch.as_tensor(proj_in.raw(self.Q), device=self.device)
             data.positives = self.sup["positives"]
@@ -531,13 +533,19 @@ class _Trainer:
     def _stage(self, src: int, d: int, projections, selections, reports, offset: int) -> None:
         """One SMRL stage: train src -> d on the frozen projection to ``src``, then freeze it. Its teacher is the
         raw full vector, or with labels the adapted one (the frozen D -> D stage)."""
-        D = self.X.shape[1]
         proj_in = projections[src]
-        teacher = self.X_t if self.sup is None else torch.as_tensor(projections[D](self.X), device=self.device)
-        data = self._data(proj_in, teacher)
+        data = self._data(proj_in, self._stage_teacher(projections))
         model = self._model(src, (d,), self.smec.ads, data.inputs)
         self._train(model, data, f"smec {src}->{d}", reports, offset)
         self._compose(model, proj_in, projections, selections)
+
+    def _stage_teacher(self, projections) -> torch.Tensor:
+        """The raw full vectors, or with labels the adapted ones (the frozen D -> D stage), projected once."""
+        if self.sup is None:
+            return self.X_t
+        if self._adapted is None:
+            self._adapted = torch.as_tensor(projections[self.X.shape[1]](self.X), device=self.device)
+        return self._adapted
 
     def extend(self, dim: int, projections, selections, reports) -> None:
         if self.smec.method == "search-adaptor":
