@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 __all__ = ["markdown_table", "environment", "describe_environment", "curves_by_label", "plot_ndcg_vs_bytes",
-           "human_bytes", "write_json", "quality_tables", "quality_targets", "ablation_table",
+           "human_bytes", "write_json", "provenance", "quality_tables", "quality_targets", "ablation_table",
            "best_time"]
 
 
@@ -145,7 +145,29 @@ def environment() -> dict:
     return {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "cpu": _cpu_model(),
             "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "memory_gib": memory_gib,
             "os": platform.platform(), "python": platform.python_version(), "versions": versions,
-            "cuda": torch.cuda.is_available()}
+            "cuda": torch.cuda.is_available(), **provenance()}
+
+
+def provenance() -> dict:
+    """Where a result came from: the git commit of the working tree and whether it had uncommitted changes
+    (``dirty``), the command line, and the thread settings that move timings (OpenMP environment, torch)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": None if status is None else bool(status),
+            "command": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else list(sys.argv),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
 def describe_environment(env: dict) -> str:

@@ -561,3 +561,51 @@ def test_adapt_phase_keeps_its_own_best_epoch_even_below_the_select_phase(synth,
     report = train_stage(model, data, cfg, seed=0)
     assert report.epochs == 2 + 5 and report.best_epoch == 2 + 2
     assert model.adapter.linear.weight.abs().sum() > 0  # the trained adapter, not the one the select phase held
+
+
+def test_held_out_queries_never_share_a_judged_document_with_training_queries():
+    """Queries that share a positive go to the same side, so the held-out score cannot come from memorising
+    where the training positives lie."""
+    from smec_index.compressor.api import _split_queries
+
+    rng = np.random.default_rng(0)
+    # 300 queries over 120 documents: many documents are judged for several queries
+    positives = {q: [(int(d), 1.0) for d in rng.choice(120, 1 + q % 2, replace=False)] for q in range(300)}
+    train, val = _split_queries(positives, 0.1, np.random.default_rng(1))
+    assert len(val) > 0 and len(train) > 0 and not set(train) & set(val)
+    assert sorted(set(train) | set(val)) == list(range(300))
+    train_docs = {d for q in train for d, _ in positives[q]}
+    assert not train_docs & {d for q in val for d, _ in positives[q]}
+    # one document per query: a plain 10% hold-out
+    single = {q: [(q, 1.0)] for q in range(200)}
+    assert len(_split_queries(single, 0.1, np.random.default_rng(1))[1]) == 20
+    # too few labelled queries to hold any out: both sides are every query
+    few = {q: [(q, 1.0)] for q in range(10)}
+    t, v = _split_queries(few, 0.1, np.random.default_rng(1))
+    assert list(t) == list(v) == list(range(10))
+
+
+def test_a_stage_worse_than_pca_on_held_out_rows_is_replaced_by_pca(synth):
+    """A stage that cannot learn (lr 0, identity start: truncation) on data whose variance sits in the last
+    coordinates loses to PCA of its input on the held-out rows; the fit keeps PCA and says so."""
+    X = np.ascontiguousarray(synth[:, ::-1])
+    smec = SMEC((8,), "smec", init="identity", ads=False, seed=0, **{**FAST, "lr": 0.0}).fit(X)
+    report = smec.reports_[-1]
+    assert report["choice"] == "pca-input"
+    assert report["candidates"]["pca-input"] > report["candidates"]["trained"]
+    pca = SMEC((8,), "pca").fit(X)
+    np.testing.assert_allclose(np.abs((smec.transform(X, 8) * pca.transform(X, 8)).sum(axis=1)), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(smec.selected_dims(8), np.arange(8))
+
+
+@pytest.mark.parametrize("supervised", [False, True])
+def test_every_stage_keeps_the_candidate_with_the_best_held_out_score(synth, synth_supervised, supervised):
+    Q, pairs = synth_supervised
+    args = (Q, pairs) if supervised else ()
+    smec = SMEC((16, 8), "smec", seed=0, **FAST).fit(synth, *args)
+    expected = [{"trained", "raw"}] if supervised else []
+    expected += [{"trained", "pca-input"} | ({"unsupervised"} if supervised else set()),
+                 {"trained", "pca-input", "pca-full"} | ({"unsupervised"} if supervised else set())]
+    assert [set(r["candidates"]) for r in smec.reports_] == expected
+    for r in smec.reports_:
+        assert r["candidates"][r["choice"]] == max(r["candidates"].values())

@@ -15,7 +15,7 @@ from .._fsutil import atomic_directory, json_kind, read_versioned_json
 from .._rows import normalise_rows
 from .baselines import pca_projections, pca_rotation, truncate_projections
 from .model import Projection, StageModel
-from .train import StageReport, TrainConfig, TrainData, train_stage
+from .train import StageReport, TrainConfig, TrainData, score_outputs, train_stage
 
 __all__ = ["SMEC", "NotFittedError", "METHODS", "FORMAT_VERSION"]
 
@@ -420,6 +420,49 @@ class SMEC:
         return f"SMEC(method={self.method!r}, dims={self.dims}, {state})"
 
 
+def _split_queries(positives: dict[int, list[tuple[int, float]]], fraction: float,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(training, held-out) query rows. Queries that share a judged document go to the same side, so a
+    held-out query's documents were never a training query's positive: the held-out score then measures
+    how queries relate to documents, not where the training positives lie (SciFact: 181 of the 283
+    documents judged for test queries are also positives of training queries). Fewer than 20 labelled
+    queries: no hold-out (both are every query)."""
+    labelled = np.array(sorted(positives), dtype=np.int64)
+    if len(labelled) < 20:
+        return labelled, labelled
+    parent = {int(q): int(q) for q in labelled}
+
+    def root(q: int) -> int:
+        while parent[q] != q:
+            parent[q] = parent[parent[q]]
+            q = parent[q]
+        return q
+
+    owner: dict[int, int] = {}
+    for q in labelled:
+        for doc, _ in positives[int(q)]:
+            if doc in owner:
+                parent[root(int(q))] = root(owner[doc])
+            else:
+                owner[doc] = int(q)
+    groups: dict[int, list[int]] = {}
+    for q in labelled:
+        groups.setdefault(root(int(q)), []).append(int(q))
+    order = [groups[g] for g in rng.permutation(sorted(groups))]
+    target = int(round(len(labelled) * fraction))
+    val: list[int] = []
+    for members in order:
+        if len(val) >= target:
+            break
+        if len(val) + len(members) <= max(target, 1) * 1.5:
+            val += members
+    val_set = set(val)
+    train = [int(q) for q in labelled if int(q) not in val_set]
+    if not val or not train:
+        return labelled, labelled
+    return np.array(train, dtype=np.int64), np.array(sorted(val), dtype=np.int64)
+
+
 class _Trainer:
     """Builds the frozen tensors for each training run and composes the trained stages into projections."""
 
@@ -445,11 +488,7 @@ class _Trainer:
             for q, d, r in pairs:
                 if r > 0:
                     positives.setdefault(q, []).append((d, r))
-            labelled = np.array(sorted(positives), dtype=np.int64)
-            qperm = self.rng.permutation(labelled)
-            n_qval = int(round(len(labelled) * self.cfg.val_fraction)) if len(labelled) >= 20 else 0
-            train_q = np.sort(qperm[n_qval:])
-            val_q = np.sort(qperm[:n_qval]) if n_qval else train_q
+            train_q, val_q = _split_queries(positives, self.cfg.val_fraction, self.rng)
             pos_list = [positives.get(i, []) for i in range(Q.shape[0])]
             # hard negatives: each query's nearest documents at full dim
             mined = min(self.cfg.mined + max(len(p) for p in pos_list), X.shape[0])
@@ -458,13 +497,14 @@ class _Trainer:
             self.sup = dict(positives=pos_list, neg_pool=neg_pool, train_q=train_q, val_q=val_q,
                             Q_t=torch.as_tensor(Q, device=self.device))
 
-    def _data(self, proj_in: Projection, teacher: torch.Tensor) -> TrainData:
+    def _data(self, proj_in: Projection, teacher: torch.Tensor, supervised: bool = True) -> TrainData:
+        """The stage's training data; ``supervised=False`` leaves the labels out even when the fit has them."""
         inputs = torch.as_tensor(proj_in.raw(self.X), device=self.device)
         data = TrainData(teacher=teacher, inputs=inputs, train_rows=self.train_rows, val_rows=self.val_rows)
         # every stage of a fit shares one of two teachers (the raw or the adapted full vectors): rank their
         # neighbours once per fit, not once per stage
         data.share_teacher_cache(self._teacher_caches.setdefault(id(teacher), {}))
-        if self.sup is not None:
+        if self.sup is not None and supervised:
             data.q_inputs = torch.as_tensor(proj_in.raw(self.Q), device=self.device)
             data.positives = self.sup["positives"]
             data.neg_pool = self.sup["neg_pool"]
@@ -525,6 +565,9 @@ class _Trainer:
         # MiniLM 128 0.7915 -> 0.8171, smallest dims a little lower; see docs/method.md.)
         if full:
             self._from_raw(full, False, f"smec {D}->{D}", projections, selections, reports, 0)
+            # labels that do not improve the full vector on held-out queries leave it raw (and the rerank with it)
+            self._choose(reports[-1], D, {"trained": (projections[D], None),
+                                          "raw": (Projection.identity(D), None)}, projections, selections)
         prev = D
         for i, d in enumerate(dims):
             self._stage(prev, d, projections, selections, reports, len(full) + i)
@@ -534,10 +577,61 @@ class _Trainer:
         """One SMRL stage: train src -> d on the frozen projection to ``src``, then freeze it. Its teacher is the
         raw full vector, or with labels the adapted one (the frozen D -> D stage)."""
         proj_in = projections[src]
-        data = self._data(proj_in, self._stage_teacher(projections))
+        teacher = self._stage_teacher(projections)
+        data = self._data(proj_in, teacher)
         model = self._model(src, (d,), self.smec.ads, data.inputs)
         self._train(model, data, f"smec {src}->{d}", reports, offset)
-        self._compose(model, proj_in, projections, selections)
+        report = reports[-1]
+        candidates = {"trained": self._composed(model, proj_in, d)}
+        if self.sup is not None:
+            # the same stage without the rank loss: kept when the labels do not help on held-out queries
+            unsup = self._data(proj_in, teacher, supervised=False)
+            model_u = self._model(src, (d,), self.smec.ads, unsup.inputs)
+            sub: list[StageReport] = []
+            self._train(model_u, unsup, f"smec {src}->{d} (no labels)", sub, offset)
+            report.train_s += sub[0].train_s
+            candidates["unsupervised"] = self._composed(model_u, proj_in, d)
+        candidates["pca-input"] = (self._pca_after(proj_in, d), None)
+        if src != self.X.shape[1]:
+            candidates["pca-full"] = (pca_projections(self.X, (d,))[d], None)
+        self._choose(report, d, candidates, projections, selections)
+
+    def _composed(self, model: StageModel, proj_in: Projection, d: int) -> tuple[Projection, np.ndarray | None]:
+        """A trained single-output stage as (projection from the raw input, ADS selection or None)."""
+        out: dict[int, Projection] = {}
+        sel: dict[int, np.ndarray] = {}
+        self._compose(model, proj_in, out, sel)
+        return out[d], sel.get(d)
+
+    def _pca_after(self, proj_in: Projection, d: int) -> Projection:
+        """``proj_in`` followed by the top ``d`` principal axes of its (un-normalised) output."""
+        mu, R, _ = pca_rotation(proj_in.raw(self.X))
+        return proj_in.then(R, -(mu @ R), np.arange(d))
+
+    @torch.no_grad()
+    def _score(self, proj: Projection, d: int) -> float:
+        """A candidate map's held-out score: nDCG of held-out training queries when the fit has labels, else
+        recall@10 of held-out corpus rows against their full-dim neighbours (``train.score_outputs``)."""
+        # unsupervised, the teacher is the raw full vector; supervised scores need no teacher
+        data = TrainData(teacher=self.X_t, inputs=self.X_t, train_rows=self.train_rows, val_rows=self.val_rows)
+        data.share_teacher_cache(self._teacher_caches.setdefault(id(self.X_t), {}))
+        corpus = {d: torch.as_tensor(proj(self.X), device=self.device)}
+        q_out = None
+        if self.sup is not None:
+            data.positives, data.val_q = self.sup["positives"], self.sup["val_q"]
+            q_out = {d: torch.as_tensor(proj(self.Q[self.sup["val_q"]]), device=self.device)}
+        return score_outputs(data, corpus, q_out)
+
+    def _choose(self, report: StageReport, d: int, candidates: dict, projections: dict, selections: dict) -> None:
+        """Keep the candidate map with the best held-out score (the first listed on a tie) for dim ``d``."""
+        scores = {name: self._score(proj, d) for name, (proj, _) in candidates.items()}
+        best = max(scores, key=lambda name: (scores[name], -list(scores).index(name)))
+        proj, sel = candidates[best]
+        projections[d] = proj
+        selections.pop(d, None)
+        if sel is not None and d < proj.M.shape[0]:
+            selections[d] = sel
+        report.choice, report.candidates = best, scores
 
     def _stage_teacher(self, projections) -> torch.Tensor:
         """The raw full vectors, or with labels the adapted ones (the frozen D -> D stage), projected once."""

@@ -19,7 +19,7 @@ from .losses import RankLoss, SimilarityPreservationLoss
 from .memory import NeighbourMemory, teacher_neighbours
 from .model import StageModel
 
-__all__ = ["TrainConfig", "TrainData", "train_stage", "StageReport"]
+__all__ = ["TrainConfig", "TrainData", "train_stage", "StageReport", "score_outputs"]
 
 # longest candidate list kept per row for S-XBM retrieval (rows x this many ids and sims in memory)
 MAX_CANDIDATES = 1024
@@ -132,6 +132,10 @@ class StageReport:
     best_epoch: int = 0
     val: list[float] = field(default_factory=list)
     train_s: float = 0.0
+    # which map the stage kept ("trained", or a candidate it was compared with on the held-out data, e.g.
+    # "pca-input"), and every candidate's held-out score; empty when no comparison was made
+    choice: str = "trained"
+    candidates: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -140,6 +144,8 @@ class StageReport:
             "best_epoch": self.best_epoch,
             "val": [round(v, 6) for v in self.val],
             "train_s": round(self.train_s, 3),
+            "choice": self.choice,
+            "candidates": {k: round(v, 6) for k, v in self.candidates.items()},
         }
 
 
@@ -154,34 +160,45 @@ def _eval_outputs(model: StageModel, x: torch.Tensor, chunk: int = 4096) -> dict
 
 @torch.no_grad()
 def _validate(model: StageModel, data: TrainData) -> float:
-    """Mean over output dims of full-ranking nDCG on held-out queries (supervised) or, unsupervised, of
-    recall@10 of held-out corpus rows against their exact teacher top-10 among the training rows."""
+    """``score_outputs`` of the model's current outputs (every corpus row, and the held-out queries)."""
     model.eval()
-    train_rows = torch.as_tensor(data.train_rows)
     corpus_out = _eval_outputs(model, data.inputs)
+    q_out = _eval_outputs(model, data.q_inputs[data.val_q]) if data.supervised else None
+    model.train()
+    return score_outputs(data, corpus_out, q_out)
+
+
+@torch.no_grad()
+def score_outputs(data: TrainData, corpus_out: dict[int, torch.Tensor],
+                  q_out: dict[int, torch.Tensor] | None = None) -> float:
+    """The held-out score every choice of the fit is made on, averaged over the output dims.
+
+    Supervised (``q_out``: L2-normalised outputs of the held-out training queries ``data.val_q``): nDCG over
+    the full ranking of the corpus. Unsupervised: recall@10 of held-out corpus rows against their exact teacher
+    top-10 among the training rows. ``corpus_out`` holds every corpus row's L2-normalised output per dim.
+    """
     scores = []
-    if data.supervised:
+    if q_out is not None:
         # nDCG over the full ranking (no cut-off): a positive moving from rank 50 to 20 counts, which keeps
         # the score smooth enough to early-stop on a few dozen held-out queries (nDCG@10 is too noisy there)
-        q_out = _eval_outputs(model, data.q_inputs[data.val_q])
         rows, gains = data.val_positives()
         ideal = torch.sort(gains, dim=1, descending=True).values
         idcg = (ideal / torch.log2(torch.arange(2, gains.shape[1] + 2, device=gains.device))).sum(1)
-        for d in model.out_dims:
-            sims = q_out[d] @ corpus_out[d].T
+        for d, zc in corpus_out.items():
+            sims = q_out[d] @ zc.T
             pos = sims.gather(1, rows)
             # rank of each judged doc = 1 + number of docs scoring strictly higher
             ranks = (sims.unsqueeze(1) > pos.unsqueeze(2)).sum(2) + 1
             dcg = (gains / torch.log2(ranks.float() + 1)).sum(1)
             scores.append(float((dcg / idcg).mean()))
     else:
+        train_rows = torch.as_tensor(data.train_rows)
         val = torch.as_tensor(data.val_rows)
         exact = data.val_exact()
-        for d in model.out_dims:
-            got = torch.topk(corpus_out[d][val] @ corpus_out[d][train_rows].T, exact.shape[1], dim=1).indices
+        for zc in corpus_out.values():
+            got = torch.topk(zc[val] @ zc[train_rows].T, exact.shape[1], dim=1).indices
             hit = (got.unsqueeze(2) == exact.unsqueeze(1)).any(dim=2).float().mean()
             scores.append(float(hit))
-    model.train()
     return float(np.mean(scores))
 
 
@@ -303,9 +320,9 @@ class _Stepper:
     def _neighbours(self, rows_t: torch.Tensor):
         """(neighbours, teacher sims, valid) of each anchor, or None when there are none yet.
 
-        With S-XBM the neighbours are row ids from the memory; in-batch (eq. 4) they are positions in
-        the batch. From the top ``neighbour_pool`` candidates, ``neighbours`` are sampled uniformly
-        among the valid ones (all of the pool when it is no larger)."""
+        With S-XBM the neighbours are row ids from the memory: from its top ``neighbour_pool`` candidates,
+        ``neighbours`` are sampled uniformly among the valid ones (all of the pool when it is no larger).
+        In-batch (eq. 4) they are positions in the batch: the anchor's top ``neighbours`` rows."""
         cfg, B = self.cfg, rows_t.shape[0]
         pool = max(cfg.neighbour_pool, cfg.neighbours)
         if self.memory is not None:
@@ -315,10 +332,11 @@ class _Stepper:
         else:
             if B < 2:
                 return None
+            # paper eq. 4: each anchor's top-k most similar rows of its own batch, by the teacher
             a_teacher = self.data.teacher[rows_t]
             sims = a_teacher @ a_teacher.T
             sims.fill_diagonal_(float("-inf"))
-            t_sims, nb = torch.topk(sims, min(pool, B - 1), dim=1)
+            t_sims, nb = torch.topk(sims, min(cfg.neighbours, B - 1), dim=1)
             valid = torch.ones_like(t_sims, dtype=torch.bool)
         if nb.shape[1] == 0:  # a corpus of one training row has no neighbours
             return None
