@@ -609,3 +609,29 @@ def test_every_stage_keeps_the_candidate_with_the_best_held_out_score(synth, syn
     assert [set(r["candidates"]) for r in smec.reports_] == expected
     for r in smec.reports_:
         assert r["candidates"][r["choice"]] == max(r["candidates"].values())
+
+
+def test_neighbour_memory_sample_draws_uniformly_from_the_in_memory_top_pool():
+    from smec_index.compressor.memory import NeighbourMemory, teacher_neighbours
+
+    rng = np.random.default_rng(0)
+    T = torch.as_tensor(rng.normal(size=(200, 8)).astype(np.float32))
+    T = torch.nn.functional.normalize(T, dim=1)
+    rows = torch.arange(200)
+    ids, sims = teacher_neighbours(T, rows, 60)
+    mem = NeighbourMemory(50, ids, sims, rows, 200)
+    mem.enqueue(torch.as_tensor(rng.permutation(200)[:50]))
+    q = torch.arange(10)
+    top_ids, top_sims, top_valid = mem.topk(q, 20)
+    gen = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(30):
+        got, got_sims, valid = mem.sample(q, 20, 5, gen)
+        for i in range(10):
+            allowed = dict(zip(top_ids[i][top_valid[i]].tolist(), top_sims[i][top_valid[i]].tolist()))
+            picked = got[i][valid[i]].tolist()
+            assert len(picked) == min(5, len(allowed)) == len(set(picked))
+            assert all(p in allowed and abs(allowed[p] - s) < 1e-6 for p, s in zip(picked, got_sims[i][valid[i]].tolist()))
+            seen |= {(i, p) for p in picked}
+    # uniform over the pool: with 30 draws of 5 from up to 20, nearly every pooled row is drawn
+    assert len(seen) >= 0.9 * int(top_valid.sum())

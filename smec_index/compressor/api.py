@@ -480,6 +480,8 @@ class _Trainer:
         self.train_rows = np.sort(perm[n_val:]) if n_val else np.arange(n)
         self.X_t = torch.as_tensor(X, device=self.device)
         self._adapted: torch.Tensor | None = None
+        self._pcas: dict = {}
+        self._ident = Projection.identity(X.shape[1])
         # what depends only on a teacher (its neighbour lists, validation truth), per teacher tensor held above
         self._teacher_caches: dict[int, dict] = {}
         self.sup = None
@@ -512,7 +514,7 @@ class _Trainer:
             data.val_q = self.sup["val_q"]
         return data
 
-    def _model(self, n_in: int, out_dims: tuple[int, ...], ads: bool, inputs: torch.Tensor) -> StageModel:
+    def _model(self, n_in: int, out_dims: tuple[int, ...], ads: bool, proj_in: Projection) -> StageModel:
         init_logits = None
         if ads:
             # a mild preference for the input's leading coordinates: before any evidence ADS keeps the
@@ -520,7 +522,7 @@ class _Trainer:
             init_logits = torch.linspace(1.0, -1.0, n_in)
         model = StageModel(n_in, out_dims, ads, init_logits).to(self.device)
         if self._init == "pca":
-            mu, R, _ = pca_rotation(inputs.cpu().numpy())
+            mu, R = self._pca_of(proj_in)
             with torch.no_grad():
                 # adapter output = (x - mu) R: the principal coordinates of the stage input
                 model.adapter.linear.weight.copy_(torch.as_tensor(R.T - np.eye(n_in), dtype=torch.float32))
@@ -542,9 +544,9 @@ class _Trainer:
                   offset: int) -> None:
         """Train one stage on the raw full vectors (teacher and input) with these outputs, then freeze it."""
         D = self.X.shape[1]
-        ident = Projection.identity(D)
+        ident = self._ident
         data = self._data(ident, self.X_t)
-        model = self._model(D, out_dims, ads, data.inputs)
+        model = self._model(D, out_dims, ads, ident)
         self._train(model, data, desc, reports, offset)
         self._compose(model, ident, projections, selections)
 
@@ -579,21 +581,21 @@ class _Trainer:
         proj_in = projections[src]
         teacher = self._stage_teacher(projections)
         data = self._data(proj_in, teacher)
-        model = self._model(src, (d,), self.smec.ads, data.inputs)
+        model = self._model(src, (d,), self.smec.ads, proj_in)
         self._train(model, data, f"smec {src}->{d}", reports, offset)
         report = reports[-1]
         candidates = {"trained": self._composed(model, proj_in, d)}
         if self.sup is not None:
             # the same stage without the rank loss: kept when the labels do not help on held-out queries
             unsup = self._data(proj_in, teacher, supervised=False)
-            model_u = self._model(src, (d,), self.smec.ads, unsup.inputs)
+            model_u = self._model(src, (d,), self.smec.ads, proj_in)
             sub: list[StageReport] = []
             self._train(model_u, unsup, f"smec {src}->{d} (no labels)", sub, offset)
             report.train_s += sub[0].train_s
             candidates["unsupervised"] = self._composed(model_u, proj_in, d)
         candidates["pca-input"] = (self._pca_after(proj_in, d), None)
         if src != self.X.shape[1]:
-            candidates["pca-full"] = (pca_projections(self.X, (d,))[d], None)
+            candidates["pca-full"] = (self._pca_after(self._ident, d), None)
         self._choose(report, d, candidates, projections, selections)
 
     def _composed(self, model: StageModel, proj_in: Projection, d: int) -> tuple[Projection, np.ndarray | None]:
@@ -605,8 +607,17 @@ class _Trainer:
 
     def _pca_after(self, proj_in: Projection, d: int) -> Projection:
         """``proj_in`` followed by the top ``d`` principal axes of its (un-normalised) output."""
-        mu, R, _ = pca_rotation(proj_in.raw(self.X))
+        mu, R = self._pca_of(proj_in)
         return proj_in.then(R, -(mu @ R), np.arange(d))
+
+    def _pca_of(self, proj_in: Projection) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, principal axes) of ``proj_in``'s un-normalised output over the training corpus, computed once
+        per map (a stage's PCA start and its PCA candidate share it; every stage's full-dim PCA is one)."""
+        hit = self._pcas.get(id(proj_in))
+        if hit is None or hit[0] is not proj_in:
+            mu, R, _ = pca_rotation(proj_in.raw(self.X))
+            hit = self._pcas[id(proj_in)] = (proj_in, mu, R)
+        return hit[1], hit[2]
 
     @torch.no_grad()
     def _score(self, proj: Projection, d: int) -> float:

@@ -147,3 +147,22 @@ class NeighbourMemory(_Fifo):
         sims = self.cand_sims[lines].gather(1, order)
         valid = take.gather(1, order)
         return ids.masked_fill(~valid, -1), sims.masked_fill(~valid, 0.0), valid
+
+    @torch.no_grad()
+    def sample(self, query_ids: torch.Tensor, pool: int, k: int,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``k`` of each query row's top-``pool`` in-memory neighbours, drawn uniformly without replacement
+        (all of them, padded invalid, when fewer are in memory): (row ids (B, k), teacher sims, valid), as
+        ``topk(query_ids, pool)`` followed by a uniform draw of k valid entries, without sorting the lists."""
+        lines = self.line_of[query_ids]
+        if bool((lines < 0).any()):
+            raise ValueError("NeighbourMemory.sample: query_ids must be rows the candidate lists were ranked for")
+        cand = self.cand_ids[lines]
+        in_mem = self.slot_of[cand] >= 0
+        take = in_mem & (torch.cumsum(in_mem, dim=1) <= pool)
+        keys = torch.rand(take.shape, generator=generator).to(take.device) + take.float()
+        pick = torch.topk(keys, min(k, cand.shape[1]), dim=1).indices
+        valid = take.gather(1, pick)
+        ids = cand.gather(1, pick).masked_fill(~valid, -1)
+        sims = self.cand_sims[lines].gather(1, pick).masked_fill(~valid, 0.0)
+        return ids, sims, valid

@@ -153,7 +153,8 @@ def _eval_outputs(model: StageModel, x: torch.Tensor, chunk: int = 4096) -> dict
     outs: dict[int, list[torch.Tensor]] = {d: [] for d in model.out_dims}
     with torch.no_grad():
         for s in range(0, x.shape[0], chunk):
-            for d, o in model.forward_eval(x[s : s + chunk]).items():
+            # forward_selected: only the kept rows of a single-output stage's adapter (d x n_in, not n_in^2)
+            for d, o in model.forward_selected(x[s : s + chunk]).items():
                 outs[d].append(F.normalize(o, dim=-1))
     return {d: torch.cat(v) for d, v in outs.items()}
 
@@ -324,11 +325,11 @@ class _Stepper:
         ``neighbours`` are sampled uniformly among the valid ones (all of the pool when it is no larger).
         In-batch (eq. 4) they are positions in the batch: the anchor's top ``neighbours`` rows."""
         cfg, B = self.cfg, rows_t.shape[0]
-        pool = max(cfg.neighbour_pool, cfg.neighbours)
         if self.memory is not None:
             if len(self.memory) == 0:
                 return None
-            nb, t_sims, valid = self.memory.topk(rows_t, pool)
+            pool = max(cfg.neighbour_pool, cfg.neighbours)
+            nb, t_sims, valid = self.memory.sample(rows_t, pool, cfg.neighbours, self.gen)
         else:
             if B < 2:
                 return None
@@ -340,10 +341,6 @@ class _Stepper:
             valid = torch.ones_like(t_sims, dtype=torch.bool)
         if nb.shape[1] == 0:  # a corpus of one training row has no neighbours
             return None
-        if nb.shape[1] > cfg.neighbours:
-            keys = torch.rand(nb.shape, generator=self.gen).to(self.device) + valid.float()
-            pick = torch.topk(keys, cfg.neighbours, dim=1).indices
-            nb, t_sims, valid = nb.gather(1, pick), t_sims.gather(1, pick), valid.gather(1, pick)
         return nb, t_sims, valid
 
     def epoch(self, opt: torch.optim.Optimizer, tau: float | None) -> None:
