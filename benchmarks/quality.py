@@ -3,6 +3,10 @@
     python benchmarks/quality.py --model all-MiniLM-L6-v2
     python benchmarks/quality.py --data DIR --model NAME --dims 128,64,32 --methods smec,pca \
         --mode both --json out.json --ablation
+    python benchmarks/quality.py --data ../shared/data/scifact ../shared/data/debian --seeds 0,1,2
+
+With several ``--data`` directories each writes its own JSON (``results/quality-<data>-<model>.json``) and a
+summary table across them is printed at the end.
 
 Prints markdown tables and writes JSON (records with keys method, dim, mode, ndcg@10, recall@100,
 mrr@10, train_s) with the machine and versions that produced them.
@@ -18,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, describe_machine, machine_info, write_json  # noqa: E402
+from common import RESULTS, describe_machine, machine_info, markdown_table, write_json  # noqa: E402
 
 from smec_index.compressor import METHODS  # noqa: E402
 from smec_index.datasets import default_data_dir, load_beir  # noqa: E402
@@ -112,7 +116,8 @@ def merge(parts: list[str], out: str | None, plot_path: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(default_data_dir()), help="BEIR-layout directory (default: shared SciFact)")
+    p.add_argument("--data", nargs="+", default=[str(default_data_dir())],
+                   help="BEIR-layout directories (default: shared SciFact); several print a summary across them")
     p.add_argument("--model", default="all-MiniLM-L6-v2", help="embedding model under DATA/emb/")
     p.add_argument("--dims", type=lambda s: [int(x) for x in _csv(s)], default=None)
     p.add_argument("--methods", type=_csv, default=list(METHODS))
@@ -122,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="training seeds; with several, every number is the mean over them (default 0)")
     p.add_argument("--json", default=None, help="output JSON (default benchmarks/results/quality-<data>-<model>.json)")
     p.add_argument("--plot", default=None, help="output PNG of nDCG@10 against dims")
+    p.add_argument("--out", default=str(RESULTS), help="folder of the default JSON names (default benchmarks/results)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--reuse", default=None, metavar="JSON",
                    help="with --ablation: take the mrl and smec rows from this earlier result instead of retraining")
@@ -131,7 +137,20 @@ def main(argv: list[str] | None = None) -> int:
     if a.merge:
         return merge(a.merge, a.json, a.plot)
 
-    ds = load_beir(a.data, a.model)
+    if (a.json or a.plot) and len(a.data) > 1:
+        p.error("--json and --plot name one file: give one --data, or let each data set write its default JSON")
+    summary = []
+    for data in a.data:
+        summary += run_one(a, data)
+    if len(a.data) > 1:
+        print("\n# Summary across data sets (nDCG@10, mean over seeds)\n")
+        print(summary_table(summary))
+    return 0
+
+
+def run_one(a: argparse.Namespace, data: str) -> list[dict]:
+    """Every (method, dim, mode) on one data set: prints its tables, writes its JSON, returns its records."""
+    ds = load_beir(data, a.model)
     dims = a.dims or list(default_dims(ds.dim))
     modes = list(MODES) if a.mode == "both" else [a.mode]
     info = machine_info()
@@ -147,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             known = runs[-1] + (json.loads(Path(a.reuse).read_text())["records"] if a.reuse else [])
             ablations.append(run_ablation(ds, dims, "supervised", seed, progress=not a.quiet, known=known))
     records = average_runs(runs, ("method", "dim", "mode"))
-    payload = {"data": str(a.data), "dataset": ds.name, "model": ds.model, "dim": ds.dim, "dims": dims,
+    payload = {"data": str(data), "dataset": ds.name, "model": ds.model, "dim": ds.dim, "dims": dims,
                "seed": a.seeds, "machine": info, "argv": sys.argv[1:], "records": records,
                "per_seed": dict(zip(map(str, a.seeds), runs))}
     if len(a.seeds) > 1:
@@ -161,13 +180,23 @@ def main(argv: list[str] | None = None) -> int:
         print("\n### Ablation (paper Table 1 layout), nDCG@10, supervised\n")
         print(ablation_table(rows))
     payload["wall_s"] = round(time.perf_counter() - t0, 1)
-    out = Path(a.json) if a.json else RESULTS / f"quality-{ds.name}-{ds.model}.json"
+    out = Path(a.json) if a.json else Path(a.out) / f"quality-{ds.name}-{ds.model}.json"
     write_json(out, payload)
     print(f"\nwrote {out}")
     if a.plot:
         plot(records, Path(a.plot), f"{ds.name} / {ds.model}")
         print(f"wrote {a.plot}")
-    return 0
+    return [{**r, "dataset": ds.name} for r in records]
+
+
+def summary_table(records: list[dict]) -> str:
+    """One row per (data set, mode, method): nDCG@10 at each of its dims (largest first) and the training time."""
+    rows = []
+    for key in dict.fromkeys((r["dataset"], r["mode"], r["method"]) for r in records):
+        recs = sorted((r for r in records if (r["dataset"], r["mode"], r["method"]) == key), key=lambda r: -r["dim"])
+        rows.append([*key, " / ".join(f"{r['dim']}: {r['ndcg@10']:.4f}" for r in recs),
+                     f"{max(r['train_s'] for r in recs):.1f}"])
+    return markdown_table(["data set", "mode", "method", "nDCG@10 by dim", "train_s"], rows)
 
 
 if __name__ == "__main__":

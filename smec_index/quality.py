@@ -89,9 +89,11 @@ def run_quality(
                 smec.fit(ds.corpus)
             train_s = time.perf_counter() - t0
             out_dims = list(dims) + ([ds.dim] if sup else [])
+            # what each stage kept (the trained map or a candidate it was compared with on held-out data)
+            choice = {r["out_dims"][0]: r["choice"] for r in getattr(smec, "reports_", []) if len(r["out_dims"]) == 1}
             for d in out_dims:
                 records.append({"method": method, "dim": d, "mode": mode, **_score(smec, ds, Qe, qids, qrels, d),
-                                "train_s": round(train_s, 2)})
+                                "train_s": round(train_s, 2), **({"choice": choice[d]} if d in choice else {})})
             if log is not None:
                 got = " ".join(f"{r['dim']}:{r['ndcg@10']:.4f}" for r in records[-len(out_dims):])
                 log(f"{mode:12s} {method:15s} nDCG@10 {got}  ({train_s:.1f} s)")
@@ -152,6 +154,8 @@ def average_runs(runs: list[list[dict]], key: tuple[str, ...]) -> list[dict]:
             row[f] = float(vals.mean())
             if f.startswith("ndcg@10"):
                 row["std_" + f] = float(vals.std())
+        if "choice" in row:
+            row["choice"] = [r.get("choice") for r in recs]
         row["seeds"] = len(recs)
         out.append(row)
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,9 @@ def test_default_dims():
 
 def test_run_quality_records(toy):
     recs = run_quality(toy, ["smec", "pca", "truncate"], (8, 4), progress=False, method_options={"smec": FAST})
-    assert all(set(r) == KEYS for r in recs)
+    assert all(set(r) - {"choice"} == KEYS for r in recs)
+    # what each smec stage kept is recorded with its numbers
+    assert {r["choice"] for r in recs if r["method"] == "smec" and r["dim"] in (8, 4)} <= {"trained", "pca-input", "pca-full", "unsupervised"}
     got = {(r["method"], r["dim"], r["mode"]) for r in recs}
     for mode in ("unsupervised", "supervised"):
         assert ("full", 16, mode) in got
@@ -110,4 +113,23 @@ def test_quality_targets_checks_each_goal_on_the_reduced_dims_only():
     assert got["smec >= mrl + 1.0 pt, mean of 32 and 16"] == ("+0.50", "not met")
     assert got["smec >= pca at 32"] == ("+3.00", "met")
     assert got["smec >= pca + 1.5 pt, mean of 32"] == ("+3.00", "met")
+    # labels never hurt: supervised smec 0.66 at 32 against unsupervised 0.50
+    assert got["smec >= unsupervised smec - 0.3 pt at 32"] == ("+16.00", "met")
+    worse = quality_targets([rec("smec", 32, "supervised", 0.496), rec("smec", 32, "unsupervised", 0.50)])
+    assert "| smec >= unsupervised smec - 0.3 pt at 32 | 0.4960 vs 0.5000 | -0.40 | not met |" in worse
     assert quality_targets([rec("pca", 32, "unsupervised", 0.4)]) == ""
+
+
+def test_quality_program_runs_several_data_sets_and_sums_them_up(tmp_path, toy):
+    other = write_toy_beir(tmp_path / "other", n_docs=40, n_queries=12, dim=16)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--data", str(toy.root), str(other), "--model", "toy",
+         "--methods", "pca", "--dims", "8,4", "--mode", "unsupervised", "--quiet", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "Summary across data sets" in res.stdout
+    summary = res.stdout.split("Summary across data sets")[1]
+    assert f"| {toy.name} | unsupervised | pca |" in summary and "| other | unsupervised | pca |" in summary
+    assert {f.name for f in tmp_path.glob("quality-*.json")} == {f"quality-{toy.name}-toy.json", "quality-other-toy.json"}

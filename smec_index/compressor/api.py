@@ -25,7 +25,9 @@ _CONFIG = "config.json"
 _KIND = "smec_index.SMEC"
 _WEIGHTS = "weights.safetensors"
 _FLAG_DEFAULTS = {
-    "smec": dict(sequential=True, ads=True, xbm=True),
+    # ads None: on when fitting with labels, off without (unsupervised stages start at their input's principal
+    # axes, already ordered by importance; see docs/method.md)
+    "smec": dict(sequential=True, ads=None, xbm=True),
     "mrl": dict(sequential=False, ads=False, xbm=False),
     "search-adaptor": dict(sequential=False, ads=False, xbm=False),
 }
@@ -93,9 +95,14 @@ class SMEC:
     ``sequential=``, ``ads=``, ``xbm=`` for the ablation), ``"mrl"`` (Matryoshka-Adaptor: one
     adaptor trained jointly over all dims, prefix truncation), ``"search-adaptor"`` (one adaptor
     per dim), ``"pca"`` or ``"truncate"``. Inputs are L2-normalised before use (cosine geometry);
-    outputs are float32 and L2-normalised. ``init="auto"`` starts each adapter at the principal axes of
-    its input when fitting with labels and at identity without (what measured best on SciFact);
-    ``"identity"`` or ``"pca"`` force one for every method.
+    outputs are float32 and L2-normalised. ``init="auto"`` (= ``"pca"``) starts each adapter at the principal
+    axes of its input; ``"identity"`` starts it at the input itself. ``ads=None`` (smec's default) learns the
+    dimension selection when fitting with labels and keeps the leading principal axes without.
+
+    Every SMEC stage keeps the best, on held-out data, of its trained map and PCA of the same dim (of its input,
+    and of the full vector): held-out corpus rows' neighbours without labels, held-out training queries with
+    them, where the same stage trained without labels is a candidate too, and the adapted full vector must
+    beat the raw one to be used. ``reports_`` records each stage's candidates, scores and ``choice``.
 
     Example::
 
@@ -133,7 +140,8 @@ class SMEC:
         self.method = method
         defaults = _FLAG_DEFAULTS.get(method, dict(sequential=False, ads=False, xbm=False))
         self.sequential = bool(given.get("sequential", defaults["sequential"]))
-        self.ads = bool(given.get("ads", defaults["ads"]))
+        ads_flag = given.get("ads", defaults["ads"])
+        self.ads = None if ads_flag is None else bool(ads_flag)
         self.xbm = bool(given.get("xbm", defaults["xbm"]))
         if device is not None:
             try:
@@ -469,8 +477,9 @@ class _Trainer:
     def __init__(self, smec: SMEC, X: np.ndarray, Q: np.ndarray | None, pairs: list | None) -> None:
         self.smec, self.X, self.Q, self.pairs = smec, X, Q, pairs
         self.cfg = smec._config()
-        # "auto": PCA-initialised adapters with labels, identity without (see docs/method.md for the runs)
-        self._init = smec.init if smec.init != "auto" else ("pca" if pairs is not None else "identity")
+        # "auto": every adapter starts at its input's principal axes (see docs/method.md for the runs)
+        self._init = smec.init if smec.init != "auto" else "pca"
+        self.ads = smec.ads if smec.ads is not None else pairs is not None
         self.device = smec._device()
         self.rng = np.random.default_rng(smec.seed)
         n = X.shape[0]
@@ -559,7 +568,7 @@ class _Trainer:
                 self._from_raw((d,), False, f"search-adaptor {d}", projections, selections, reports, i)
             return
         if not self.smec.sequential:
-            self._from_raw(full + tuple(dims), self.smec.ads, f"{method} joint", projections, selections, reports, 0)
+            self._from_raw(full + tuple(dims), self.ads, f"{method} joint", projections, selections, reports, 0)
             return
         # with labels the chain starts at the adapted full vector: D -> D is trained alone and frozen, then
         # each smaller dim from the one before. (Training D and d1 as two outputs of one first stage carried
@@ -581,14 +590,14 @@ class _Trainer:
         proj_in = projections[src]
         teacher = self._stage_teacher(projections)
         data = self._data(proj_in, teacher)
-        model = self._model(src, (d,), self.smec.ads, proj_in)
+        model = self._model(src, (d,), self.ads, proj_in)
         self._train(model, data, f"smec {src}->{d}", reports, offset)
         report = reports[-1]
         candidates = {"trained": self._composed(model, proj_in, d)}
         if self.sup is not None:
             # the same stage without the rank loss: kept when the labels do not help on held-out queries
             unsup = self._data(proj_in, teacher, supervised=False)
-            model_u = self._model(src, (d,), self.smec.ads, proj_in)
+            model_u = self._model(src, (d,), self.smec.ads is True, proj_in)
             sub: list[StageReport] = []
             self._train(model_u, unsup, f"smec {src}->{d} (no labels)", sub, offset)
             report.train_s += sub[0].train_s
