@@ -154,6 +154,7 @@ def _check_replaceable(path: Path, listed: Callable[[Path], set[str] | None] | N
         dirnames[:] = [d for d in dirnames if (Path(dirpath) / d).relative_to(path).as_posix() in parents
                        and not (Path(dirpath) / d).is_symlink()]
     if unexpected:
+        unexpected.sort()
         shown = ", ".join(unexpected[:10]) + (f" and {len(unexpected) - 10} more" if len(unexpected) > 10 else "")
         raise ValueError(f"save: {str(path)!r} is {what}, but it also holds entries its manifest does not list: "
                          f"{shown}; a save replaces the whole directory, so it refuses to delete them: move them "

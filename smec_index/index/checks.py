@@ -18,7 +18,11 @@ def check_shape(x: Any, where: str, d: int | None, name: str = "x") -> np.ndarra
     """A float (n, d) ndarray, not converted or copied (a memory-mapped input stays mapped), else a
     TypeError/ValueError naming the argument, the expected and the received shape or dtype."""
     if not isinstance(x, np.ndarray):
-        x = np.asarray(x)
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError, OverflowError) as e:  # ragged nested lists, mixed objects
+            raise ValueError(f"{where}: {name} is not a rectangular array of numbers "
+                             f"({str(e).split(' The ')[0].rstrip('.')}); expected shape (n, {'D' if d is None else d})") from None
     if x.dtype.kind != "f":
         raise TypeError(f"{where}: {name} must be a float array, got dtype {x.dtype}")
     if x.ndim != 2 or (d is not None and x.shape[1] != d) or x.shape[1] == 0:

@@ -48,13 +48,13 @@ class NotNpyError(ValueError):
     """A file given where a ``.npy`` array is expected is not one (text, CSV, a pickle, ``.npz``, damaged)."""
 
 
-def npy_data_offset(path: Path, where: str = "read_index") -> tuple[int, tuple[int, ...], np.dtype, bool]:
+def npy_data_offset(path: Path, where: str = "read_index", name: str = "") -> tuple[int, tuple[int, ...], np.dtype, bool]:
     """Byte offset of the data in a ``.npy`` file, with its shape, dtype and Fortran flag (header only);
-    ``NotNpyError`` (a ValueError starting with ``where``) when it is not a ``.npy`` file."""
+    ``NotNpyError`` (a ValueError starting with ``where``, naming the argument ``name``) when it is not one."""
     with open(path, "rb") as f:
         magic = f.read(6)
         if magic != b"\x93NUMPY":
-            raise NotNpyError(f"{where}: {path} is not a .npy file (it starts with {magic!r}); expected an array "
+            raise NotNpyError(f"{where}: {name + ' ' if name else ''}{path} is not a .npy file (it starts with {magic!r}); expected an array "
                               f"written by numpy.save")
         f.seek(0)
         try:
@@ -80,7 +80,7 @@ def load_npy(path: str | Path, where: str, name: str = "the file", *, mmap_mode:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{where}: {name} {str(path)!r} is not a file")
-    offset, shape, dtype, _ = npy_data_offset(path, where)
+    offset, shape, dtype, _ = npy_data_offset(path, where, name)
     if dtype.hasobject:
         raise NotNpyError(f"{where}: {name} {path} holds Python objects (dtype {dtype}); refused: expected numbers")
     need = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize
