@@ -384,6 +384,8 @@ class SMEC:
 
         where = "SMEC.load"
         path = Path(path)
+        if path.is_dir() and not (path / "manifest.json").exists() and (path / _CONFIG).is_file():
+            read_versioned_json(path / _CONFIG, _KIND, FORMAT_VERSION, where, "an SMEC config")  # names an old version
         read_manifest(path, _KIND, FORMAT_VERSION, where, "a saved SMEC model")
         if set(p.name for p in path.iterdir()) != {"manifest.json", _CONFIG, _WEIGHTS}:
             raise ValueError(f"{where}: {str(path)!r} is not a saved SMEC (needs exactly manifest.json, {_CONFIG} "
