@@ -348,3 +348,40 @@ def test_two_indexes_merging_into_each_other_do_not_deadlock(smec, synth):
         t.join(timeout=120)
     assert not any(t.is_alive() for t in threads), "deadlock"
     assert not errors and a.ntotal + b.ntotal == 600
+
+
+def test_huge_ids_and_a_crafted_engine_capacity_are_refused_or_bounded(smec, synth, tmp_path):
+    ix = CompressedIndex(smec, dims=(8, 16))
+    ix.train(synth[:200])
+    with pytest.raises(ValueError, match="add_with_ids: ids must fit in int64, got 75557863725914323419136"):
+        ix.add_with_ids(synth[:1], [2**76])
+    hn = CompressedIndex(smec, dims=(8, 16), backend="hnswlib")
+    hn.train(synth[:200])
+    hn.add(synth[:200])
+    hn.save(tmp_path / "hn")
+    cfg_path = tmp_path / "hn" / "backend-8" / "hnswlib.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "max_elements": 2**40}))  # would allocate terabytes if believed
+    reseal(tmp_path / "hn")
+    back = read_index(tmp_path / "hn")
+    assert back.backends[8].index.max_elements < 10_000
+    assert np.array_equal(back.search(synth[:3], 3)[1], hn.search(synth[:3], 3)[1])
+
+
+def test_format_1_smec_saves_and_text_embeddings_are_named(smec, tmp_path):
+    smec.save(tmp_path / "m")
+    (tmp_path / "m" / MANIFEST).unlink()
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**cfg, "format_version": 1}))
+    with pytest.raises(ValueError, match="SMEC.load: .*config.json has format version 1; this smec_index reads version 2"):
+        SMEC.load(tmp_path / "m")
+    from conftest import write_toy_beir
+
+    from smec_index.datasets import load_beir
+
+    root = write_toy_beir(tmp_path / "beir")
+    emb = next((root / "emb").iterdir())
+    (emb / "corpus.f16.npy").write_text("0.1 0.2 0.3 0.4\n")
+    with pytest.raises(NotNpyError, match="load_beir: corpus embeddings .*is not a .npy file") as e:
+        load_beir(root, emb.name)
+    assert "pickle" not in str(e.value)

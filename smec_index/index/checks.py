@@ -57,7 +57,12 @@ def check_vectors(x: Any, where: str, d: int | None, name: str = "x") -> np.ndar
 
 def check_ids(ids: Any, where: str, n: int | None) -> np.ndarray:
     """A 1-D int64 array of non-negative ids (of length n when given)."""
-    arr = np.asarray(ids)
+    try:
+        arr = np.asarray(ids)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ValueError(f"{where}: ids is not a flat list of integers ({str(e).split(' The ')[0].rstrip('.')})") from None
+    if arr.dtype == object and arr.ndim == 1 and all(is_int(v) for v in arr.tolist()):
+        raise ValueError(f"{where}: ids must fit in int64, got {max(arr.tolist(), key=abs)}")
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{where}: ids must be integers (int64), got dtype {arr.dtype}")
     if arr.ndim != 1 or (n is not None and arr.shape[0] != n):
