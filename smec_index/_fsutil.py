@@ -322,7 +322,7 @@ def read_manifest(root: Path, kind: str, version: int, where: str, what: str, *,
         rel = p.relative_to(root).as_posix()
         if p.is_symlink():
             raise ValueError(f"{where}: {p} is a symbolic link; a save holds only regular files")
-        if rel != name and rel not in files and not (p.is_dir() and any(f.startswith(rel + "/") for f in files)):
+        if not p.is_dir() and rel != name and rel not in files:  # a folder's files are checked one by one
             raise ValueError(f"{where}: {p} is not listed in the manifest (added after the save, or the save was "
                              f"tampered with); refused")
     for rel, f in checked.items():

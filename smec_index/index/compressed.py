@@ -25,7 +25,7 @@ from typing import Any, Iterator, Sequence
 import faiss
 import numpy as np
 
-from .._fsutil import StorageFullError, atomic_directory
+from .._fsutil import atomic_directory
 from .._rows import inv_row_norms
 from ..compressor import SMEC
 from .backends import BACKENDS, METRIC_TYPE, METRICS, Backend, backend_class, make_backend, pad_results, worst_distance
@@ -528,6 +528,7 @@ class CompressedIndex:
                 b.reset()
             self._ids.reset()
             self._stores = {}
+            self._broken = None  # nothing is left of what a failed add spoiled
 
     def merge_from(self, other: "CompressedIndex", add_id: int = 0) -> None:
         """Move ``other``'s vectors into this index (renumbered like ``add``, or under their ids), then empty it.

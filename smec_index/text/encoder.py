@@ -177,8 +177,13 @@ def model_dir(source: str) -> Path | None:
 def _model_paths(root: Path) -> list[Path]:
     """The files of a model directory that are checksummed: all, following symbolic links (a Hugging Face
     cache links its files to blobs), except under hidden folders and ``__pycache__`` (never read by a load)."""
-    out = []
+    out, seen = [], set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link loop
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
         out += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
     return out
