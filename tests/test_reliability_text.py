@@ -13,6 +13,7 @@ import pytest
 from text_helpers import sentence_model
 
 from smec_index import SMEC
+from smec_index.errors import IndexStateError
 from smec_index.text import Encoder, TextIndex, load_sentence_transformer
 from smec_index.text.encoder import model_dir
 
@@ -154,3 +155,12 @@ def test_text_index_is_thread_safe(saved, model_copy, tmp_path):
     for i in range(6):
         back = TextIndex.load(tmp_path / f"s{i}", progress=False)
         assert len(back.store) == back.index.ntotal in (len(TEXTS) - 1, len(TEXTS))  # between calls, never inside
+
+
+def test_save_refuses_texts_and_vectors_that_disagree(saved, tmp_path):
+    path, _ = saved
+    ti = TextIndex.load(path, progress=False)
+    ti.index.remove_ids(np.array([0]))  # changed behind the TextIndex's back
+    with pytest.raises(IndexStateError, match="24 texts but 23 vectors"):
+        ti.save(tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

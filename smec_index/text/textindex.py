@@ -27,6 +27,7 @@ from ..compressor import SMEC
 from ..index import CompressedIndex
 from ..index.checks import check_vectors, is_int
 from ..index.compressed import _RWLock
+from ..index.errors import IndexStateError
 from .encoder import DEFAULT_MODEL, Encoder, model_dir, model_files, verify_model_files
 from .io import check_id_list, check_ids, check_texts, read_texts
 from .store import TextStore
@@ -330,7 +331,14 @@ class TextIndex:
         as the manifest of every file. ``path`` may be new, empty or an earlier TextIndex save holding only the
         files its manifest lists; anything else is refused (ValueError naming what is in the way). Runs with
         searches; waits for adds and removals, so the vectors and texts saved always match."""
-        with self._lock.read(), atomic_directory(path, _saved_files, "a saved TextIndex") as tmp:
+        with self._lock.read():
+            if len(self.store) != self.index.ntotal:
+                raise IndexStateError(f"TextIndex.save: {len(self.store)} texts but {self.index.ntotal} vectors (the index "
+                                      f"was changed directly); refused, so that no good save is replaced by it")
+            self._write(path)
+
+    def _write(self, path: str | Path) -> None:
+        with atomic_directory(path, _saved_files, "a saved TextIndex") as tmp:
             self.index.save(tmp / _INDEX)
             self.store.save(tmp / _TEXTS)
             inner = json.loads((tmp / _INDEX / MANIFEST).read_text(encoding="utf-8"))["files"]
