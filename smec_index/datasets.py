@@ -20,6 +20,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ._npy import load_npy
 from ._rows import normalise_rows
 
 __all__ = ["BeirDataset", "load_beir", "default_data_dir", "hash_split"]
@@ -173,8 +174,8 @@ def load_beir(root: str | Path, model: str) -> BeirDataset:
         )
     doc_ids = _read_ids(emb / "corpus_ids.txt")
     query_ids = _read_ids(emb / "query_ids.txt")
-    corpus = normalise_rows(np.load(emb / "corpus.f16.npy").astype(np.float32))
-    queries = normalise_rows(np.load(emb / "queries.f16.npy").astype(np.float32))
+    corpus = normalise_rows(load_npy(emb / "corpus.f16.npy", "load_beir", "corpus embeddings").astype(np.float32))
+    queries = normalise_rows(load_npy(emb / "queries.f16.npy", "load_beir", "query embeddings").astype(np.float32))
     if corpus.shape[0] != len(doc_ids) or queries.shape[0] != len(query_ids):
         raise ValueError(
             f"load_beir: {emb}: {corpus.shape[0]} corpus rows for {len(doc_ids)} ids, "

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from smec_index import SMEC, NotFittedError
+from smec_index._fsutil import write_manifest
+from smec_index.compressor import FORMAT_VERSION
 from smec_index.compressor.losses import RankLoss, SimilarityPreservationLoss
 from smec_index.compressor.memory import CrossBatchMemory
 from smec_index.compressor.model import DimensionSelector, Projection, StageModel, relaxed_topk
@@ -328,6 +330,10 @@ def test_save_replaces_atomically_and_load_checks_version(tmp_path, synth):
     cfg = json.loads((path / "config.json").read_text())
     cfg["format_version"] = 99
     (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="truncated or replaced"):  # the manifest's size and sha256
+        SMEC.load(path)
+    (path / "manifest.json").unlink()
+    write_manifest(path, "smec_index.SMEC", FORMAT_VERSION, {})  # re-sealed: the version itself is refused
     with pytest.raises(ValueError, match="format version 99"):
         SMEC.load(path)
     with pytest.raises(ValueError, match="not a saved SMEC"):
@@ -339,7 +345,7 @@ def test_load_refuses_damaged_weights(tmp_path, synth):
     SMEC((8,), "pca").fit(synth).save(path)
     w = path / "weights.safetensors"
     w.write_bytes(w.read_bytes()[:100])
-    with pytest.raises(ValueError, match="unreadable"):
+    with pytest.raises(ValueError, match="truncated or replaced"):
         SMEC.load(path)
 
 

@@ -113,7 +113,7 @@ def test_manifest_lists_every_file_with_its_checksum(saved):
     m = json.loads((saved / MANIFEST).read_text())
     assert m["format_version"] == FORMAT_VERSION and m["backend"] == "faiss" and m["dims"] == [8, 16]
     assert m["ntotal"] == 200 and m["d"] == 48 and m["full_vectors"] == "raw"
-    on_disk = {p.relative_to(saved).as_posix() for p in saved.rglob("*") if p.is_file() and p.name != MANIFEST}
+    on_disk = {p.relative_to(saved).as_posix() for p in saved.rglob("*") if p.is_file()} - {MANIFEST}
     assert set(m["files"]) == on_disk
     assert {"smec/config.json", "ids.npy", "backend-8/index.faiss", "store-full.npy", "store-16.npy"} <= on_disk
     assert all(len(f["sha256"]) == 64 for f in m["files"].values())

@@ -14,6 +14,14 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from smec_index import SMEC
+from smec_index._fsutil import write_manifest
+from smec_index.compressor import FORMAT_VERSION
+
+
+def reseal(path) -> None:
+    """Rewrite a SMEC save's manifest over its current files, as whoever edits the files can."""
+    (path / "manifest.json").unlink()
+    write_manifest(path, "smec_index.SMEC", FORMAT_VERSION, {})
 
 D = 48
 # SMEC_HYPOTHESIS_DEEPER=10 runs every property with 10x the examples (CI keeps the default, 1)
@@ -208,6 +216,7 @@ def test_load_of_any_config_value_fails_cleanly(fitted, synth, tmp_path_factory,
         node = node[key]
     node[path[-1]] = value
     (src / "config.json").write_text(json.dumps(cfg))
+    reseal(src)
     try:
         back = SMEC.load(src)
     except ValueError as e:
@@ -240,6 +249,7 @@ def test_load_refuses_other_versions_and_non_saves(fitted, tmp_path):
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     cfg["format_version"] = 99
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    reseal(tmp_path / "m")
     with pytest.raises(ValueError, match="format version 99"):
         SMEC.load(tmp_path / "m")
     shutil.rmtree(tmp_path / "m")

@@ -270,14 +270,18 @@ def test_every_backend_holds_texts(enc, backend, options, tmp_path):
 def test_text_index_refuses_damaged_or_foreign_saves(scifact_index, enc, tmp_path):
     ti, _, _ = scifact_index
     ti.save(tmp_path / "ti")
-    meta = json.loads((tmp_path / "ti" / "textindex.json").read_text())
-    (tmp_path / "ti" / "textindex.json").write_text(json.dumps({**meta, "format_version": 2}))
-    with pytest.raises(ValueError, match="format version 2; this smec_index reads version 1"):
+    raw = (tmp_path / "ti" / "textindex.json").read_text()
+    meta = json.loads(raw)
+    (tmp_path / "ti" / "textindex.json").write_text(json.dumps({**meta, "format_version": 3}))
+    with pytest.raises(ValueError, match="format version 3; this smec_index reads version 2"):
         TextIndex.load(tmp_path / "ti")
-    (tmp_path / "ti" / "textindex.json").write_text(json.dumps(meta))
+    (tmp_path / "ti" / "textindex.json").write_text(json.dumps({**meta, "ntotal": 5}))  # not re-sealed
+    with pytest.raises(ValueError, match="does not match its own checksum"):
+        TextIndex.load(tmp_path / "ti")
+    (tmp_path / "ti" / "textindex.json").write_text(raw)
     with sqlite3.connect(tmp_path / "ti" / "texts.sqlite") as db:
         db.execute("UPDATE docs SET text = 'changed' WHERE slot = 0")
-    with pytest.raises(ValueError, match="texts.sqlite is missing or does not match its sha256"):
+    with pytest.raises(ValueError, match="texts.sqlite (does not match its sha256|has .* bytes)"):
         TextIndex.load(tmp_path / "ti")
     with pytest.raises(ValueError, match="not a saved TextIndex"):
         TextIndex.load(tmp_path)
@@ -289,7 +293,8 @@ def test_text_index_refuses_damaged_or_foreign_saves(scifact_index, enc, tmp_pat
     with pytest.raises(ValueError, match="exists and is not a saved TextIndex"):
         ti.save(foreign)
     assert (foreign / "keep.txt").read_text() == "theirs"
-    ti.save(tmp_path / "ti")  # an earlier save of ours is replaced
+    ti.save(tmp_path / "good")
+    ti.save(tmp_path / "good")  # an earlier save of ours, holding only its files, is replaced
 
 
 def test_text_index_bad_input_changes_nothing(scifact_index, enc):

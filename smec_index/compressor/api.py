@@ -11,7 +11,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from .._fsutil import atomic_directory, json_kind, read_versioned_json
+from .._fsutil import atomic_directory, manifest_files, read_manifest, read_versioned_json, write_manifest
 from .._rows import normalise_rows
 from .baselines import pca_projections, pca_rotation, truncate_projections
 from .model import Projection, StageModel
@@ -20,7 +20,7 @@ from .train import StageReport, TrainConfig, TrainData, score_outputs, train_sta
 __all__ = ["SMEC", "NotFittedError", "METHODS", "FORMAT_VERSION"]
 
 METHODS = ("smec", "mrl", "search-adaptor", "pca", "truncate")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a manifest with the sha256 of every file
 _CONFIG = "config.json"
 _KIND = "smec_index.SMEC"
 _WEIGHTS = "weights.safetensors"
@@ -37,9 +37,14 @@ class NotFittedError(ValueError, AttributeError):
     """Raised when a compressor is used before ``fit``."""
 
 
+def saved_smec_files(path: Path) -> set[str] | None:
+    """The files an earlier ``SMEC.save`` in ``path`` lists (which a new save may replace), else None."""
+    return manifest_files(path, _KIND)
+
+
 def is_saved_smec(path: Path) -> bool:
-    """Whether ``path`` holds an earlier ``SMEC.save`` (which a new save may replace)."""
-    return json_kind(path / _CONFIG) == _KIND
+    """Whether ``path`` holds the manifest of an earlier ``SMEC.save``."""
+    return saved_smec_files(path) is not None
 
 
 def _check_matrix(X: Any, name: str, where: str, D: int | None = None) -> np.ndarray:
@@ -350,9 +355,11 @@ class SMEC:
         }
 
     def save(self, path: str | Path) -> None:
-        """Write ``config.json`` (format version, settings, trained state) and ``weights.safetensors``
-        into directory ``path``, atomically (a crash leaves the previous save intact). ``path`` may be new,
-        empty or an earlier SMEC save; any other existing directory is refused (ValueError)."""
+        """Write ``config.json`` (format version, settings, trained state), ``weights.safetensors`` and
+        ``manifest.json`` (the size and sha256 of both) into directory ``path``, atomically (a crash leaves the
+        previous save intact). ``path`` may be new, empty or an earlier SMEC save holding only the files its
+        manifest lists; any other existing directory is refused (ValueError naming what is in the way).
+        A disk that fills is raised as ``smec_index.errors.StorageFullError`` (an OSError)."""
         from safetensors.numpy import save_file
 
         self._check_fitted("save")
@@ -371,44 +378,71 @@ class SMEC:
             tensors[f"proj.{d}.c"] = p.c
         for d, idx in self.selections_.items():
             tensors[f"ads.{d}"] = idx
-        with atomic_directory(path, is_saved_smec, "a saved SMEC model") as tmp:
+        with atomic_directory(path, saved_smec_files, "a saved SMEC model") as tmp:
             (tmp / _CONFIG).write_text(json.dumps(cfg, indent=2))
             save_file(tensors, str(tmp / _WEIGHTS))
+            write_manifest(tmp, _KIND, FORMAT_VERSION, {})
 
     @classmethod
     def load(cls, path: str | Path) -> "SMEC":
-        """Read a directory written by ``save``; refuses other format versions."""
+        """Read a directory written by ``save``, after checking its manifest (no other file, no symbolic link,
+        the size and sha256 of both files) and format version; then every setting and weight is checked
+        (shapes, finite values, ADS indices in range). One ``ValueError`` starting ``SMEC.load:`` otherwise."""
         from safetensors.numpy import load_file
 
+        where = "SMEC.load"
         path = Path(path)
-        cfg_path = path / _CONFIG
-        if not cfg_path.is_file() or not (path / _WEIGHTS).is_file():
-            raise ValueError(f"SMEC.load: {str(path)!r} is not a saved SMEC (needs {_CONFIG} and {_WEIGHTS})")
-        cfg = read_versioned_json(cfg_path, _KIND, FORMAT_VERSION, "SMEC.load", "an SMEC config")
+        if path.is_dir() and not (path / "manifest.json").exists() and (path / _CONFIG).is_file():
+            read_versioned_json(path / _CONFIG, _KIND, FORMAT_VERSION, where, "an SMEC config")  # names an old version
+        read_manifest(path, _KIND, FORMAT_VERSION, where, "a saved SMEC model")
+        if set(p.name for p in path.iterdir()) != {"manifest.json", _CONFIG, _WEIGHTS}:
+            raise ValueError(f"{where}: {str(path)!r} is not a saved SMEC (needs exactly manifest.json, {_CONFIG} "
+                             f"and {_WEIGHTS})")
+        cfg = read_versioned_json(path / _CONFIG, _KIND, FORMAT_VERSION, where, "an SMEC config")
         try:
             tensors = load_file(str(path / _WEIGHTS))
         except Exception as e:  # safetensors raises its own error types for a damaged file
-            raise ValueError(f"SMEC.load: {path / _WEIGHTS} is unreadable ({e})") from None
+            raise ValueError(f"{where}: {path / _WEIGHTS} is unreadable ({e})") from None
         try:
             return cls._from_saved(cfg, tensors, path)
         except (KeyError, TypeError, AttributeError, ValueError) as e:
-            raise ValueError(f"SMEC.load: {path} is not a valid SMEC save ({type(e).__name__}: {e})") from None
+            raise ValueError(f"{where}: {path} is not a valid SMEC save ({type(e).__name__}: {e})") from None
 
     @classmethod
     def _from_saved(cls, cfg: dict, tensors: dict[str, np.ndarray], path: Path) -> "SMEC":
         flags = {k: cfg[k] for k in ("sequential", "ads", "xbm")} if cfg["method"] == "smec" else {}
         obj = cls(cfg["dims"], cfg["method"], init=cfg["init"], seed=cfg["seed"], **flags, **cfg["train_options"])
         fitted = cfg["fitted"]
-        D = int(fitted["input_dim"])
+        D = fitted["input_dim"]
+        dims = cls._check_dims(fitted["dims"])
+        if not isinstance(D, int) or isinstance(D, bool) or D <= dims[0]:
+            raise ValueError(f"input_dim={D!r}; expected an int above the largest dim {dims[0]}")
+        if not isinstance(fitted["supervised"], bool):
+            raise ValueError(f"supervised={fitted['supervised']!r}; expected true or false")
+        expected = {f"proj.{d}.{x}" for d in (D, *dims) for x in "Mc"}
         obj.input_dim_ = D
-        obj.supervised_ = bool(fitted["supervised"])
+        obj.supervised_ = fitted["supervised"]
         obj.projections_ = {}
-        for d in [D] + list(fitted["dims"]):
+        for d in (D, *dims):
             M, c = tensors.get(f"proj.{d}.M"), tensors.get(f"proj.{d}.c")
             if M is None or c is None or M.shape != (D, d) or c.shape != (d,):
-                raise ValueError(f"SMEC.load: projection for dim {d} missing or of the wrong shape in {path}")
+                raise ValueError(f"projection for dim {d} missing or of the wrong shape")
+            if M.dtype.kind != "f" or c.dtype.kind != "f" or not (np.isfinite(M).all() and np.isfinite(c).all()):
+                raise ValueError(f"the projection for dim {d} holds {M.dtype} values that are not all finite floats")
             obj.projections_[int(d)] = Projection(M.astype(np.float32), c.astype(np.float32))
-        obj.selections_ = {int(d): tensors[f"ads.{d}"].astype(np.int64) for d in fitted["selected"]}
+        selected = fitted["selected"]
+        if not (isinstance(selected, list) and all(isinstance(d, int) and d in (D, *dims) for d in selected)):
+            raise ValueError(f"selected={selected!r}; expected dims among {[D, *dims]}")
+        obj.selections_ = {}
+        for d in selected:
+            idx = tensors.get(f"ads.{d}")
+            if idx is None or idx.dtype.kind not in "iu" or idx.ndim != 1 or (idx.size and not (
+                    idx.min() >= 0 and idx.max() < D)):
+                raise ValueError(f"the ADS selection of dim {d} is missing or not indices in 0..{D - 1}")
+            obj.selections_[int(d)] = idx.astype(np.int64)
+            expected.add(f"ads.{d}")
+        if set(tensors) != expected:
+            raise ValueError(f"{_WEIGHTS} holds {sorted(set(tensors) - expected)} beyond the config's tensors")
         obj.reports_ = fitted["reports"]
         obj.train_s_ = fitted["train_s"]
         return obj

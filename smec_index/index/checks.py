@@ -18,7 +18,11 @@ def check_shape(x: Any, where: str, d: int | None, name: str = "x") -> np.ndarra
     """A float (n, d) ndarray, not converted or copied (a memory-mapped input stays mapped), else a
     TypeError/ValueError naming the argument, the expected and the received shape or dtype."""
     if not isinstance(x, np.ndarray):
-        x = np.asarray(x)
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError, OverflowError) as e:  # ragged nested lists, mixed objects
+            raise ValueError(f"{where}: {name} is not a rectangular array of numbers "
+                             f"({str(e).split(' The ')[0].rstrip('.')}); expected shape (n, {'D' if d is None else d})") from None
     if x.dtype.kind != "f":
         raise TypeError(f"{where}: {name} must be a float array, got dtype {x.dtype}")
     if x.ndim != 2 or (d is not None and x.shape[1] != d) or x.shape[1] == 0:
@@ -53,7 +57,12 @@ def check_vectors(x: Any, where: str, d: int | None, name: str = "x") -> np.ndar
 
 def check_ids(ids: Any, where: str, n: int | None) -> np.ndarray:
     """A 1-D int64 array of non-negative ids (of length n when given)."""
-    arr = np.asarray(ids)
+    try:
+        arr = np.asarray(ids)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ValueError(f"{where}: ids is not a flat list of integers ({str(e).split(' The ')[0].rstrip('.')})") from None
+    if arr.dtype == object and arr.ndim == 1 and all(is_int(v) for v in arr.tolist()):
+        raise ValueError(f"{where}: ids must fit in int64, got {max(arr.tolist(), key=abs)}")
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{where}: ids must be integers (int64), got dtype {arr.dtype}")
     if arr.ndim != 1 or (n is not None and arr.shape[0] != n):

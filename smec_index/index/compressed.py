@@ -32,15 +32,15 @@ from .backends import BACKENDS, METRIC_TYPE, METRICS, Backend, backend_class, ma
 from .checks import check_finite, check_ids, check_shape, check_vectors, is_int
 from .errors import IndexStateError
 from .ids import EXPLICIT, SEQUENTIAL, IdMap
-from .persist import is_saved_index, read_manifest, write_manifest
-from .store import STORE_DTYPES, STORE_KINDS, VectorStore
+from .persist import read_manifest, saved_files, write_manifest
+from .store import STORE_DTYPES, STORE_KINDS, VectorStore, load_npy
 from .stream import chunk_rows, release_pages
 
 __all__ = ["CompressedIndex", "write_index", "read_index", "RERANK"]
 
 RERANK = ("full", "cascade", "none")
 FULL = "full"
-_MAX_RESULTS = 1 << 31  # (nq * k) per search call: the (D, I) tables alone are 12 bytes a result
+_MAX_RESULTS = 1 << 28  # (nq * k) per search call: the (D, I) tables alone are 12 bytes a result (3 GiB)
 _RESCORE_CHUNK_FLOATS = 1 << 20  # rows gathered per rescoring chunk: 4 MiB of float32 stays in cache
 
 
@@ -161,6 +161,7 @@ class CompressedIndex:
         self._ids = IdMap()
         self._stores: dict[int | str, VectorStore] = {}
         self._lock = _RWLock()
+        self._broken: str | None = None  # why the index may not be saved (an add that could not be undone)
 
     # ----------------------------------------------------------------- argument checks
     @staticmethod
@@ -277,11 +278,12 @@ class CompressedIndex:
         """Add vectors under caller-chosen int64 ids (stable on removal, like ``IndexIDMap``)."""
         self._add(x, ids, "add_with_ids")
 
-    def _add(self, x: Any, ids: Any, where: str) -> None:
+    def _add(self, x: Any, ids: Any, where: str, held: bool = False) -> None:
         """Validate the whole input first (nothing changes on bad input), then add it one chunk of rows at a
         time under the write lock: searches see all of the batch or none of it, and at most one chunk of
         full-dim float32 rows is held beyond the stores (see ``stream.py``). Should the machine fail the add
-        half way (out of memory, disk full), what it had added is taken out again before the error is raised."""
+        half way (out of memory, disk full), what it had added is taken out again before the error is raised.
+        ``held``: the caller holds the write lock already (``merge_from``)."""
         d = self._require_trained(where)
         X = check_shape(x, where, d)
         ids = None if ids is None else check_ids(ids, where, X.shape[0])
@@ -291,17 +293,19 @@ class CompressedIndex:
             X = check_vectors(X, where, d)
             inv = inv_row_norms(X)
             reduced = {dim: self._project(dim, X, inv) for dim in self.dims}
-            with self._lock.write():
+            with contextlib.nullcontext() if held else self._lock.write():
                 self._ids.check_add(mode, ids, where)
                 if n:
+                    self._reserve_stores(n, where)
                     with self._undo_on_failure() as added:
                         self._add_rows(X, inv, reduced, ids, added)
             return
         for s in range(0, n, step):
             check_finite(np.asarray(X[s : s + step], dtype=np.float32), where, row0=s)
             release_pages(X, s, s + step)
-        with self._lock.write():
+        with contextlib.nullcontext() if held else self._lock.write():
             self._ids.check_add(mode, ids, where)
+            self._reserve_stores(n, where)
             with self._undo_on_failure() as added:
                 for s in range(0, n, step):
                     C = np.ascontiguousarray(X[s : s + step], dtype=np.float32)
@@ -320,28 +324,50 @@ class CompressedIndex:
             b.add(slots, reduced[dim])
             added[dim].append(slots)
         for key in self._store_keys():
-            if key not in self._stores:
-                dim = self._d if key == FULL else key
-                self._stores[key] = VectorStore(dim, self.store_dtype, self.full_store or "memory")
             self._stores[key].append(self._project(FULL, X, inv) if key == FULL else reduced[key])
+
+    def _reserve_stores(self, n: int, where: str) -> None:
+        """Make room in every store for ``n`` more slots before anything changes (write lock held): a full disk
+        or memory fails the add here, and writing the rows, or an undo's placeholder rows, needs no new space."""
+        if self._broken is not None:
+            raise IndexStateError(f"{where}: {self._broken}")
+        created = []
+        try:
+            for key in self._store_keys():
+                if key not in self._stores:
+                    dim = self._d if key == FULL else key
+                    self._stores[key] = VectorStore(dim, self.store_dtype, self.full_store or "memory")
+                    created.append(key)
+                self._stores[key].reserve(self._ids.n_slots + n)
+        except BaseException:
+            for key in created:  # an empty index keeps no stores
+                del self._stores[key]
+            raise
 
     @contextlib.contextmanager
     def _undo_on_failure(self) -> Iterator[dict[Any, list[np.ndarray]]]:
         """Yield a record of what an add gave each part; if the add raises, take it all out again: the ids
         are removed, each backend forgets the slots it received, and every store is padded to the slot
-        count (slots are never reused, so removed ones keep a row), then the error goes on."""
+        count (slots are never reused, so removed ones keep a row; the room was reserved), then the error goes
+        on. Should the undo itself fail, the index is marked broken: ``save`` and later adds refuse it, so a
+        good earlier save is never replaced by an inconsistent one."""
         added: dict[Any, list[np.ndarray]] = {"ids": [], **{dim: [] for dim in self.backends}}
         try:
             yield added
-        except BaseException:
-            for dim, b in self.backends.items():
-                if added[dim]:
-                    b.remove(np.concatenate(added[dim]))
-            if added["ids"]:
-                self._ids.remove(np.concatenate(added["ids"]))
-            for key, store in self._stores.items():
-                if store.n < self._ids.n_slots:
-                    store.append(np.zeros((self._ids.n_slots - store.n, store.dim), dtype=np.float32))
+        except BaseException as e:
+            try:
+                for dim, b in self.backends.items():
+                    if added[dim]:
+                        b.remove(np.concatenate(added[dim]))
+                if added["ids"]:
+                    self._ids.remove(np.concatenate(added["ids"]))
+                for key, store in self._stores.items():
+                    if store.n < self._ids.n_slots:
+                        store.append(np.zeros((self._ids.n_slots - store.n, store.dim), dtype=np.float32))
+            except BaseException as undo:
+                self._broken = (f"an add failed ({type(e).__name__}: {e}) and could not be undone "
+                                f"({type(undo).__name__}: {undo}); this index is inconsistent and may not be "
+                                f"saved or added to: load the last save again")
             raise
 
     def _store_keys(self) -> list[int | str]:
@@ -502,11 +528,15 @@ class CompressedIndex:
                 b.reset()
             self._ids.reset()
             self._stores = {}
+            self._broken = None  # nothing is left of what a failed add spoiled
 
     def merge_from(self, other: "CompressedIndex", add_id: int = 0) -> None:
         """Move ``other``'s vectors into this index (renumbered like ``add``, or under their ids), then empty it.
 
-        Needs ``other`` to keep raw full vectors (they are re-projected with this index's compressor).
+        One step under the write locks of both indexes (taken in a fixed order, so two indexes merging into
+        each other cannot deadlock): nothing added to ``other`` meanwhile is lost, and a failure leaves both
+        as they were. Needs ``other`` to keep raw full vectors (they are re-projected with this index's
+        compressor).
         """
         if not isinstance(other, CompressedIndex):
             raise TypeError(f"merge_from: other must be a CompressedIndex, got {type(other).__name__}")
@@ -519,22 +549,47 @@ class CompressedIndex:
         if other.full_store is None or other.smec.supervised_:
             raise IndexStateError("merge_from: other keeps no raw full-dim vectors (full_store=None or a "
                                   "supervised compressor), so its vectors cannot be re-added")
-        X = other.reconstruct_n(0, other.ntotal)
-        if other._ids.mode == EXPLICIT:
-            self.add_with_ids(X, other._ids.slot_ids[other._ids.live_slots()])
-        else:
-            self.add(X)
-        other.reset()
+        first, second = sorted((self, other), key=id)
+        with first._lock.write(), second._lock.write():
+            live = other._ids.live_slots()
+            if live.shape[0] == 0:
+                return
+            X = other._stores[FULL].take(live)
+            ids = other._ids.slot_ids[live] if other._ids.mode == EXPLICIT else None
+            self._add(X, ids, "merge_from", held=True)
+            for b in other.backends.values():
+                b.reset()
+            other._ids.reset()
+            other._stores = {}
 
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:
         """Write the whole index to directory ``path`` atomically (a crash leaves the old save intact).
 
-        ``path`` may be new, an empty directory or an earlier save (replaced as a whole); any other existing
-        directory is refused with a ValueError. Runs concurrently with searches; waits for adds and removals.
+        ``path`` may be new, an empty directory or an earlier save holding only the files its manifest lists
+        (replaced as a whole); any other existing directory is refused with a ValueError naming what is in the
+        way. An index left inconsistent by a failed add that could not be undone is refused
+        (``IndexStateError``) before the path is touched; a disk that fills is raised as ``StorageFullError``.
+        Runs concurrently with searches; waits for adds and removals.
         """
         self._require_trained("save")
-        with self._lock.read(), atomic_directory(path, is_saved_index, "a saved CompressedIndex") as tmp:
+        with self._lock.read():
+            self._check_consistent("save")
+            self._write(path)
+
+    def _check_consistent(self, where: str) -> None:
+        """IndexStateError unless every part holds what the id map says (read lock held)."""
+        if self._broken is not None:
+            raise IndexStateError(f"{where}: {self._broken}")
+        counts = {f"backend-{dim}": b.ntotal for dim, b in self.backends.items() if b.ntotal != self.ntotal}
+        rows = {f"store-{key}": st.n for key, st in self._stores.items() if st.n != self._ids.n_slots}
+        if counts or rows or (self._ids.n_slots and sorted(map(str, self._stores)) != sorted(map(str, self._store_keys()))):
+            raise IndexStateError(f"{where}: the index is inconsistent ({self.ntotal} ids in {self._ids.n_slots} "
+                                  f"slots; backends {counts}, stores {rows or sorted(map(str, self._stores))}); "
+                                  f"refused, so that no good save is replaced by it")
+
+    def _write(self, path: str | Path) -> None:
+        with atomic_directory(path, saved_files, "a saved CompressedIndex") as tmp:
             self.smec.save(tmp / "smec")
             np.save(tmp / "ids.npy", self._ids.slot_ids)
             for dim, b in self.backends.items():
@@ -571,15 +626,20 @@ class CompressedIndex:
         if smec.input_dim_ != m["d"] or not set(dims) <= set(smec.dims_):
             raise ValueError(f"read_index: the saved compressor (D={smec.input_dim_}, dims={smec.dims_}) does not "
                              f"match the manifest (d={m['d']}, dims={dims})")
+        if m.get("full_vectors") != ("adapted" if smec.supervised_ else "raw"):
+            raise ValueError(f"read_index: the manifest says full_vectors={m.get('full_vectors')!r}, but the saved "
+                             f"compressor is {'' if smec.supervised_ else 'not '}supervised (its full store holds "
+                             f"{'adapted' if smec.supervised_ else 'raw'} vectors)")
         bcls = backend_class(m["backend"])
         backends = {dim: bcls.load(path / f"backend-{dim}") for dim in dims}
         obj = cls.__new__(cls)
         obj._configure(smec, dims, m["backend"], m["metric"], m["rerank"], tuple(m["candidates"]), kind,
                        m["store_dtype"], backends)
-        slot_ids = np.load(path / "ids.npy", allow_pickle=False)
+        slot_ids = load_npy(path / "ids.npy", "read_index", "the id map")
         if slot_ids.dtype != np.int64 or slot_ids.shape != (m["n_slots"],):
             raise ValueError(f"read_index: {path / 'ids.npy'} holds {slot_ids.dtype} {slot_ids.shape}; expected "
                              f"int64 ({m['n_slots']},)")
+        _check_ids_file(slot_ids, m, path)
         obj._ids = IdMap.from_slot_ids(m["id_mode"], slot_ids)
         for key in m["stores"]:
             skey: int | str = key if key == FULL else int(key)
@@ -633,6 +693,25 @@ def _check_settings(m: dict[str, Any], path: Path) -> dict[str, Any]:
     return m
 
 
+def _check_ids_file(slot_ids: np.ndarray, m: dict[str, Any], path: Path) -> None:
+    """The saved id of every slot agrees with the manifest's id mode and count: ids >= 0 or -1 (removed), live
+    ids distinct, and with sequential ids exactly 0..ntotal-1 in slot order; no mode only for an empty map."""
+    live = slot_ids[slot_ids >= 0]
+    bad = None
+    if slot_ids.size and slot_ids.min() < -1:
+        bad = f"ids below -1 ({int(slot_ids.min())})"
+    elif live.shape[0] != m["ntotal"]:
+        bad = f"{live.shape[0]} live ids, the manifest says ntotal={m['ntotal']}"
+    elif m["id_mode"] is None and m["n_slots"]:
+        bad = f"id_mode=null with {m['n_slots']} slots"
+    elif m["id_mode"] == SEQUENTIAL and not np.array_equal(live, np.arange(live.shape[0])):
+        bad = "id_mode='sequential', but the live ids are not 0..ntotal-1 in order"
+    elif np.unique(live).shape[0] != live.shape[0]:
+        bad = "live ids that repeat"
+    if bad is not None:
+        raise ValueError(f"read_index: {path / 'ids.npy'} does not match the manifest: {bad}")
+
+
 def write_index(index: "CompressedIndex | faiss.Index", path: str | Path) -> None:
     """Save a CompressedIndex (a directory) or a plain FAISS index (a file, via ``faiss.write_index``)."""
     if isinstance(index, CompressedIndex):
@@ -649,5 +728,9 @@ def read_index(path: str | Path, **kwargs: Any) -> "CompressedIndex | faiss.Inde
     if p.is_file():
         if kwargs:
             raise TypeError(f"read_index: {sorted(kwargs)} only apply to a CompressedIndex directory")
-        return faiss.read_index(str(p))
+        try:
+            return faiss.read_index(str(p))
+        except RuntimeError as e:
+            raise ValueError(f"read_index: {p} is a file but not a FAISS index file (a saved CompressedIndex is a "
+                             f"directory); FAISS says: {str(e).splitlines()[-1][:300]}") from None
     return CompressedIndex.load(p, **kwargs)

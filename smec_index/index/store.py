@@ -11,15 +11,21 @@ through a mapping are counted (and on Linux a touched row maps its whole page-ca
 so a few thousand queries map most of the file), pages read with ``pread`` are not. Pick ``"disk"`` when
 the resident set must stay at the size of the indexes (a memory limit, a cgroup).
 
-A file-backed store writes its rows to a private temporary file with ``pwrite``, so building never maps
-them into the process; the file has no name (unlinked when created), so a killed process leaves nothing
-behind. A loaded one reads the saved ``.npy`` read-only and copies it to a private file
-(``copy_file_range``, in the kernel) only on the first ``append``, so a saved index on disk is never
-modified by later adds. Saving copies file to file too.
+A file-backed store writes its rows to a private file with ``pwrite``, so building never maps them into
+the process; the file has no name (``O_TMPFILE``, or unlinked when created), so a killed process leaves
+nothing behind. It lives in the temporary directory for a new index and, for a loaded one, beside the saved
+index (same filesystem as the data). A loaded one reads the saved ``.npy`` read-only and copies it to a
+private file (``copy_file_range``, in the kernel) only on the first ``append``, so a saved index on disk is
+never modified by later adds. Saving copies file to file too.
+
+Room is reserved before rows are written (``reserve``: ``posix_fallocate`` for a file), so a full disk
+fails an add before anything changes (``StorageFullError``), and rows written into reserved room, the
+placeholder rows of a rolled-back add included, never need new space.
 """
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import tempfile
@@ -28,24 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["VectorStore", "STORE_KINDS", "STORE_DTYPES", "npy_data_offset"]
+from .._fsutil import StorageFullError, storage_full
+from .._npy import NotNpyError, load_npy, npy_data_offset
+
+__all__ = ["VectorStore", "STORE_KINDS", "STORE_DTYPES", "npy_data_offset", "load_npy", "NotNpyError"]  # the .npy readers re-exported
 
 STORE_KINDS = ("memory", "mmap", "disk")
 STORE_DTYPES = ("float32", "float16")
 _COPY_BYTES = 16 << 20
-
-
-def npy_data_offset(path: Path) -> tuple[int, tuple[int, ...], np.dtype, bool]:
-    """Byte offset of the data in a ``.npy`` file, with its shape, dtype and Fortran flag (header only)."""
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"read_index: {path} is a .npy file of format version {version}; expected 1.0 or 2.0")
-        return f.tell(), tuple(shape), np.dtype(dtype), bool(fortran)
 
 
 def _copy_range(src: int, src_off: int, dst: int, dst_off: int, nbytes: int) -> None:
@@ -79,10 +75,11 @@ def _map_rows(fd: int, offset: int, n: int, dim: int, dtype: np.dtype) -> np.nda
 class VectorStore:
     """Rows of one dim addressed by slot (row i = slot i); ``take`` always returns float32."""
 
-    def __init__(self, dim: int, dtype: str = "float32", kind: str = "memory") -> None:
+    def __init__(self, dim: int, dtype: str = "float32", kind: str = "memory", work_dir: Path | None = None) -> None:
         self.dim = int(dim)
         self.dtype = np.dtype(dtype)
         self.kind = kind
+        self.work_dir = work_dir  # where a file-backed store's private file goes (None: the temporary directory)
         self._n = 0
         self._arr: np.ndarray = np.empty((0, self.dim), dtype=self.dtype)
         # a file-backed store reads its rows from one open descriptor, at ``_offset``: the saved .npy after a
@@ -107,23 +104,47 @@ class VectorStore:
         """Bytes held in process memory (a file-backed store lives in the OS page cache: 0)."""
         return 0 if self.kind != "memory" else int(self._arr.nbytes)
 
-    def append(self, X: np.ndarray) -> None:
-        """Store rows for the next ``len(X)`` slots (cast to the store's dtype)."""
-        m = X.shape[0]
+    @property
+    def capacity(self) -> int:
+        """Rows that fit without new memory or disk space."""
+        return self._arr.shape[0] if self.kind == "memory" else (self._cap if self._private else self._n)
+
+    def reserve(self, rows: int) -> None:
+        """Make room for ``rows`` rows in all (memory, or disk blocks allocated with ``posix_fallocate``), so that
+        appending up to that many never needs new space. Raises before any row changes: ``MemoryError``, or
+        ``StorageFullError`` when the disk is full."""
+        if rows <= self.capacity:
+            return
         if self.kind == "memory":
-            if self._n + m > self._arr.shape[0]:
-                grown = np.empty((max(self._n + m, int(self._arr.shape[0] * 1.5)), self.dim), dtype=self.dtype)
-                grown[: self._n] = self._arr[: self._n]
-                self._arr = grown
+            grown = np.empty((max(rows, int(self._arr.shape[0] * 1.5)), self.dim), dtype=self.dtype)
+            grown[: self._n] = self._arr[: self._n]
+            self._arr = grown
+            return
+        if not self._private:
+            self._open_private(rows)
+            return
+        cap = max(rows, int(self._cap * 1.5), 1024)
+        try:
+            try:
+                _allocate(self._fds[0], cap * self.row_bytes)
+            except OSError as e:
+                if cap == rows or not storage_full(e, self._dir()):
+                    raise
+                cap = rows  # the disk has no room for the headroom: take exactly what is needed
+                _allocate(self._fds[0], cap * self.row_bytes)
+        except OSError as e:
+            raise self._full(e, rows) if storage_full(e, self._dir()) else e
+        self._cap = cap
+
+    def append(self, X: np.ndarray) -> None:
+        """Store rows for the next ``len(X)`` slots (cast to the store's dtype); room is reserved first."""
+        m = X.shape[0]
+        self.reserve(self._n + m)
+        if self.kind == "memory":
             self._arr[self._n : self._n + m] = X
             self._n += m
             return
-        if not self._private:
-            self._open_private()
         fd = self._fds[0]
-        if self._n + m > self._cap:
-            self._cap = max(self._n + m, int(self._cap * 1.5), 1024)
-            os.ftruncate(fd, self._cap * self.row_bytes)
         data = np.ascontiguousarray(X, dtype=self.dtype)
         view, off = memoryview(data).cast("B"), self._n * self.row_bytes
         while view.nbytes:
@@ -133,19 +154,32 @@ class VectorStore:
         if self.kind == "mmap":
             self._arr = _map_rows(fd, 0, self._n, self.dim, self.dtype)
 
-    def _open_private(self) -> None:
-        """Give the store its own unnamed file, holding the loaded rows if any (copied in the kernel)."""
-        fd, path = tempfile.mkstemp(prefix="smec-store-", suffix=".bin")
-        os.unlink(path)
+    def _dir(self) -> str:
+        return str(self.work_dir) if self.work_dir is not None else tempfile.gettempdir()
+
+    def _full(self, e: OSError, rows: int) -> StorageFullError:
+        err = StorageFullError(errno.ENOSPC, f"add: no room for {rows:,} rows of {self.dim} {self.dtype} "
+                               f"({rows * self.row_bytes:,} bytes) in the {self.kind} store's file under "
+                               f"{self._dir()}: the disk is full ({e}); nothing was added")
+        err.__cause__ = e
+        return err
+
+    def _open_private(self, rows: int) -> None:
+        """Give the store its own unnamed file with room for ``rows`` rows, holding the loaded rows if any (copied
+        in the kernel); on failure (a full disk: ``StorageFullError``) the store is unchanged."""
+        fd = _unnamed_file(self._dir())
         try:
+            _allocate(fd, max(rows, 1) * self.row_bytes)
             if self._fds and self._n:
                 _copy_range(self._fds[0], self._offset, fd, 0, self._n * self.row_bytes)
-        except BaseException:
+        except BaseException as e:
             os.close(fd)
+            if isinstance(e, OSError) and storage_full(e, self._dir()):
+                raise self._full(e, rows) from e
             raise
         _close_all(self._fds)
         self._fds.append(fd)
-        self._offset, self._private, self._cap = 0, True, self._n
+        self._offset, self._private, self._cap = 0, True, max(rows, 1)
 
     def take(self, slots: np.ndarray) -> np.ndarray:
         """Rows of the given slots as float32 (any shape of slots; rows appended on the last axis)."""
@@ -192,7 +226,7 @@ class VectorStore:
         if size != offset + n * dim * got.itemsize:
             raise ValueError(f"read_index: {path} has {size} bytes; {dtype} ({n}, {dim}) needs "
                              f"{offset + n * dim * got.itemsize} (truncated or padded)")
-        obj = cls(dim, dtype, kind)
+        obj = cls(dim, dtype, kind, work_dir=Path(path).absolute().parent)
         obj._n = n
         if kind == "memory":
             obj._arr = np.load(path, allow_pickle=False)
@@ -202,6 +236,32 @@ class VectorStore:
             if kind == "mmap":
                 obj._arr = _map_rows(obj._fds[0], offset, n, dim, got)
         return obj
+
+
+def _unnamed_file(directory: str) -> int:
+    """A read-write file descriptor of a new file without a name in ``directory`` (O_TMPFILE where the
+    filesystem has it, else created and unlinked at once), so nothing is left behind when the process dies."""
+    if hasattr(os, "O_TMPFILE"):
+        try:
+            return os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
+        except OSError:
+            pass
+    try:
+        fd, path = tempfile.mkstemp(prefix=".smec-store-", suffix=".bin", dir=directory)
+    except OSError as e:  # a saved index on read-only media: work in the temporary directory instead
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or directory == tempfile.gettempdir():
+            raise
+        return _unnamed_file(tempfile.gettempdir())
+    os.unlink(path)
+    return fd
+
+
+def _allocate(fd: int, nbytes: int) -> None:
+    """Allocate disk blocks for the first ``nbytes`` of a file (growing it), so later writes there need no space."""
+    if hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(fd, 0, nbytes)
+    elif os.fstat(fd).st_size < nbytes:
+        os.ftruncate(fd, nbytes)
 
 
 def _close_all(fds: list[int]) -> None:

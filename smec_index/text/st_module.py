@@ -7,9 +7,9 @@ compressed vectors.
 
 Saved like sentence-transformers' own modules, in the model directory's ``<i>_SMECStage/`` folder:
 ``config.json`` (kind, format version, dims, provenance) and ``model.safetensors`` (M, c). No pickle.
-Loading imports this class, so ``smec_index`` must be installed; sentence-transformers 6 and later also
-ask for ``trust_remote_code=True`` for any module class outside their own package:
-``SentenceTransformer(path, trust_remote_code=True)`` (or ``smec_index.text.load_sentence_transformer``).
+Loading needs ``smec_index`` installed: ``smec_index.text.load_sentence_transformer(path)`` (or ``Encoder(path)``)
+resolves the class to the installed one with ``trust_remote_code=False``, so no code from the directory runs;
+a plain ``SentenceTransformer(path)`` of sentence-transformers 6+ asks for ``trust_remote_code=True`` instead.
 """
 
 from __future__ import annotations
@@ -155,15 +155,16 @@ def to_sentence_transformers(smec: Any, model: Any, dim: int, portable: bool = T
 
 
 def load_sentence_transformer(path: str | os.PathLike, **kwargs: Any) -> Any:
-    """Reload a model saved with an ``SMECStage``: ``SentenceTransformer(path, local_files_only=True)``, with
-    ``trust_remote_code=True`` only when every module class is sentence-transformers' or smec_index's
-    (sentence-transformers 6+ imports ``smec_index.text.st_module.SMECStage`` only when trusted). A directory
-    that names any other module class is refused with a ValueError naming it."""
-    from sentence_transformers import SentenceTransformer
-
-    from .encoder import module_types, only_our_modules
+    """Reload a model saved with an ``SMECStage``: ``SentenceTransformer(path, local_files_only=True,
+    trust_remote_code=False)``, with the ``SMECStage`` class resolved to this installed package (so no code from
+    the directory runs, whatever its files say). A directory that names any module class outside
+    sentence-transformers and smec_index is refused with a ValueError naming it, as is ``trust_remote_code``."""
+    from .encoder import module_types, open_model
 
     where = "load_sentence_transformer"
+    if kwargs.pop("trust_remote_code", False):
+        raise ValueError(f"{where}: never trusts code from a model directory; if you trust it, load it with "
+                         f"SentenceTransformer(path, trust_remote_code=True) yourself")
     path = Path(path)
     try:
         types = module_types(path)
@@ -175,5 +176,4 @@ def load_sentence_transformer(path: str | os.PathLike, **kwargs: Any) -> Any:
         raise ValueError(f"{where}: {str(path)!r} uses module classes {foreign}, which are neither "
                          f"sentence-transformers' nor smec_index's; if you trust that code, load it with "
                          f"SentenceTransformer(path, trust_remote_code=True)")
-    kwargs.setdefault("local_files_only", True)
-    return SentenceTransformer(str(path), trust_remote_code=only_our_modules(types), **kwargs)
+    return open_model(path, **kwargs)

@@ -3,30 +3,38 @@
 
 Saved as one directory, written atomically::
 
-    textindex.json    kind, format version, the encoder (name, dim, fingerprint), sha256 of texts.sqlite
+    textindex.json    the manifest: kind, format version, the encoder (name, dim, fingerprint, the sha256 of
+                      every file of its model directory), and the size and sha256 of every file below
     index/            the CompressedIndex (its own manifest with checksums; the SMEC compressor inside)
     texts.sqlite      ids and texts
+
+Thread-safe like ``CompressedIndex``: searches run together; ``add`` and ``remove`` run alone; ``save`` runs
+with searches and writes a state between two changes.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .._fsutil import atomic_directory, json_kind, read_versioned_json, sha256_file
+from .._fsutil import MANIFEST, atomic_directory, manifest_files, read_manifest, write_manifest
 from ..compressor import SMEC
 from ..index import CompressedIndex
 from ..index.checks import check_vectors, is_int
-from .encoder import BUNDLED_MODELS, DEFAULT_MODEL, Encoder
+from ..index.compressed import _RWLock
+from ..index.errors import IndexStateError
+from .encoder import DEFAULT_MODEL, Encoder, model_dir, model_files, verify_model_files
 from .io import check_id_list, check_ids, check_texts, read_texts
 from .store import TextStore
 
 __all__ = ["TextIndex", "Hit", "FORMAT_VERSION", "KIND"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: textindex.json is a manifest (every file's sha256, the model's files' sha256)
 KIND = "smec_index.TextIndex"
 _META = "textindex.json"
 _INDEX = "index"
@@ -117,6 +125,8 @@ class TextIndex:
         self._encoder = encoder
         self._meta = meta
         self._progress = True  # progress bars of an encoder loaded later (``load(..., progress=)``)
+        self._lock = _RWLock()
+        self._encoder_lock = threading.Lock()  # one lazy load of the saved model, however many threads search
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -201,22 +211,32 @@ class TextIndex:
 
     @staticmethod
     def _encoder_meta(enc: Encoder) -> dict[str, Any]:
+        """What a save records of the encoder; with the sha256 of every file of its model directory (checked
+        before a later ``load`` opens that directory)."""
+        root = model_dir(enc.source) if enc.source is not None else None
         return {"name": enc.name, "source": enc.source, "dim": enc.dim, "max_seq_length": enc.max_seq_length,
-                "fingerprint": enc.fingerprint}
+                "fingerprint": enc.fingerprint, "model_files": model_files(root) if root is not None else None}
 
     # ----------------------------------------------------------------- properties
     @property
     def encoder(self) -> Encoder:
         """The encoder; after ``load`` without one, the saved model (a bundled name, or the directory it was
         loaded from) is loaded on first use, and checked to be the same weights."""
-        if self._encoder is None:
-            source = self._meta.get("source")
-            if source is None or (source not in BUNDLED_MODELS and not Path(source).is_dir()):
-                raise ValueError(f"TextIndex: the index was built with model {self._meta['name']!r} "
-                                 f"({source or 'a model given in memory'}), which is neither bundled nor found on "
-                                 f"this machine; pass encoder= (an Encoder or a model directory) to TextIndex.load")
-            self._encoder = self._checked(Encoder(source, progress=self._progress), "TextIndex")
+        with self._encoder_lock:
+            if self._encoder is None:
+                self._encoder = self._load_saved_encoder()
         return self._encoder
+
+    def _load_saved_encoder(self) -> Encoder:
+        """The saved model, opened only after every file of its directory matched its recorded sha256."""
+        source = self._meta.get("source")
+        root = model_dir(source) if source is not None else None
+        if root is None:
+            raise ValueError(f"TextIndex: the index was built with model {self._meta['name']!r} "
+                             f"({source or 'a model given in memory'}), which is neither bundled nor found on "
+                             f"this machine; pass encoder= (an Encoder or a model directory) to TextIndex.load")
+        verify_model_files(root, self._meta.get("model_files"), "TextIndex")
+        return self._checked(Encoder(source, progress=self._progress), "TextIndex")
 
     def _checked(self, enc: Encoder, where: str) -> Encoder:
         if enc.dim != self._meta["dim"] or enc.fingerprint != self._meta["fingerprint"]:
@@ -260,8 +280,9 @@ class TextIndex:
         if not is_int(k) or k <= 0:
             raise ValueError(f"{where}: k must be a positive int, got {k!r}")
         Q = self.encoder.encode(queries, progress=False, cache=False)
-        D, I = self.index.search(Q, int(k), dim=dim, rerank=rerank, candidates=candidates)
-        found = self.store.get(int(s) for s in np.unique(I) if s >= 0)
+        with self._lock.read():  # the texts of the ids found are read before a removal can drop them
+            D, I = self.index.search(Q, int(k), dim=dim, rerank=rerank, candidates=candidates)
+            found = self.store.get(int(s) for s in np.unique(I) if s >= 0)
         hits = [[(found[int(s)][0], float(d), found[int(s)][1]) for d, s in zip(Drow, Irow) if s >= 0]
                 for Drow, Irow in zip(D, I)]
         return hits[0] if single else hits
@@ -271,63 +292,103 @@ class TextIndex:
         """Encode and add texts under new ids (default: the next free integer ids). Checked before anything changes."""
         where = "TextIndex.add"
         texts = check_texts(texts, where)
-        if ids is None:
-            start = self.store.next_slot
-            ids = list(range(start, start + len(texts)))
-        ids = check_ids(ids, len(texts), where)
+        if ids is not None:
+            ids = check_ids(ids, len(texts), where)
+            self._check_new(ids, where)  # before the slow encoding; checked again under the lock
+        X = self.encoder.encode(texts)
+        with self._lock.write():
+            if ids is None:
+                start = self.store.next_slot
+                ids = list(range(start, start + len(texts)))
+            self._check_new(ids, where)
+            slots = self.store.add(ids, texts)
+            try:
+                self.index.add_with_ids(X, np.asarray(slots, dtype=np.int64))
+            except BaseException:
+                self.store.remove_slots(slots)
+                raise
+        return None
+
+    def _check_new(self, ids: Sequence[str | int], where: str) -> None:
         present = self.store.slots_of(ids)
         if present:
             raise ValueError(f"{where}: ids already in the index: {sorted(map(repr, present))[:5]}; remove them first")
-        X = self.encoder.encode(texts)
-        slots = self.store.add(ids, texts)
-        try:
-            self.index.add_with_ids(X, np.asarray(slots, dtype=np.int64))
-        except BaseException:
-            self.store.remove_slots(slots)
-            raise
-        return None
 
     def remove(self, ids: Sequence[str | int]) -> int:
         """Remove texts by id; returns how many were present (absent ids are ignored)."""
         ids = check_id_list(ids, "TextIndex.remove")
-        slots = list(self.store.slots_of(ids).values())
-        if not slots:
-            return 0
-        self.index.remove_ids(np.asarray(slots, dtype=np.int64))
-        self.store.remove_slots(slots)
-        return len(slots)
+        with self._lock.write():
+            slots = list(self.store.slots_of(ids).values())
+            if not slots:
+                return 0
+            self.index.remove_ids(np.asarray(slots, dtype=np.int64))
+            self.store.remove_slots(slots)
+            return len(slots)
 
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:
-        """Write the index, its compressor and its texts to directory ``path`` atomically."""
-        with atomic_directory(path, is_ours=lambda p: json_kind(p / _META) == KIND, what="a saved TextIndex") as tmp:
+        """Write the index, its compressor and its texts to directory ``path`` atomically, with ``textindex.json``
+        as the manifest of every file. ``path`` may be new, empty or an earlier TextIndex save holding only the
+        files its manifest lists; anything else is refused (ValueError naming what is in the way). Runs with
+        searches; waits for adds and removals, so the vectors and texts saved always match."""
+        with self._lock.read():
+            if len(self.store) != self.index.ntotal:
+                raise IndexStateError(f"TextIndex.save: {len(self.store)} texts but {self.index.ntotal} vectors (the index "
+                                      f"was changed directly); refused, so that no good save is replaced by it")
+            self._write(path)
+
+    def _write(self, path: str | Path) -> None:
+        with atomic_directory(path, _saved_files, "a saved TextIndex") as tmp:
             self.index.save(tmp / _INDEX)
             self.store.save(tmp / _TEXTS)
-            meta = {"kind": KIND, "format_version": FORMAT_VERSION, "encoder": self._meta, "ntotal": len(self),
-                    "texts_sha256": sha256_file(tmp / _TEXTS)}
-            (tmp / _META).write_text(json.dumps(meta, indent=2))
+            inner = json.loads((tmp / _INDEX / MANIFEST).read_text(encoding="utf-8"))["files"]
+            write_manifest(tmp, KIND, FORMAT_VERSION, {"encoder": self._meta, "ntotal": len(self)}, name=_META,
+                           known={f"{_INDEX}/{rel}": info for rel, info in inner.items()})
 
     @classmethod
     def load(cls, path: str | Path, encoder: Any = None, progress: bool = True) -> "TextIndex":
         """Reopen a directory written by ``save``. ``encoder``: an ``Encoder`` (or what it takes) for the model
         the index was built with; by default the saved model (bundled name or directory), loaded on first
-        search or add, with progress bars unless ``progress=False``."""
+        search or add, with progress bars unless ``progress=False``, after checking that every file of the
+        model's directory has the sha256 recorded at build time.
+
+        Checked first: ``textindex.json`` (kind, format version, its own checksum, the encoder record), no
+        symbolic link and no unlisted file anywhere, the size and sha256 of every file (those under ``index/``
+        through the index's own manifest, whose sha256 is pinned here); then the counts of texts and vectors."""
         where = "TextIndex.load"
         path = Path(path)
-        meta_path = path / _META
-        if not meta_path.is_file():
-            raise ValueError(f"{where}: {str(path)!r} has no {_META}; it is not a saved TextIndex")
-        meta = read_versioned_json(meta_path, KIND, FORMAT_VERSION, where, "a TextIndex description")
-        texts = path / _TEXTS
-        if not texts.is_file() or sha256_file(texts) != meta.get("texts_sha256"):
-            raise ValueError(f"{where}: {texts} is missing or does not match its sha256 in {_META}")
+        inner_manifest = f"{_INDEX}/{MANIFEST}"
+        meta = read_manifest(path, KIND, FORMAT_VERSION, where, "a saved TextIndex", name=_META,
+                             hash_file=lambda rel: not rel.startswith(_INDEX + "/") or rel == inner_manifest)
+        enc_meta = _check_encoder_meta(meta.get("encoder"), path / _META)
+        if not is_int(meta.get("ntotal")) or meta["ntotal"] < 0 or _TEXTS not in meta["files"] \
+                or inner_manifest not in meta["files"]:
+            raise ValueError(f"{where}: {path / _META} lacks ntotal, {_TEXTS} or {inner_manifest}; not a TextIndex save")
         index = CompressedIndex.load(path / _INDEX)
-        store = TextStore.load(texts)
-        if len(store) != index.ntotal or meta.get("ntotal") != index.ntotal:
+        store = TextStore.load(path / _TEXTS)
+        if len(store) != index.ntotal or meta["ntotal"] != index.ntotal:
             raise ValueError(f"{where}: {path} is inconsistent: {len(store)} texts, {index.ntotal} vectors, "
-                             f"{meta.get('ntotal')} in {_META}")
-        obj = cls(index, store, None, meta["encoder"])
+                             f"{meta['ntotal']} in {_META}")
+        obj = cls(index, store, None, enc_meta)
         obj._progress = bool(progress)
         if encoder is not None:
             obj._encoder = obj._checked(_as_encoder(encoder, where), where)
         return obj
+
+
+def _saved_files(path: Path) -> set[str] | None:
+    """The files an earlier TextIndex save in ``path`` lists (which a new save may replace), else None."""
+    return manifest_files(path, KIND, _META)
+
+
+def _check_encoder_meta(enc: Any, where: Path) -> dict[str, Any]:
+    """The saved encoder record, each field checked for type (it decides which model directory is opened)."""
+    ok = (isinstance(enc, dict) and isinstance(enc.get("name"), str)
+          and (enc.get("source") is None or isinstance(enc["source"], str))
+          and is_int(enc.get("dim")) and enc["dim"] > 0 and is_int(enc.get("max_seq_length"))
+          and isinstance(enc.get("fingerprint"), str) and re.fullmatch(r"[0-9a-f]{64}", enc["fingerprint"])
+          and (enc.get("model_files") is None or isinstance(enc["model_files"], dict)))
+    if not ok:
+        raise ValueError(f"TextIndex.load: {where} has encoder={enc!r}; expected {{name, source, dim, max_seq_length, "
+                         f"fingerprint, model_files}}")
+    return enc

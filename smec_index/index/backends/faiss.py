@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Iterator
 import faiss
 import numpy as np
 
+from ..._npy import load_npy
 from .base import METRIC_TYPE
 
 __all__ = ["FaissBackend", "faiss_threads"]
@@ -238,7 +239,7 @@ class FaissBackend:
                              f"and metric {cfg['metric']!r}")
         obj = cls.__new__(cls)
         obj._setup(index, int(cfg["dim"]), cfg["metric"], cfg["spec"], cfg["params"],
-                   np.load(path / _DELETED, allow_pickle=False).astype(np.int64))
+                   load_npy(path / _DELETED, "read_index", "the tombstones").astype(np.int64))
         return obj
 
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import hnswlib
 import numpy as np
 
+from ..._npy import load_npy
 from .base import pad_results
 
 __all__ = ["HnswlibBackend"]
@@ -133,7 +134,10 @@ class HnswlibBackend:
         cfg = json.loads((path / _CONFIG).read_text())
         obj = cls.__new__(cls)
         obj._configure(cfg["dim"], cfg["metric"], cfg["M"], cfg["ef_construction"], cfg["ef"])
-        obj.index.load_index(str(path / _INDEX), max_elements=int(cfg["max_elements"]))
+        # every element stores its float32 vector, and capacity grows 1.5x at a time: a larger declared capacity
+        # is not this save's (a crafted one would allocate without bound), so it is capped from the file's size
+        cap = int(1.5 * (path / _INDEX).stat().st_size // (4 * max(1, int(cfg["dim"])))) + 1
+        obj.index.load_index(str(path / _INDEX), max_elements=min(int(cfg["max_elements"]), cap))
         obj.index.set_ef(obj.ef)
-        obj._deleted = np.load(path / _DELETED, allow_pickle=False).astype(np.int64)
+        obj._deleted = load_npy(path / _DELETED, "read_index", "the tombstones").astype(np.int64)
         return obj
