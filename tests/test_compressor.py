@@ -617,7 +617,7 @@ def test_every_stage_keeps_the_candidate_with_the_best_held_out_score(synth, syn
     smec = SMEC((16, 8), "smec", seed=0, **FAST).fit(synth, *args)
     expected = [{"trained", "raw"}] if supervised else []
     expected += [{"trained", "pca-input"} | ({"unsupervised"} if supervised else set()),
-                 {"trained", "pca-input", "pca-full"} | ({"unsupervised"} if supervised else set())]
+                 {"trained", "from-full", "pca-input", "pca-full"} | ({"unsupervised"} if supervised else set())]
     assert [set(r["candidates"]) for r in smec.reports_] == expected
     for r in smec.reports_:
         assert r["candidates"][r["choice"]] == max(r["candidates"].values())

@@ -240,7 +240,7 @@ class SMEC:
         cap = self._config().max_train_rows
         if n_rows <= cap:
             return None
-        # a linear map of D x D parameters is determined long before 50k rows, and the neighbour ranking
+        # a linear map of D x D parameters is determined long before 20k rows, and the neighbour ranking
         # grows with the square of the rows
         return np.sort(np.random.default_rng(self.seed).choice(n_rows, cap, replace=False))
 
@@ -615,31 +615,42 @@ class _Trainer:
                                           "raw": (Projection.identity(D), None)}, projections, selections)
         prev = D
         for i, d in enumerate(dims):
-            self._stage(prev, d, projections, selections, reports, len(full) + i)
+            self._stage(prev, d, projections, selections, reports, len(full) + i, last=i == len(dims) - 1)
             prev = d
 
-    def _stage(self, src: int, d: int, projections, selections, reports, offset: int) -> None:
-        """One SMRL stage: train src -> d on the frozen projection to ``src``, then freeze it. Its teacher is the
-        raw full vector, or with labels the adapted one (the frozen D -> D stage)."""
-        proj_in = projections[src]
+    def _stage(self, src: int, d: int, projections, selections, reports, offset: int, last: bool = False) -> None:
+        """One SMRL stage: train src -> d on the frozen projection to ``src``, then keep the best candidate on
+        held-out data (``_choose``). Its teacher is the raw full vector, or with labels the adapted one (the
+        frozen D -> D stage). The ``last`` (smallest) stage is also trained straight from the full vector, in
+        case the chain lost what it needs."""
+        D = self.X.shape[1]
         teacher = self._stage_teacher(projections)
-        data = self._data(proj_in, teacher)
-        model = self._model(src, (d,), self.ads, proj_in)
-        self._train(model, data, f"smec {src}->{d}", reports, offset)
+        candidates: dict = {}
+        main = self._trained(projections[src], src, d, teacher, True, f"smec {src}->{d}", offset, reports)
+        candidates["trained"] = main
         report = reports[-1]
-        candidates = {"trained": self._composed(model, proj_in, d)}
+        extra: list[StageReport] = []
         if self.sup is not None:
             # the same stage without the rank loss: kept when the labels do not help on held-out queries
-            unsup = self._data(proj_in, teacher, supervised=False)
-            model_u = self._model(src, (d,), self.smec.ads is True, proj_in)
-            sub: list[StageReport] = []
-            self._train(model_u, unsup, f"smec {src}->{d} (no labels)", sub, offset)
-            report.train_s += sub[0].train_s
-            candidates["unsupervised"] = self._composed(model_u, proj_in, d)
-        candidates["pca-input"] = (self._pca_after(proj_in, d), None)
-        if src != self.X.shape[1]:
+            candidates["unsupervised"] = self._trained(projections[src], src, d, teacher, False,
+                                                       f"smec {src}->{d} (no labels)", offset, extra)
+        if last and src != D:
+            candidates["from-full"] = self._trained(projections[D], D, d, teacher, True, f"smec {D}->{d}",
+                                                    offset, extra)
+        report.train_s += sum(r.train_s for r in extra)
+        candidates["pca-input"] = (self._pca_after(projections[src], d), None)
+        if src != D:
             candidates["pca-full"] = (self._pca_after(self._ident, d), None)
         self._choose(report, d, candidates, projections, selections)
+
+    def _trained(self, proj_in: Projection, src: int, d: int, teacher: torch.Tensor, supervised: bool, desc: str,
+                 offset: int, reports: list[StageReport]) -> tuple[Projection, np.ndarray | None]:
+        """A src -> d stage trained on ``proj_in``'s output (with the rank loss when ``supervised`` and the fit
+        has labels), as (projection from the raw input, ADS selection or None)."""
+        data = self._data(proj_in, teacher, supervised)
+        model = self._model(src, (d,), self.ads if supervised else self.smec.ads is True, proj_in)
+        self._train(model, data, desc, reports, offset)
+        return self._composed(model, proj_in, d)
 
     def _composed(self, model: StageModel, proj_in: Projection, d: int) -> tuple[Projection, np.ndarray | None]:
         """A trained single-output stage as (projection from the raw input, ADS selection or None)."""
@@ -700,4 +711,4 @@ class _Trainer:
             self._from_raw((dim,), False, f"search-adaptor {dim}", projections, selections, reports, len(projections))
             return
         src = min(d for d in projections if d > dim)
-        self._stage(src, dim, projections, selections, reports, len(projections))
+        self._stage(src, dim, projections, selections, reports, len(projections), last=dim < min(projections))
