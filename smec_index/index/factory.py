@@ -24,8 +24,9 @@ import numpy as np
 from ..compressor import SMEC
 from ..compressor.model import Projection
 from .checks import is_int
+from .ids import EXPLICIT
 
-__all__ = ["index_factory", "parse_spec", "stage_chain", "pre_transform", "set_k_factor"]
+__all__ = ["index_factory", "from_compressed", "parse_spec", "stage_chain", "pre_transform"]
 
 _SMEC = re.compile(r"SMEC(\d+)")
 _REFINE = re.compile(r"Refine\((.+)\)")
@@ -125,12 +126,6 @@ def _refine(base: faiss.Index, refine: faiss.Index) -> faiss.IndexRefine:
     return out
 
 
-def set_k_factor(index: faiss.IndexRefine, want: int, k: int) -> None:
-    """``k_factor`` so that a search for ``k`` asks the base for ``want`` results (IndexRefine truncates
-    ``k * k_factor`` to an int, hence the nudge above the exact ratio)."""
-    index.k_factor = max(1.0, want / k) * (1 + 1e-9)
-
-
 def _factory(d: int, spec: str, metric: int, what: str) -> faiss.Index:
     try:
         return faiss.index_factory(int(d), spec, metric)
@@ -194,4 +189,47 @@ def index_factory(smec: SMEC, spec: str, metric: int = faiss.METRIC_INNER_PRODUC
         index.this.disown()
         wrapper.own_fields = True
         index = wrapper
+    return index
+
+
+def _with_ids(index: faiss.Index, ids: np.ndarray) -> faiss.IndexIDMap2:
+    """``IndexIDMap2`` over an already filled index (FAISS's constructor wants it empty: its count is hidden
+    for the construction and the map filled directly)."""
+    n = index.ntotal
+    index.ntotal = 0
+    wrapper = faiss.IndexIDMap2(index)
+    index.ntotal = n
+    index.this.disown()
+    wrapper.own_fields = True
+    faiss.copy_array_to_vector(np.ascontiguousarray(ids, dtype=np.int64), wrapper.id_map)
+    wrapper.ntotal = n
+    wrapper.construct_rev_map()
+    return wrapper
+
+
+def from_compressed(ci: Any, k: int) -> faiss.Index:
+    """The native equivalent of a FAISS-backed ``CompressedIndex`` holding the same vectors (its read lock
+    held by the caller): the smallest dim's engine copied, each rescoring stage an ``IndexRefine`` over
+    that stage's stored rows, ``k_factor`` set so that a search for ``k`` reranks the same candidates."""
+    first = ci.backends[ci.dims[0]]
+    engine, slots = first.compact_copy()
+    stages = ci._stages(0, ci.rerank)
+    smec, metric = ci.smec, faiss.METRIC_INNER_PRODUCT if ci.metric == "ip" else faiss.METRIC_L2
+    index: faiss.Index = pre_transform(stage_chain(smec, ci.dims[0]), engine)
+    # how many results each stage hands on for a search of k: CompressedIndex._search's fetch / keep
+    out = [max(k, c) for c in ci.candidates[: len(stages) - 1]] + [k]
+    for j, stage in enumerate(stages[1:], 1):
+        store = ci._stores[stage]
+        dim = store.dim
+        flat = (faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, metric)
+                if ci.store_dtype == "float16" else faiss.IndexFlat(dim, metric))
+        if slots.size:
+            flat.add(store.take(slots))  # the rows are already as the stage scores them: added past the chain
+        refine = full_refine_index(smec, flat) if stage == "full" else pre_transform(stage_chain(smec, dim), flat)
+        index = _refine(index, refine)
+        index.k_factor = out[j - 1] / out[j] * (1 + 1e-9)  # IndexRefine truncates k * k_factor to an int
+    live = ci._ids.live_slots()
+    ids = ci._ids.slot_ids[slots]
+    if ci._ids.mode == EXPLICIT or not np.array_equal(slots, live):
+        return _with_ids(index, ids)
     return index
