@@ -315,7 +315,8 @@ class QdrantCompressedCollection:
         the vector they are told to, ``full``) gets its stage vectors computed from ``full`` taken as the raw
         embedding (and, with a supervised compressor, ``full`` replaced by the adapted vector); its payload is
         kept. Returns how many points were refreshed. Points complete already are not touched, so calling it
-        again is cheap and safe; a point rewritten by a third party while this runs may need another call."""
+        again is cheap and safe; a point rewritten by a third party while this runs may need another call.
+        A point with a UUID id (LlamaIndex writes only those) raises a ValueError: results here are int64 ids."""
         where = "refresh"
         self._open(where)
         batch_size = check_batch_size(batch_size, where)
@@ -327,6 +328,11 @@ class QdrantCompressedCollection:
             records, offset = self._scroll(offset, batch_size)
             todo = [r for r in records if isinstance(r.vector, dict) and FULL in r.vector
                     and any(name not in r.vector for name in self.stages)]
+            bad = next((r.id for r in todo if not isinstance(r.id, int)), None)
+            if bad is not None:
+                raise ValueError(f"{where}: point {bad!r} has a UUID id; this collection answers with int64 ids "
+                                 f"(FAISS-shaped), so points written with UUIDs (LlamaIndex always writes them) "
+                                 f"cannot be made searchable here ({refreshed} refreshed before it)")
             if todo:
                 X, norms = _check_vectors(np.array([r.vector[FULL] for r in todo], dtype=np.float32), "full",
                                           where, self.d)
