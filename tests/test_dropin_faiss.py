@@ -278,7 +278,7 @@ def test_unknown_attributes_refused_engine_knobs_passed_through(data, pca16):
         ci.efSearch = 32  # not an HNSW engine
     hn = _filled(pca16, X, dims=(8,), backend="hnswlib")
     hn.efSearch = 77
-    assert hn.backends[8].ef == 77
+    assert hn.backends[8].ef == 77 == hn.efSearch
     ci.rerank = "full"  # existing settings stay assignable
     with pytest.raises(IndexStateError):
         CompressedIndex(pca16, dims=(8,), full_store=None, rerank="none").reconstruct_n()

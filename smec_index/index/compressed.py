@@ -649,7 +649,8 @@ class CompressedIndex:
 
     def __getattr__(self, name: str) -> Any:
         if name in CompressedIndex._PASS_THROUGH and "backends" in self.__dict__:
-            values = {b.params.get(name) for b in self.backends.values() if hasattr(b, "params")}
+            values = {b.params.get(name) if hasattr(b, "params") else getattr(b, "ef", None) if name == "efSearch"
+                      else None for b in self.backends.values()}
             if len(values) == 1 and None not in values:
                 return values.pop()
         raise AttributeError(f"CompressedIndex has no attribute {name!r}")
