@@ -48,11 +48,12 @@ def test_langchain_qdrant_reads_and_writes_full_and_refresh_makes_its_writes_sea
     store.add_texts(texts[400:], metadatas=[{"src": "langchain"}] * 200, ids=list(range(400, 600)))
     assert store.similarity_search(texts[450], k=1)[0].page_content == texts[450]  # LangChain searches `full`
     assert store.similarity_search(texts[10], k=1)[0].page_content == texts[10]
-    _, I = col.search(X[400:], 1, candidates=50)
+    probe = np.arange(400, 600, 5)  # qdrant-client's local mode searches in Python: a sample
+    _, I = col.search(X[probe], 1, candidates=50)
     assert not np.isin(I, np.arange(400, 600)).any()  # its writes hold only `full`: invisible to the stages
     assert col.refresh() == 200
-    _, I = col.search(X[400:], 1, candidates=50)
-    assert np.mean(I[:, 0] == np.arange(400, 600)) >= 0.98
+    _, I = col.search(X[probe], 1, candidates=50)
+    assert np.mean(I[:, 0] == probe) >= 0.97
     assert store.similarity_search(texts[450], k=1)[0].metadata["src"] == "langchain"  # payload kept
 
 

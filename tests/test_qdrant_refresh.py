@@ -26,26 +26,29 @@ def third_party_write(col: QdrantCompressedCollection, ids, X, payloads) -> None
             models.PointStruct(id=int(i), vector={FULL: x.tolist()}, payload=p) for i, x, p in zip(ids, X, payloads)])
 
 
+@pytest.fixture(scope="module")
+def compressors(synth, synth_supervised):
+    Q, pairs = synth_supervised
+    return {False: SMEC(dims=(16, 8), method="pca", progress=False).fit(synth),
+            True: SMEC(dims=(16, 8), seed=0, **FAST).fit(synth, Q, pairs)}
+
+
 @pytest.mark.parametrize("engine", ["edge", "server"])
 @pytest.mark.parametrize("supervised", [False, True])
-def test_refresh_makes_third_party_points_searchable(tmp_path, synth, synth_supervised, engine, supervised):
-    X = synth
-    if supervised:
-        Q, pairs = synth_supervised
-        smec = SMEC(dims=(16, 8), seed=0, **FAST).fit(X, Q, pairs)
-    else:
-        smec = SMEC(dims=(16, 8), method="pca", progress=False).fit(X)
+def test_refresh_makes_third_party_points_searchable(tmp_path, synth, compressors, engine, supervised):
+    X, smec = synth, compressors[supervised]
     col = (QdrantCompressedCollection.edge(tmp_path / "c", smec, dims=(8, 16)) if engine == "edge" else
            QdrantCompressedCollection.server(QdrantClient(":memory:"), "c", smec, dims=(8, 16)))
     with col:
         col.upsert(np.arange(500), X[:500], [{"src": "ours"}] * 500)
         third_party_write(col, np.arange(500, 600), X[500:], [{"src": "theirs", "n": i} for i in range(100)])
         assert col.count() == 600
-        _, I = col.search(X[500:], 1, candidates=50)
+        probe = np.arange(500, 600, 4)  # qdrant-client's local mode searches in Python: a sample
+        _, I = col.search(X[probe], 1, candidates=50)
         assert not np.isin(I, np.arange(500, 600)).any()  # invisible: they have no stage vectors
         assert col.refresh(batch_size=64) == 100
-        _, I = col.search(X[500:], 1, candidates=50)
-        assert np.mean(I[:, 0] == np.arange(500, 600)) >= 0.98
+        _, I = col.search(X[probe], 1, candidates=50)
+        assert np.mean(I[:, 0] == probe) >= 0.96
         # the refreshed points hold what our own upsert would have written, and keep their payloads
         records, _ = col._scroll(None, 600)
         byid = {int(r.id): r for r in records}

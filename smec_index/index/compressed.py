@@ -432,15 +432,14 @@ class CompressedIndex:
                              f"uses {self.backend!r}")
         return sel, overrides, k_factor
 
-    def _slot_selector(self, sel: Any) -> tuple[Any, Any]:
-        """A selector on backend labels (slots) accepting what ``sel`` accepts on external ids, and the id
-        vector it reads (keep it alive while the selector is used)."""
-        slot_ids = self._ids.slot_ids
+    def _slot_selector(self, sel: Any) -> Any:
+        """A selector on backend labels (slots) accepting what ``sel`` accepts on external ids (FAISS's
+        wrapper keeps the id vector and ``sel`` alive with it)."""
         if self._ids.mode != EXPLICIT and self._ids.ntotal == self._ids.n_slots:
-            return sel, None  # ids from add, nothing removed: slot = id
+            return sel  # ids from add, nothing removed: slot = id
         vec = faiss.Int64Vector()
-        faiss.copy_array_to_vector(np.ascontiguousarray(slot_ids), vec)
-        return faiss.IDSelectorTranslated(vec, sel), vec
+        faiss.copy_array_to_vector(np.ascontiguousarray(self._ids.slot_ids), vec)
+        return faiss.IDSelectorTranslated(vec, sel)
 
     def _stages(self, start: int, rerank: str) -> list[int | str]:
         if rerank == "none":
@@ -461,9 +460,8 @@ class CompressedIndex:
         if sel is None and not overrides:
             D, S = self.backends[first].search(Q, fetch)
         else:
-            slot_sel, keep_alive = (None, None) if sel is None else self._slot_selector(sel)
+            slot_sel = None if sel is None else self._slot_selector(sel)
             D, S = self.backends[first].search(Q, fetch, slot_sel, **(overrides or {}))
-            del keep_alive
         for j, stage in enumerate(stages[1:], 1):
             keep = k if j == len(stages) - 1 else max(k, cands[start + j])
             D, S = self.rescore(self._project(stage, X, inv), S, stage, keep)
@@ -596,10 +594,9 @@ class CompressedIndex:
                 return np.zeros(nq + 1, np.uint64), np.empty(0, np.float32), np.empty(0, np.int64)
             inv = inv_row_norms(X)
             first = self.dims[0]
-            slot_sel, keep_alive = (None, None) if sel is None else self._slot_selector(sel)
+            slot_sel = None if sel is None else self._slot_selector(sel)
             lims, D, S = self.backends[first].range_search(self._project(first, X, inv), thresh, slot_sel,
                                                            **overrides)
-            del keep_alive
             lims = lims.astype(np.int64)
             qrow = np.repeat(np.arange(nq), np.diff(lims))
             for stage in self._stages(0, self.rerank)[1:]:
