@@ -71,7 +71,18 @@ def test_chain_is_smec_transform(request, data, which, dim):
     native = index_factory(smec, f"SMEC{dim},Flat")
     pt = chain_of(native)  # a view: valid while native lives
     assert pt.chain.size() == 3 and pt.d == smec.input_dim_ and pt.index.d == dim
-    np.testing.assert_allclose(apply_chain(pt, X), smec.transform(X, dim), atol=2e-6, rtol=0)
+    np.testing.assert_allclose(apply_chain(pt, X), smec.transform(X, dim), atol=1e-6, rtol=0)
+
+
+@pytest.mark.realdata
+def test_chain_is_smec_transform_on_scifact_mpnet(scifact_mpnet):
+    """768-d real embeddings: FAISS's sgemm and numpy agree to float32 rounding."""
+    X = scifact_mpnet.corpus
+    smec = SMEC(dims=(256, 64), method="pca", progress=False).fit(X)
+    for dim in (256, 64):
+        native = index_factory(smec, f"SMEC{dim},Flat")
+        np.testing.assert_allclose(apply_chain(chain_of(native), X[:2000]), smec.transform(X[:2000], dim),
+                                   atol=1e-6, rtol=0)
 
 
 def test_supervised_refine_scores_the_adapted_full_vectors(data, supervised):
@@ -88,7 +99,7 @@ def test_supervised_refine_scores_the_adapted_full_vectors(data, supervised):
     refine = faiss.downcast_index(faiss.downcast_index(native).refine_index)
     assert isinstance(refine, faiss.IndexPreTransform)
     np.testing.assert_allclose(apply_chain(refine, X[:5]), supervised.transform(X[:5], supervised.input_dim_),
-                               atol=2e-6)
+                               atol=1e-6)
 
 
 @pytest.mark.parametrize("metric, name", [(IP, "ip"), (L2, "l2")])

@@ -72,6 +72,12 @@ def test_langchain_faiss_save_local_load_local(corpus, tmp_path):
     hits = loaded.similarity_search(queries[0], k=5, filter={"parity": 1})
     assert len(hits) == 5 and all(h.metadata["parity"] == 1 for h in hits)
     assert len(loaded.max_marginal_relevance_search(queries[0], k=5, fetch_k=20)) == 5  # reads reconstruct()
+    # delete calls remove_ids: FAISS's IndexRefine has none; an engine without refine removes (and compacts)
+    flat = lc.FAISS(embedding_function=Lookup(), index=native(smec, "SMEC16,Flat"), docstore=InMemoryDocstore(),
+                    index_to_docstore_id={}, distance_strategy=DistanceStrategy.MAX_INNER_PRODUCT)
+    ids = flat.add_texts(texts)
+    assert flat.delete(ids[:3]) and flat.index.ntotal == len(texts) - 3
+    assert not {texts[0], texts[1], texts[2]} & {d.page_content for d in flat.similarity_search(texts[1], k=10)}
 
 
 def test_llamaindex_faiss_vector_store_persist_and_map_store(corpus, tmp_path):
