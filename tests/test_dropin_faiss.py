@@ -137,6 +137,20 @@ def test_to_faiss_answers_as_the_compressed_index(data, pca16, case, explicit, r
     np.testing.assert_array_equal(faiss.read_index(str(tmp_path / "n.faiss")).search(Q, 10)[1], In)
 
 
+@pytest.mark.parametrize("spec", ["Flat", "IVF8,Flat", "HNSW32"])
+def test_to_faiss_of_an_empty_or_reset_index(data, pca16, spec):
+    X, Q = data
+    ci = CompressedIndex(pca16, dims=(8, 16), spec=spec)
+    ci.train(X)
+    for _ in range(2):
+        native = ci.to_faiss()
+        assert native.ntotal == 0 and native.d == X.shape[1]
+        D, I = native.search(Q[:2], 3)
+        assert (I == -1).all()
+        ci.add(X[:5])
+        ci.reset()
+
+
 def test_to_faiss_refuses_other_backends(data, pca16):
     ci = _filled(pca16, data[0], dims=(8,), backend="hnswlib")
     with pytest.raises(ValueError, match="backend='faiss'"):

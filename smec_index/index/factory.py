@@ -219,8 +219,8 @@ def from_compressed(ci: Any, k: int) -> faiss.Index:
     # how many results each stage hands on for a search of k: CompressedIndex._search's fetch / keep
     out = [max(k, c) for c in ci.candidates[: len(stages) - 1]] + [k]
     for j, stage in enumerate(stages[1:], 1):
-        store = ci._stores[stage]
-        dim = store.dim
+        store = ci._stores.get(stage)  # none yet in an index that never held a vector
+        dim = ci.d if stage == "full" else int(stage)
         flat = (faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, metric)
                 if ci.store_dtype == "float16" else faiss.IndexFlat(dim, metric))
         if slots.size:

@@ -227,8 +227,9 @@ class FaissBackend:
         if ivf.direct_map.type != faiss.DirectMap.NoMap:
             ivf.make_direct_map(False)
         inv = ivf.invlists
-        lists = [faiss.rev_swig_ptr(inv.get_ids(j), inv.list_size(j)).copy() for j in range(ivf.nlist)]
-        slots = np.sort(np.concatenate(lists)) if lists else np.empty(0, np.int64)
+        lists = [faiss.rev_swig_ptr(inv.get_ids(j), inv.list_size(j)).astype(np.int64) if inv.list_size(j)
+                 else np.empty(0, np.int64) for j in range(ivf.nlist)]
+        slots = np.sort(np.concatenate(lists))
         for j, labels in enumerate(lists):
             if labels.size:
                 rows = np.ascontiguousarray(np.searchsorted(slots, labels), dtype=np.int64)
