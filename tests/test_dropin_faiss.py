@@ -137,6 +137,18 @@ def test_to_faiss_answers_as_the_compressed_index(data, pca16, case, explicit, r
     np.testing.assert_array_equal(faiss.read_index(str(tmp_path / "n.faiss")).search(Q, 10)[1], In)
 
 
+def test_to_faiss_with_a_supervised_compressor_reranks_adapted_vectors(synth, synth_supervised):
+    """The full store holds adapted vectors; the native refine index maps queries to the same space."""
+    Q, pairs = synth_supervised
+    smec = SMEC(dims=(16,), seed=0, max_epochs=2, ads_epochs=1, patience=1, batch_size=64, memory_size=100,
+                neighbour_pool=20, progress=False).fit(synth, Q, pairs)
+    ci = _filled(smec, synth, dims=(16,), spec="HNSW32", candidates=50)
+    native = ci.to_faiss(k=10)
+    (Dc, Ic), (Dn, In) = ci.search(Q, 10), native.search(Q, 10)
+    assert _overlap(In, Ic) >= 0.999
+    np.testing.assert_allclose(Dn, Dc, atol=2e-5)
+
+
 @pytest.mark.parametrize("spec", ["Flat", "IVF8,Flat", "HNSW32"])
 def test_to_faiss_of_an_empty_or_reset_index(data, pca16, spec):
     X, Q = data
