@@ -1,7 +1,7 @@
 """smec_index: learned embedding compression (SMEC) with real vector indexes at reduced dims."""
 
 from .compressor import SMEC, NotFittedError
-from .index import CompressedIndex, read_index, write_index
+from .index import CompressedIndex, index_factory, read_index, write_index
 
 __version__ = "0.1.0"
-__all__ = ["SMEC", "NotFittedError", "CompressedIndex", "read_index", "write_index", "__version__"]
+__all__ = ["SMEC", "NotFittedError", "CompressedIndex", "index_factory", "read_index", "write_index", "__version__"]

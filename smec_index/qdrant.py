@@ -309,6 +309,53 @@ class QdrantCompressedCollection:
         self.engine.delete(np.unique(ids))
         return before - self.engine.count()
 
+    def refresh(self, batch_size: int = 1024) -> int:
+        """Make points written by third parties searchable: every point that has a ``full`` vector but lacks a
+        stage vector (langchain-qdrant, llama-index-vector-stores-qdrant and other Qdrant clients write only
+        the vector they are told to, ``full``) gets its stage vectors computed from ``full`` taken as the raw
+        embedding (and, with a supervised compressor, ``full`` replaced by the adapted vector); its payload is
+        kept. Returns how many points were refreshed. Points complete already are not touched, so calling it
+        again is cheap and safe; a point rewritten by a third party while this runs may need another call.
+        A point with a UUID id (LlamaIndex writes only those) raises a ValueError: results here are int64 ids."""
+        where = "refresh"
+        self._open(where)
+        batch_size = check_batch_size(batch_size, where)
+        if not self.full:
+            raise ValueError(f"{where}: this collection stores no 'full' vector (full=False), so there is nothing "
+                             f"to compute the stages from")
+        refreshed, offset = 0, None
+        while True:
+            records, offset = self._scroll(offset, batch_size)
+            todo = [r for r in records if isinstance(r.vector, dict) and FULL in r.vector
+                    and any(name not in r.vector for name in self.stages)]
+            bad = next((r.id for r in todo if not isinstance(r.id, int)), None)
+            if bad is not None:
+                raise ValueError(f"{where}: point {bad!r} has a UUID id; this collection answers with int64 ids "
+                                 f"(FAISS-shaped), so points written with UUIDs (LlamaIndex always writes them) "
+                                 f"cannot be made searchable here ({refreshed} refreshed before it)")
+            if todo:
+                X, norms = _check_vectors(np.array([r.vector[FULL] for r in todo], dtype=np.float32), "full",
+                                          where, self.d)
+                ids = np.array([int(r.id) for r in todo], dtype=np.int64)
+                self.engine.upsert(ids, self.stage_vectors(X, norms), [r.payload for r in todo], batch_size,
+                                   optimize=False)
+                refreshed += len(todo)
+            if offset is None:
+                break
+        if refreshed:
+            self.engine.optimize()
+        return refreshed
+
+    def _scroll(self, offset: Any, limit: int) -> tuple[list[Any], Any]:
+        """One page of points with their vectors and payloads, and the next page's offset (None at the end)."""
+        if isinstance(self.engine, EdgeEngine):
+            import qdrant_edge as qe
+
+            req = qe.ScrollRequest(offset=offset, limit=limit, with_vector=True, with_payload=True)
+            return self.engine._call("refresh", self.engine.shard.scroll, req)
+        return self.engine._call("refresh", self.engine.client.scroll, collection_name=self.engine.collection,
+                                 offset=offset, limit=limit, with_vectors=True, with_payload=True)
+
     # ----------------------------------------------------------------- reads
     def count(self) -> int:
         """Points in the collection."""

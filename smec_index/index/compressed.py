@@ -143,6 +143,7 @@ class CompressedIndex:
                         full_store, store_dtype, backends)
         if d is not None:
             self._d = int(d)
+        self._frozen = True
 
     def _configure(self, smec: SMEC, dims: tuple[int, ...], backend: str, metric: str, rerank: str,
                    candidates: tuple[int, ...], full_store: str | None, store_dtype: str,
@@ -380,20 +381,36 @@ class CompressedIndex:
         x: np.ndarray,
         k: int,
         *,
+        params: faiss.SearchParameters | None = None,
+        D: np.ndarray | None = None,
+        I: np.ndarray | None = None,
         dim: int | None = None,
         rerank: str | None = None,
         candidates: int | Sequence[int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The k best ids per query, best first: ``(D float32 (nq, k), I int64 (nq, k))``.
 
-        ``dim`` picks the configured dim to search (default the smallest); ``rerank`` and ``candidates``
-        override the index defaults for this call. Thread-safe: searches run concurrently.
+        As in FAISS, ``params`` (a ``faiss.SearchParameters``) filters with ``sel=IDSelector...`` (on the ids
+        this index returns) and sets this call's ``efSearch`` / ``nprobe`` (``SearchParametersHNSW`` / ``IVF``;
+        FAISS backend), and ``IndexRefineSearchParameters(k_factor=, base_index_params=)`` sets
+        ``candidates = k * k_factor``; ``D`` and ``I`` are filled in place and returned. ``dim`` picks the
+        configured dim to search (default the smallest); ``rerank`` and ``candidates`` override the index
+        defaults for this call. Thread-safe: searches run concurrently.
         """
         where = "search"
         d = self._require_trained(where)
         X = check_vectors(x, where, d)
         if not is_int(k) or k <= 0:
             raise ValueError(f"{where}: k must be a positive int, got {k!r}")
+        sel, overrides, k_factor = self._search_params(params, where)
+        if k_factor is not None and candidates is None:
+            candidates = max(1, int(k * k_factor))
+        for name, out, dtype in (("D", D, np.float32), ("I", I, np.int64)):
+            if out is not None and (not isinstance(out, np.ndarray) or out.dtype != dtype
+                                    or out.shape != (X.shape[0], k) or not out.flags.writeable):
+                got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+                raise ValueError(f"{where}: {name} must be a writeable {np.dtype(dtype)} array of shape "
+                                 f"({X.shape[0]}, {k}), got {got}")
         if X.shape[0] * int(k) > _MAX_RESULTS:
             raise ValueError(f"{where}: k={k} for {X.shape[0]} queries asks for {X.shape[0] * int(k):,} results; "
                              f"at most {_MAX_RESULTS:,} per call (search in smaller batches)")
@@ -409,14 +426,54 @@ class CompressedIndex:
         cands = self.candidates if candidates is None else self._check_candidates(candidates, self.dims)
         k = int(k)
         with self._lock.read():
-            return self._search(X, k, self.dims.index(int(dim)), rerank, cands)
+            outD, outI = self._search(X, k, self.dims.index(int(dim)), rerank, cands, sel, overrides)
+        if D is None and I is None:
+            return outD, outI
+        if D is not None:
+            D[...] = outD
+        if I is not None:
+            I[...] = outI
+        return (outD if D is None else D), (outI if I is None else I)
+
+    def _search_params(self, params: Any, where: str) -> tuple[Any, dict[str, Any], float | None]:
+        """``(sel, overrides, k_factor)`` from FAISS search parameters (checked; see ``search``)."""
+        if params is None:
+            return None, {}, None
+        if not isinstance(params, faiss.SearchParameters):
+            raise TypeError(f"{where}: params must be a faiss.SearchParameters (or None), got {type(params).__name__}")
+        k_factor = None
+        if isinstance(params, faiss.IndexRefineSearchParameters):
+            k_factor = float(params.k_factor) if params.k_factor > 0 else None
+            params = params.base_index_params
+            if params is None:
+                return None, {}, k_factor
+        overrides: dict[str, Any] = {}
+        if isinstance(params, faiss.SearchParametersHNSW):
+            overrides["efSearch"] = int(params.efSearch)
+        elif isinstance(params, faiss.SearchParametersIVF):
+            overrides["nprobe"] = int(params.nprobe)
+        sel = params.sel
+        if (sel is not None or overrides) and self.backend != "faiss":
+            raise ValueError(f"{where}: params (IDSelector, efSearch, nprobe) need backend='faiss'; this index "
+                             f"uses {self.backend!r}")
+        return sel, overrides, k_factor
+
+    def _slot_selector(self, sel: Any) -> Any:
+        """A selector on backend labels (slots) accepting what ``sel`` accepts on external ids (FAISS's
+        wrapper keeps the id vector and ``sel`` alive with it)."""
+        if self._ids.mode != EXPLICIT and self._ids.ntotal == self._ids.n_slots:
+            return sel  # ids from add, nothing removed: slot = id
+        vec = faiss.Int64Vector()
+        faiss.copy_array_to_vector(np.ascontiguousarray(self._ids.slot_ids), vec)
+        return faiss.IDSelectorTranslated(vec, sel)
 
     def _stages(self, start: int, rerank: str) -> list[int | str]:
         if rerank == "none":
             return [self.dims[start]]
         return list(self.dims[start:]) + ([FULL] if rerank == FULL else [])
 
-    def _search(self, X: np.ndarray, k: int, start: int, rerank: str, cands: tuple[int, ...]):
+    def _search(self, X: np.ndarray, k: int, start: int, rerank: str, cands: tuple[int, ...], sel: Any = None,
+                overrides: dict[str, Any] | None = None):
         nq = X.shape[0]
         if nq == 0 or self.ntotal == 0:
             return pad_results(np.empty((nq, 0), np.float32), np.empty((nq, 0), np.int64), k, self.metric)
@@ -425,7 +482,12 @@ class CompressedIndex:
         first = stages[0]
         # never ask an engine for more rows than it holds: FAISS allocates (nq, k) whatever ntotal is
         fetch = min(k if len(stages) == 1 else max(k, cands[start]), self._ids.n_slots)
-        D, S = self.backends[first].search(self._project(first, X, inv), fetch)
+        Q = self._project(first, X, inv)
+        if sel is None and not overrides:
+            D, S = self.backends[first].search(Q, fetch)
+        else:
+            slot_sel = None if sel is None else self._slot_selector(sel)
+            D, S = self.backends[first].search(Q, fetch, slot_sel, **(overrides or {}))
         for j, stage in enumerate(stages[1:], 1):
             keep = k if j == len(stages) - 1 else max(k, cands[start + j])
             D, S = self.rescore(self._project(stage, X, inv), S, stage, keep)
@@ -483,7 +545,12 @@ class CompressedIndex:
 
     # ----------------------------------------------------------------- removal and access
     def remove_ids(self, ids: Any) -> int:
-        """Remove vectors by id; returns how many were present. Ids from ``add`` are then renumbered."""
+        """Remove vectors by id (an int array, or a ``faiss.IDSelector`` as in FAISS); returns how many were
+        present. Ids from ``add`` are then renumbered."""
+        if isinstance(ids, faiss.IDSelector):
+            with self._lock.read():
+                live = self._ids.slot_ids[self._ids.live_slots()]
+            ids = live[np.fromiter((ids.is_member(int(i)) for i in live), dtype=bool, count=live.shape[0])]
         arr = check_ids(ids, "remove_ids", None)
         with self._lock.write():
             slots = self._ids.lookup(np.unique(arr))
@@ -505,17 +572,134 @@ class CompressedIndex:
                 raise ValueError(f"reconstruct: id {key} is not in the index (ntotal={self.ntotal})")
             return self._stores[FULL].take(slot)[0]
 
-    def reconstruct_n(self, i0: int = 0, ni: int | None = None) -> np.ndarray:
-        """Full-dim vectors of the live entries ``i0 .. i0+ni-1`` in insertion order (ids from ``add`` = positions)."""
+    def reconstruct_n(self, n0: int = 0, ni: int = -1, x: np.ndarray | None = None) -> np.ndarray:
+        """Full-dim vectors of the live entries ``n0 .. n0+ni-1`` in insertion order (ids from ``add`` =
+        positions); FAISS's defaults: ``ni=-1`` is every entry from ``n0``, ``x`` an (ni, d) float32 output."""
         with self._lock.read():
             self._require_full_store("reconstruct_n")
             live = self._ids.live_slots()
-            ni = live.shape[0] - i0 if ni is None else ni
-            if not (is_int(i0) and is_int(ni)) or i0 < 0 or ni < 0 or i0 + ni > live.shape[0]:
-                raise ValueError(f"reconstruct_n: range i0={i0!r}, ni={ni!r} is outside 0..{live.shape[0]}")
-            if ni == 0:
-                return np.empty((0, self._d or 0), dtype=np.float32)
-            return self._stores[FULL].take(live[i0 : i0 + ni])
+            if is_int(n0) and is_int(ni) and ni == -1:
+                ni = live.shape[0] - n0
+            if not (is_int(n0) and is_int(ni)) or n0 < 0 or ni < 0 or n0 + ni > live.shape[0]:
+                raise ValueError(f"reconstruct_n: range n0={n0!r}, ni={ni!r} is outside 0..{live.shape[0]}")
+            if x is not None and (not isinstance(x, np.ndarray) or x.dtype != np.float32
+                                  or x.shape != (ni, self._d)):
+                raise ValueError(f"reconstruct_n: x must be a float32 array of shape ({ni}, {self._d}), got "
+                                 f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+            out = (np.empty((0, self._d or 0), dtype=np.float32) if ni == 0
+                   else self._stores[FULL].take(live[n0 : n0 + ni]))
+        if x is None:
+            return out
+        x[...] = out
+        return x
+
+    def assign(self, x: np.ndarray, k: int, labels: np.ndarray | None = None) -> np.ndarray:
+        """FAISS's ``assign``: only the ids of ``search(x, k)`` (written into ``labels`` when given)."""
+        return self.search(x, k, I=labels)[1]
+
+    def range_search(self, x: np.ndarray, thresh: float, *,
+                     params: faiss.SearchParameters | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """FAISS's ``(lims, D, I)``: per query, every id whose score passes ``thresh`` (inner product above,
+        squared L2 below), unsorted. FAISS backend, engines with a range search (Flat, IVF, HNSW, SQ...).
+
+        The engine finds the ids that pass at the smallest dim; with ``rerank`` ``"cascade"``/``"full"`` they
+        are rescored at each larger stage and kept where the final score passes too (the returned ``D``).
+        A vector that passes at full dim but not at the compressed dim is missed, as in a search.
+        """
+        where = "range_search"
+        d = self._require_trained(where)
+        X = check_vectors(x, where, d)
+        if isinstance(thresh, bool) or not isinstance(thresh, (int, float, np.number)) or not np.isfinite(thresh):
+            raise ValueError(f"{where}: thresh must be a finite number, got {thresh!r}")
+        if self.backend != "faiss":
+            raise ValueError(f"{where}: needs backend='faiss'; this index uses {self.backend!r}")
+        sel, overrides, _ = self._search_params(params, where)
+        nq = X.shape[0]
+        with self._lock.read():
+            if nq == 0 or self.ntotal == 0:
+                return np.zeros(nq + 1, np.uint64), np.empty(0, np.float32), np.empty(0, np.int64)
+            inv = inv_row_norms(X)
+            first = self.dims[0]
+            slot_sel = None if sel is None else self._slot_selector(sel)
+            lims, D, S = self.backends[first].range_search(self._project(first, X, inv), thresh, slot_sel,
+                                                           **overrides)
+            lims = lims.astype(np.int64)
+            qrow = np.repeat(np.arange(nq), np.diff(lims))
+            for stage in self._stages(0, self.rerank)[1:]:
+                store = self._stores[stage]
+                Q = self._project(stage, X, inv)[qrow]
+                rows = store.take(S)
+                D = (np.einsum("nd,nd->n", rows, Q) if self.metric == "ip"
+                     else np.einsum("nd,nd->n", rows - Q, rows - Q)).astype(np.float32)
+            keep = D > thresh if self.metric == "ip" else D < thresh
+            counts = np.bincount(qrow[keep], minlength=nq)
+            return (np.concatenate([[0], np.cumsum(counts)]).astype(np.uint64), np.ascontiguousarray(D[keep]),
+                    self._ids.to_external(S[keep]))
+
+    def to_faiss(self, k: int = 10) -> faiss.Index:
+        """A genuine ``faiss.Index`` with the same vectors, engine and rerank as this index (FAISS backend),
+        independent of it: ``faiss.write_index`` saves it, a process with only faiss loads and serves it.
+
+        Built as ``smec_index.index_factory`` builds (see docs/faiss.md): the smallest dim's engine copied, one
+        ``IndexRefine`` per rescoring stage over the stored rows, ``k_factor`` set so that a search for ``k``
+        reranks the same candidates as ``search``; ids from ``add_with_ids`` (or renumbered ones) through an
+        ``IndexIDMap2``. An HNSW engine with removed vectors is rebuilt from the live ones (a new graph).
+        """
+        from .factory import from_compressed
+
+        self._require_trained("to_faiss")
+        if self.backend != "faiss":
+            raise ValueError(f"to_faiss: needs backend='faiss'; this index uses {self.backend!r}")
+        if not is_int(k) or k <= 0:
+            raise ValueError(f"to_faiss: k must be a positive int, got {k!r}")
+        with self._lock.read():
+            return from_compressed(self, int(k))
+
+    # ----------------------------------------------------------------- attributes and pickling
+    _PASS_THROUGH = ("nprobe", "efSearch")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Refuse attributes this index does not have (FAISS code setting one would silently do nothing);
+        ``nprobe`` and ``efSearch`` go to every FAISS engine (``efSearch`` also to hnswlib's ``ef``)."""
+        if name in self._PASS_THROUGH:
+            self._set_engine_param(name, value)
+        elif (name.startswith("_") or "_frozen" not in self.__dict__ or name in self.__dict__
+              or isinstance(getattr(type(self), name, None), property)):
+            object.__setattr__(self, name, value)
+        else:
+            raise AttributeError(f"CompressedIndex has no attribute {name!r}; search-time engine parameters are "
+                                 f"{self._PASS_THROUGH} (or pass params= to search)")
+
+    def __getattr__(self, name: str) -> Any:
+        if name in CompressedIndex._PASS_THROUGH and "backends" in self.__dict__:
+            values = {b.params.get(name) if hasattr(b, "params") else getattr(b, "ef", None) if name == "efSearch"
+                      else None for b in self.backends.values()}
+            if len(values) == 1 and None not in values:
+                return values.pop()
+        raise AttributeError(f"CompressedIndex has no attribute {name!r}")
+
+    def _set_engine_param(self, name: str, value: Any) -> None:
+        if not is_int(value) or value <= 0:
+            raise ValueError(f"CompressedIndex.{name} must be a positive int, got {value!r}")
+        with self._lock.write():
+            for dim, b in self.backends.items():
+                if hasattr(b, "set_params"):
+                    b.set_params(**{name: int(value)})
+                elif name == "efSearch" and hasattr(b, "set_ef"):
+                    b.set_ef(int(value))
+                else:
+                    raise ValueError(f"CompressedIndex.{name}: the {self.backend} engine at dim {dim} has no {name}")
+
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, bytes], str | None]]:
+        """Pickled through the save format (the files of ``save``, checksums verified on unpickling); the
+        copy holds its full store in memory ("mmap"/"disk" stores need a file of their own: ``save``)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="smec-pickle-") as tmp:
+            self.save(Path(tmp) / "index")
+            root = Path(tmp) / "index"
+            files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+        return _unpickle, (files, self.full_store)
 
     def _require_full_store(self, where: str) -> None:
         if self.full_store is None:
@@ -650,7 +834,23 @@ class CompressedIndex:
         if obj._ids.n_slots != m["n_slots"] or any(c != m["ntotal"] for c in counts.values()):
             raise ValueError(f"read_index: {path} is inconsistent: the manifest says ntotal={m['ntotal']}, "
                              f"n_slots={m['n_slots']}; the files hold {counts}, n_slots={obj._ids.n_slots}")
+        obj._frozen = True
         return obj
+
+
+def _unpickle(files: dict[str, bytes], full_store: str | None) -> CompressedIndex:
+    """Rebuild a pickled CompressedIndex from the files of its save (see ``CompressedIndex.__reduce__``)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="smec-pickle-") as tmp:
+        root = Path(tmp) / "index"
+        for name, data in files.items():
+            target = (root / name).resolve()
+            if root.resolve() not in target.parents:
+                raise ValueError(f"pickle: file name {name!r} leaves the index directory")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        return CompressedIndex.load(root, full_store=None if full_store is None else "memory")
 
 
 def _check_settings(m: dict[str, Any], path: Path) -> dict[str, Any]:

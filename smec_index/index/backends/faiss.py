@@ -186,11 +186,56 @@ class FaissBackend:
         with faiss_threads(X.shape[0]):
             self.index.add_with_ids(X, ids)
 
-    def search(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        params = self._tombstone_params()
+    def search(self, Q: np.ndarray, k: int, sel: faiss.IDSelector | None = None,
+               **overrides: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``sel`` keeps only labels it accepts; ``overrides`` (``efSearch``, ``nprobe``) apply to this call only."""
+        params = self._search_params(sel, overrides)
         with faiss_threads(Q.shape[0]):
             D, I = self.index.search(Q, k, params=params)
         return D, I
+
+    def range_search(self, Q: np.ndarray, radius: float, sel: faiss.IDSelector | None = None,
+                     **overrides: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """FAISS's ``(lims, D, I)``: every label within ``radius`` (above it for inner product) of each query."""
+        params = self._search_params(sel, overrides)
+        with faiss_threads(Q.shape[0]):
+            try:
+                return self.index.range_search(Q, float(radius), params=params)
+            except RuntimeError as e:
+                raise ValueError(f"range_search: FAISS has no range search for spec {self.spec!r}: "
+                                 f"{_first_line(e)}") from None
+
+    def compact_copy(self) -> tuple[faiss.Index, np.ndarray]:
+        """A copy of the engine without this backend's labels: rows 0..n-1 of the copy hold the live vectors,
+        and ``slots[row]`` is the label each had (increasing). Tombstoned rows (HNSW, NSG) cannot be taken
+        out of a graph: the copy is then rebuilt from the live rows' reconstructions (a new graph)."""
+        if isinstance(self.index, faiss.IndexIDMap):
+            inner = self._inner
+            slots = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+            copy = faiss.deserialize_index(faiss.serialize_index(inner))
+            if self._deleted.size:
+                keep = np.isin(slots, self._deleted, invert=True)
+                rows = inner.reconstruct_n(0, inner.ntotal)[keep]
+                copy.reset()
+                with faiss_threads(rows.shape[0]):
+                    copy.add(rows)
+                slots = slots[keep]
+            if np.any(np.diff(slots) <= 0):
+                raise AssertionError("FAISS IndexIDMap rows are out of insertion order")
+            return copy, slots
+        copy = faiss.deserialize_index(faiss.serialize_index(self.index))
+        ivf = faiss.extract_index_ivf(copy)
+        if ivf.direct_map.type != faiss.DirectMap.NoMap:
+            ivf.make_direct_map(False)
+        inv = ivf.invlists
+        lists = [faiss.rev_swig_ptr(inv.get_ids(j), inv.list_size(j)).astype(np.int64) if inv.list_size(j)
+                 else np.empty(0, np.int64) for j in range(ivf.nlist)]
+        slots = np.sort(np.concatenate(lists))
+        for j, labels in enumerate(lists):
+            if labels.size:
+                rows = np.ascontiguousarray(np.searchsorted(slots, labels), dtype=np.int64)
+                inv.update_entries(j, 0, labels.size, faiss.swig_ptr(rows), inv.get_codes(j))
+        return copy, slots
 
     def remove(self, ids: np.ndarray) -> int:
         if self._native_remove:
@@ -204,22 +249,36 @@ class FaissBackend:
         self._deleted = np.empty(0, dtype=np.int64)
         self._deleted_bits = _bitmap(self._deleted)
 
-    def _tombstone_params(self) -> faiss.SearchParameters | None:
-        """Per-call search parameters that skip tombstoned labels (None when there are none).
+    def _search_params(self, sel: faiss.IDSelector | None, overrides: dict[str, Any]) -> faiss.SearchParameters | None:
+        """Per-call search parameters: skip tombstoned labels, keep only ``sel``'s, and this call's
+        ``efSearch`` / ``nprobe`` (None when there is nothing to say).
 
         Made fresh for every call: ``IndexIDMap.search`` swaps the selector inside the parameters while
         it runs, so sharing one object between threads would race.
         """
-        if not self._deleted.size:
+        unknown = sorted(set(overrides) - {"efSearch", "nprobe"})
+        if unknown:
+            raise ValueError(f"faiss backend: search parameters {unknown} are not supported; efSearch, nprobe")
+        if not self._deleted.size and sel is None and not overrides:
             return None
+        keep = []
+        if self._deleted.size:
+            bits = self._deleted_bits
+            keep.append(faiss.IDSelectorNot(faiss.IDSelectorBitmap(bits.shape[0], faiss.swig_ptr(bits))))
+        if sel is not None:
+            keep.append(sel)
+        # keyword construction: FAISS's wrapper then keeps the selectors alive as long as the parameters
+        kwargs: dict[str, Any] = {"sel": keep[0] if len(keep) == 1 else faiss.IDSelectorAnd(*keep)} if keep else {}
         inner = self._inner
         if isinstance(inner, faiss.IndexHNSW):
-            params = faiss.SearchParametersHNSW()
-            params.efSearch = inner.hnsw.efSearch
+            params = faiss.SearchParametersHNSW(efSearch=int(overrides.pop("efSearch", inner.hnsw.efSearch)),
+                                                **kwargs)
+        elif isinstance(inner, faiss.IndexIVF):
+            params = faiss.SearchParametersIVF(nprobe=int(overrides.pop("nprobe", inner.nprobe)), **kwargs)
         else:
-            params = faiss.SearchParameters()
-        bits = self._deleted_bits
-        params.sel = faiss.IDSelectorNot(faiss.IDSelectorBitmap(bits.shape[0], faiss.swig_ptr(bits)))
+            params = faiss.SearchParameters(**kwargs)
+        if overrides:
+            raise ValueError(f"faiss backend: {sorted(overrides)} do not apply to spec {self.spec!r}")
         return params
 
     # ----------------------------------------------------------------- persistence
