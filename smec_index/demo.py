@@ -18,6 +18,7 @@ from typing import Callable
 import faiss
 import numpy as np
 
+from ._progress import tqdm_disable
 from .compressor import SMEC
 from .data import DEMO_MODEL, demo_data_dir
 from .datasets import BeirDataset, load_beir
@@ -213,7 +214,7 @@ def run_demo(
     indexes: dict[tuple, CompressedIndex] = {}
     steps = [(m, d) for m in FITS for d in dims]
     k = min(s.k_eval, len(ds.doc_ids))
-    for (method, mode), d in tqdm(steps, desc="indexes", disable=not progress, leave=False):
+    for (method, mode), d in tqdm(steps, desc="indexes", disable=tqdm_disable(progress), leave=False):
         smec = models[(method, mode)]
         index = CompressedIndex(smec, dims=(d,), backend="faiss", spec=s.spec, params={"efSearch": s.ef_search},
                                 rerank="none", candidates=s.candidates)
@@ -289,7 +290,7 @@ def answer_query(
     if enc.dim != ds.dim:
         raise ValueError(f"demo: the encoder makes {enc.dim}-dim vectors; the data's {ds.model} embeddings have {ds.dim}")
     t0 = time.perf_counter()
-    q = enc.encode([query], progress=False)
+    q = enc.encode([query], progress=False, cache=False)  # a one-off text: not worth a cache entry
     encode_s = time.perf_counter() - t0
     _, _, _, Qt, pairs = eval_split(ds, seed)
     t0 = time.perf_counter()
