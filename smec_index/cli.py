@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -238,7 +239,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         s = replace(s, dims=args.dims)
     if _training_options(args):
         s = replace(s, training={**s.training, **_training_options(args)})
-    run_demo(args.data, args.model, args.out, s, seed=args.seed, progress=_progress(args))
+    run_demo(args.data, args.model, args.out, s, seed=args.seed, progress=_progress(args),
+             command=shlex.join([PROG, *args.argv]))
     return 0
 
 
@@ -861,7 +863,9 @@ def error_message(e: BaseException, args: argparse.Namespace) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``smec-index`` console script; returns the exit status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the command line, recorded with results (demo.json)
     try:
         return args.func(args)
     except KNOWN_ERRORS as e:

@@ -148,23 +148,54 @@ def test_demo_fast_end_to_end(tmp_path, capsys):
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 10_000
     assert payload["n_docs"] == FAST.max_docs and payload["n_test_queries"] == FAST.max_queries
     assert payload["dims"] == [64, 32]
+    prov = payload["provenance"]
+    assert prov["command_line"].startswith("smec-index demo --fast") and prov["threads"]["faiss_qps"] == 1
+    assert prov["commit"] is None or re.fullmatch(r"[0-9a-f]{40}", prov["commit"])
+    assert 0 < payload["overlap"]["shared"] <= payload["overlap"]["test_relevant"]
     records = payload["records"]
     for r in records:
-        assert {"method", "mode", "dim", "rerank", "ndcg@10", "recall@100", "mrr@10", "qps", "train_s"} <= set(r)
+        assert {"panel", "method", "mode", "codes", "dim", "rerank", "bytes_per_vector", "ndcg@10", "recall@100",
+                "mrr@10", "qps", "train_s"} <= set(r)
         assert 0.0 <= r["ndcg@10"] <= 1.0 and r["qps"] > 0
-    got = {(r["method"], r["mode"], r["dim"], r["rerank"]): r for r in records}
-    # the printed table is the JSON: check the 32-dim row cell by cell
-    line = next(line for line in out.splitlines() if line.startswith("| 32 |"))
+    got = {(r["panel"], r["method"], r["codes"], r["dim"], r["rerank"]): r for r in records}
+    # without labels first: SMEC, PCA, truncation, each with and without rerank; SMEC as SQ8 and RaBitQ codes;
+    # full-dim RaBitQ with exact rerank; labels only in the second table
+    for method in ("smec", "pca", "truncate"):
+        assert {("unsupervised", method, "float32", 32, rr) for rr in ("none", "full")} <= set(got)
+    assert got[("unsupervised", "smec", "SQ8", 32, "none")]["bytes_per_vector"] == 32
+    assert got[("unsupervised", "smec", "RaBitQ", 32, "none")]["bytes_per_vector"] == 32 // 8 + 8
+    assert got[("unsupervised", "full", "RaBitQ", 384, "full")]["bytes_per_vector"] == 384 // 8 + 8
+    assert all(r["mode"] == "supervised" for r in records if r["panel"] == "supervised")
+    first, second = out.index("Without labels"), out.index("With labels")
+    assert first < second and "also positives of a train query" in out
+    # the printed tables are the JSON: the 32-dim SMEC rows cell by cell
+    line = next(ln for ln in out[:second].splitlines() if ln.startswith("| SMEC (no labels) | 32 |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[1:3] == ["128", "12x"]
-    expected = [got[("smec", "supervised", 32, "none")], got[("smec", "unsupervised", 32, "none")],
-                got[("pca", "unsupervised", 32, "none")], got[("truncate", "unsupervised", 32, "none")],
-                got[("smec", "supervised", 32, "full")]]
-    assert cells[3:8] == [f"{r['ndcg@10']:.4f}" for r in expected]
-    assert cells[8] == f"{got[('smec', 'supervised', 32, 'none')]['qps']:,.0f}"
-    full = got[("full", "-", 384, "none")]
-    assert re.search(rf"^\| 384 \(full\) \| 1536 \| 1x \| [0-9.]+ \| {full['ndcg@10']:.4f} \|", out, re.M)
-    assert "Example, SMEC supervised at 32 dims + rerank" in out
+    plain, rr = got[("unsupervised", "smec", "float32", 32, "none")], got[("unsupervised", "smec", "float32", 32, "full")]
+    assert cells[2:] == ["128", "12x", f"{plain['ndcg@10']:.4f}", f"{rr['ndcg@10']:.4f}", f"{plain['qps']:,.0f}",
+                         f"{rr['qps']:,.0f}"]
+    line = next(ln for ln in out[second:].splitlines() if ln.startswith("| SMEC (labels) | 32 |"))
+    assert f"{got[('supervised', 'smec', 'float32', 32, 'none')]['ndcg@10']:.4f}" in line
+    full = got[("unsupervised", "full", "float32", 384, "none")]
+    assert re.search(rf"^\| full \| 384 \(full\) \| 1536 \| 1x \| {full['ndcg@10']:.4f} \|", out, re.M)
+    assert "Example, SMEC without labels at 32 dims + rerank" in out
+
+
+def test_demo_runs_without_matplotlib(tmp_path, capsys, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    code, out, err = run(["demo", "--fast", "--quiet", "--out", tmp_path / "demo"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "demo" / "demo.json").is_file() and not (tmp_path / "demo" / "demo.png").exists()
+    assert "no plot: pip install matplotlib" in out
 
 
 # ----------------------------------------------------------------------------- bad input
