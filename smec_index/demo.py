@@ -286,6 +286,7 @@ def run_demo(
 
     s = settings or DemoSettings()
     t_start = time.perf_counter()
+    prov = provenance(command)  # the code that runs is the checkout as it is now
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"demo: --out {str(out)!r} exists and is not a directory")
@@ -363,7 +364,7 @@ def run_demo(
                "shipped_data": shipped, "dataset": ds.name, "model": ds.model, "dim": D,
                "dims": list(dims), "n_docs": len(ds.doc_ids), "n_test_queries": len(qids),
                "n_train_queries": int(Qt.shape[0]), "seed": seed, "settings": asdict(replace(s, dims=dims)),
-               "overlap": _overlap(ds, qrels, pairs), "provenance": provenance(command),
+               "overlap": _overlap(ds, qrels, pairs), "provenance": prov,
                "environment": env, "train_s": train_s, "records": records,
                "wall_s": round(time.perf_counter() - t_start, 1)}
     echo("")
