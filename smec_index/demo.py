@@ -259,6 +259,16 @@ def plot_demo(payload: dict, path: str | Path) -> Path | None:
     return path
 
 
+def _load_average() -> float | None:
+    """The 1-minute load average (timings on a shared machine are only as good as it was quiet)."""
+    import os
+
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def _overlap(ds: BeirDataset, qrels: dict, pairs) -> dict:
     """How many documents relevant to an evaluation query are also positives of a training query."""
     test = {d for q in qrels for d, s in qrels[q].items() if s > 0}
@@ -287,6 +297,7 @@ def run_demo(
     s = settings or DemoSettings()
     t_start = time.perf_counter()
     prov = provenance(command)  # the code that runs is the checkout as it is now
+    load_start = _load_average()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"demo: --out {str(out)!r} exists and is not a directory")
@@ -365,7 +376,8 @@ def run_demo(
                "dims": list(dims), "n_docs": len(ds.doc_ids), "n_test_queries": len(qids),
                "n_train_queries": int(Qt.shape[0]), "seed": seed, "settings": asdict(replace(s, dims=dims)),
                "overlap": _overlap(ds, qrels, pairs), "provenance": prov,
-               "environment": env, "train_s": train_s, "records": records,
+               "environment": env, "load_avg_1min": {"start": load_start, "end": _load_average()},
+               "train_s": train_s, "records": records,
                "wall_s": round(time.perf_counter() - t_start, 1)}
     echo("")
     echo(demo_tables(payload))

@@ -59,8 +59,11 @@ def render_demo(p: dict, rel: str) -> str:
 
 
 def _fits(p: dict) -> str:
-    t = p["train_s"]
-    return f"training {t['smec/unsupervised']:.0f} s without labels and {t['smec/supervised']:.0f} s with them"
+    t, load = p["train_s"], p.get("load_avg_1min") or {}
+    out = f"training {t['smec/unsupervised']:.0f} s without labels and {t['smec/supervised']:.0f} s with them"
+    if load.get("start") is not None:
+        out += f"; 1-minute load average {load['start']} at the start, {load['end']} at the end"
+    return out
 
 
 def render_demo_summary(p: dict, rel: str) -> str:
