@@ -28,7 +28,8 @@ def set_wait_policy() -> bool:
     """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the user set a policy or torch is loaded; True when this call set it.
 
     OpenMP reads the variable once, when its runtime loads (with torch), so ``smec_index/__init__.py`` calls
-    this before its first ``import torch``; once torch is loaded the variable would change nothing for it."""
+    this before its first ``import torch``; once torch is loaded the variable would change nothing for it.
+    (torch 2.13's CPU wheel ships libgomp: ``OMP_DISPLAY_ENV=true`` shows the policy it took.)"""
     if os.environ.get("OMP_WAIT_POLICY") or "torch" in sys.modules:
         return False
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"

@@ -71,6 +71,11 @@ def test_wait_policy_is_set_before_torch_unless_the_user_chose(monkeypatch):
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           check=True).stdout.strip() == "PASSIVE"
+    # and torch's OpenMP runtime (libgomp in the CPU wheel) took it: it prints its settings on request
+    shown = subprocess.run([sys.executable, "-c", code + "; x = torch.ones(64, 64); (x @ x).sum()"],
+                           env={**env, "OMP_DISPLAY_ENV": "true"}, capture_output=True, text=True, check=True).stderr
+    if "OPENMP DISPLAY ENVIRONMENT" in shown:
+        assert "OMP_WAIT_POLICY = 'PASSIVE'" in shown, shown
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           check=True).stdout.strip() == "ACTIVE"
