@@ -684,11 +684,13 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
 
     s = sub.add_parser("demo", parents=[_common(seed=True, training=True, data=True)], formatter_class=fmt,
-                       help="SMEC vs PCA vs truncation on shipped SciFact data: table, plot, JSON",
-                       description="Fit SMEC (unsupervised and supervised), PCA and truncation, build a FAISS index "
-                       "per dim, and print nDCG@10, bytes/vector and QPS per dim; writes OUT/demo.json and "
-                       "OUT/demo.png. Runs on SciFact data shipped with the package (CC BY-NC 2.0), nothing to "
-                       "download; under three minutes on two CPU cores, with the library's default training.")
+                       help="SMEC vs PCA vs truncation vs quantized codes on shipped SciFact data: tables, plot, JSON",
+                       description="Without labels first: SMEC, PCA and truncation in FAISS HNSW32 indexes, SMEC's "
+                       "dims as SQ8 and RaBitQ codes, and FAISS RaBitQ on the full vector, each without and with "
+                       "full-dim rerank (nDCG@10 and QPS against bytes per vector); then supervised SMEC, in a "
+                       "table of its own. Writes OUT/demo.json, and OUT/demo.png when matplotlib is installed. "
+                       "Runs on SciFact data shipped with the package (CC BY-NC 2.0), nothing to download, with "
+                       "the library's default training; it aims at under three minutes on two idle CPU cores.")
     s.add_argument("--out", default="smec-demo", metavar="DIR", help="where demo.json and demo.png go (default smec-demo)")
     s.add_argument("--dims", type=_dims, help="dims to train and index (default 128,64,32 for 384-dim data)")
     s.add_argument("--fast", action="store_true", help="a smoke run for CI: 600 documents, 60 test queries, 2 dims, 1 epoch per phase")
@@ -751,9 +753,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_build)
 
     s = sub.add_parser("search", parents=[_common()], help="search a saved index with query vectors or a text",
-                       description="Print the k nearest ids and scores of each query row (or JSON with --json); with "
-                       "--text (an index built with --texts), rank, id, score and the first 100 characters of each "
-                       "hit.")
+                       description="Print the k nearest ids and scores of each query row (or JSON with --json); on an "
+                       "index built with --texts the ids are the documents' own. With --text (such an index), rank, "
+                       "id, score and the first 100 characters of each hit. Notices go to stderr: fewer than k "
+                       "results, and query vectors that do not look like queries of the indexed corpus (another "
+                       "embedding model?).")
     s.add_argument("--index", required=True, metavar="INDEX_DIR", help="a directory written by build")
     q = s.add_mutually_exclusive_group(required=True)
     q.add_argument("--queries", metavar="Q.npy", help="query vectors, float (m, D)")
