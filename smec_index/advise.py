@@ -231,12 +231,14 @@ def advise(
 
     from tqdm.auto import tqdm
 
+    from ._progress import tqdm_disable
+
     N = int(n_vectors or X.shape[0])
     _, truth = exact_search(Q, X, k)
     F, Fq = smec.transform(X, D), smec.transform(Q, D)  # what the full-dim rerank scores (adapted if supervised)
     rerank_s = None
     rows = []
-    for d in tqdm(sorted(dims), desc="advise", disable=not progress, leave=False):
+    for d in tqdm(sorted(dims), desc="advise", disable=tqdm_disable(progress), leave=False):
         Zc, Zq = smec.transform(X, d), smec.transform(Q, d)
         _, cand = exact_search(Zq, Zc, candidates)
         if rerank_s is None:

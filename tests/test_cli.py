@@ -148,23 +148,54 @@ def test_demo_fast_end_to_end(tmp_path, capsys):
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 10_000
     assert payload["n_docs"] == FAST.max_docs and payload["n_test_queries"] == FAST.max_queries
     assert payload["dims"] == [64, 32]
+    prov = payload["provenance"]
+    assert prov["command_line"].startswith("smec-index demo --fast") and prov["threads"]["faiss_qps"] == 1
+    assert prov["commit"] is None or re.fullmatch(r"[0-9a-f]{40}", prov["commit"])
+    assert 0 < payload["overlap"]["shared"] <= payload["overlap"]["test_relevant"]
     records = payload["records"]
     for r in records:
-        assert {"method", "mode", "dim", "rerank", "ndcg@10", "recall@100", "mrr@10", "qps", "train_s"} <= set(r)
+        assert {"panel", "method", "mode", "codes", "dim", "rerank", "bytes_per_vector", "ndcg@10", "recall@100",
+                "mrr@10", "qps", "train_s"} <= set(r)
         assert 0.0 <= r["ndcg@10"] <= 1.0 and r["qps"] > 0
-    got = {(r["method"], r["mode"], r["dim"], r["rerank"]): r for r in records}
-    # the printed table is the JSON: check the 32-dim row cell by cell
-    line = next(line for line in out.splitlines() if line.startswith("| 32 |"))
+    got = {(r["panel"], r["method"], r["codes"], r["dim"], r["rerank"]): r for r in records}
+    # without labels first: SMEC, PCA, truncation, each with and without rerank; SMEC as SQ8 and RaBitQ codes;
+    # full-dim RaBitQ with exact rerank; labels only in the second table
+    for method in ("smec", "pca", "truncate"):
+        assert {("unsupervised", method, "float32", 32, rr) for rr in ("none", "full")} <= set(got)
+    assert got[("unsupervised", "smec", "SQ8", 32, "none")]["bytes_per_vector"] == 32
+    assert got[("unsupervised", "smec", "RaBitQ", 32, "none")]["bytes_per_vector"] == 32 // 8 + 8
+    assert got[("unsupervised", "full", "RaBitQ", 384, "full")]["bytes_per_vector"] == 384 // 8 + 8
+    assert all(r["mode"] == "supervised" for r in records if r["panel"] == "supervised")
+    first, second = out.index("Without labels"), out.index("With labels")
+    assert first < second and "also positives of a train query" in out
+    # the printed tables are the JSON: the 32-dim SMEC rows cell by cell
+    line = next(ln for ln in out[:second].splitlines() if ln.startswith("| SMEC (no labels) | 32 |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[1:3] == ["128", "12x"]
-    expected = [got[("smec", "supervised", 32, "none")], got[("smec", "unsupervised", 32, "none")],
-                got[("pca", "unsupervised", 32, "none")], got[("truncate", "unsupervised", 32, "none")],
-                got[("smec", "supervised", 32, "full")]]
-    assert cells[3:8] == [f"{r['ndcg@10']:.4f}" for r in expected]
-    assert cells[8] == f"{got[('smec', 'supervised', 32, 'none')]['qps']:,.0f}"
-    full = got[("full", "-", 384, "none")]
-    assert re.search(rf"^\| 384 \(full\) \| 1536 \| 1x \| [0-9.]+ \| {full['ndcg@10']:.4f} \|", out, re.M)
-    assert "Example, SMEC supervised at 32 dims + rerank" in out
+    plain, rr = got[("unsupervised", "smec", "float32", 32, "none")], got[("unsupervised", "smec", "float32", 32, "full")]
+    assert cells[2:] == ["128", "12x", f"{plain['ndcg@10']:.4f}", f"{rr['ndcg@10']:.4f}", f"{plain['qps']:,.0f}",
+                         f"{rr['qps']:,.0f}"]
+    line = next(ln for ln in out[second:].splitlines() if ln.startswith("| SMEC (labels) | 32 |"))
+    assert f"{got[('supervised', 'smec', 'float32', 32, 'none')]['ndcg@10']:.4f}" in line
+    full = got[("unsupervised", "full", "float32", 384, "none")]
+    assert re.search(rf"^\| full \| 384 \(full\) \| 1536 \| 1x \| {full['ndcg@10']:.4f} \|", out, re.M)
+    assert "Example, SMEC without labels at 32 dims + rerank" in out
+
+
+def test_demo_runs_without_matplotlib(tmp_path, capsys, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    code, out, err = run(["demo", "--fast", "--quiet", "--out", tmp_path / "demo"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "demo" / "demo.json").is_file() and not (tmp_path / "demo" / "demo.png").exists()
+    assert "no plot: pip install matplotlib" in out
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -194,7 +225,7 @@ def _bad_cases(f: Path, t: Path) -> list[tuple[list, int, str]]:
         (["build", "--compressor", pca, "--corpus", X, "--ids", f / "short_ids.txt", "--out", t / "o"], 1,
          "--ids: .* has 3 ids; expected 600, one per corpus row"),
         (["build", "--compressor", pca, "--corpus", X, "--dims", "7", "--out", t / "o"], 1,
-         r"dims \[7\] are not dims of the compressor; it has \(16, 8\)"),
+         r"--dims: 7 not trained in .*pca \(it has 16, 8\); add a dim to a trained model with SMEC.extend"),
         (["build", "--compressor", pca, "--corpus", X, "--backend", "hnswlib", "--spec", "Flat", "--out", t / "o"], 1,
          "--spec and --param are FAISS options; --backend is 'hnswlib'"),
         (["build", "--compressor", pca, "--corpus", X, "--spec", "Bogus99", "--out", t / "o"], 1,
@@ -243,3 +274,183 @@ def test_bad_input_one_line_and_nothing_written(case, bad_files, tmp_path, capsy
     assert re.search(pattern, lines[0]), lines[0]
     assert not (tmp_path / "o").exists()  # refused before anything was written
     assert (bad_files / "occupied" / "keep.txt").read_text() == "user data"
+
+
+# ----------------------------------------------------------------------------- traps a new user hit (issue 19)
+def test_train_and_build_replace_an_earlier_save_only_with_force(files, tmp_path, capsys):
+    model, index_dir = tmp_path / "model", tmp_path / "index"
+    assert run(["train", "--corpus", files / "X.npy", "--method", "pca", "--dims", "16,8", "--out", model], capsys)[0] == 0
+    before = (model / "config.json").read_bytes()
+    code, _, err = run(["train", "--corpus", files / "X.npy", "--method", "pca", "--dims", "8", "--out", model], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "--out: " in err and "already holds a saved SMEC model; pass --force to replace it" in err
+    assert (model / "config.json").read_bytes() == before and SMEC.load(model).dims_ == (16, 8)
+    code, _, err = run(["train", "--corpus", files / "X.npy", "--method", "pca", "--dims", "8", "--out", model,
+                        "--force"], capsys)
+    assert code == 0, err
+    assert SMEC.load(model).dims_ == (8,)
+    build = ["build", "--compressor", model, "--corpus", files / "X.npy", "--spec", "Flat", "--out", index_dir]
+    assert run(build, capsys)[0] == 0
+    code, _, err = run(build, capsys)
+    assert code == 1 and "already holds a saved index; pass --force" in err
+    assert run([*build, "--force"], capsys)[0] == 0
+
+
+def test_dims_in_any_order_are_sorted(files, tmp_path, capsys):
+    code, _, err = run(["train", "--corpus", files / "X.npy", "--method", "pca", "--dims", "8,16,8", "--out",
+                        tmp_path / "m"], capsys)
+    assert code == 0, err
+    assert SMEC.load(tmp_path / "m").dims_ == (16, 8)
+
+
+def test_info_takes_index_like_search(files, tmp_path, capsys):
+    build = ["build", "--compressor", files / "pca", "--corpus", files / "X.npy", "--spec", "Flat", "--out", tmp_path / "ix"]
+    assert run(build, capsys)[0] == 0
+    code, out, err = run(["info", "--index", tmp_path / "ix"], capsys)
+    assert code == 0 and re.search(r"vectors\s+600 ", out), err
+    code, _, err = run(["info", "--index", tmp_path / "ix", files], capsys)
+    assert code == 1 and "disagree" in err
+    code, _, err = run(["info"], capsys)
+    assert code == 1 and "give INDEX_DIR or --index" in err
+
+
+def test_advise_does_not_train_smec_unasked(files, tmp_path, capsys):
+    code, _, err = run(["advise", "--corpus", files / "X.npy"], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "no --compressor" in err and "--train" in err and "minutes" in err
+    code, out, err = run(["advise", "--corpus", files / "X.npy", "--train", "--dims", "8", "--quiet", *TINY], capsys)
+    assert code == 0, err
+    assert "training smec on" in err and "Recommended" in out or "No dim" in out
+    code, _, err = run(["advise", "--corpus", files / "X.npy", "--train", "--compressor", files / "pca"], capsys)
+    assert code == 1 and "exclude each other" in err
+
+
+def test_qrels_with_document_ids_get_a_hint(files, tmp_path, capsys):
+    (tmp_path / "beir.tsv").write_text("query-id\tcorpus-id\tscore\n1\t31715818\t1\n")
+    code, _, err = run(["train", "--corpus", files / "X.npy", "--queries", files / "Q.npy", "--qrels",
+                        tmp_path / "beir.tsv", "--out", tmp_path / "o"], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "doc row 31715818" in err and "0-based row numbers" in err and "--data DIR --mode supervised" in err
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    """One latent "meaning" per text, embedded by two random "models" of the same dim (each a random linear map
+    plus its own common direction, the anisotropy real embedding models have): a corpus and queries from model
+    A, the same queries from model B, and an index of the corpus."""
+    root = tmp_path_factory.mktemp("models")
+    rng = np.random.default_rng(5)
+    D, L = 192, 32
+    centres = rng.normal(size=(30, L))
+    latent = centres[rng.integers(0, 30, 700)] + 0.5 * rng.normal(size=(700, L))
+    unit = lambda A: (A / np.linalg.norm(A, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    model = lambda W, m: lambda Z: unit(Z @ W + m)  # noqa: E731
+    A = model(rng.normal(size=(L, D)), 3.0 * rng.normal(size=D))
+    B = model(rng.normal(size=(L, D)), 3.0 * rng.normal(size=D))
+    np.save(root / "X.npy", A(latent[:600]))
+    np.save(root / "QA.npy", A(latent[600:]))
+    np.save(root / "QB.npy", B(latent[600:]))
+    SMEC((16,), "pca").fit(np.load(root / "X.npy")).save(root / "pca")
+    assert main(["build", "--compressor", str(root / "pca"), "--corpus", str(root / "X.npy"), "--spec", "Flat",
+                 "--out", str(root / "ix"), "--quiet"]) == 0
+    return root
+
+
+def test_queries_of_another_model_get_a_warning(two_models, capsys):
+    from smec_index.cli import FOREIGN_RATIO, foreign_queries
+
+    index = read_index(two_models / "ix")
+    own, other = foreign_queries(index, np.load(two_models / "QA.npy")), foreign_queries(index, np.load(two_models / "QB.npy"))
+    assert own > 2 * FOREIGN_RATIO and other < FOREIGN_RATIO / 2, (own, other)
+    code, out, err = run(["search", "--index", two_models / "ix", "--queries", two_models / "QA.npy"], capsys)
+    assert code == 0 and "warning" not in err
+    code, out, err = run(["search", "--index", two_models / "ix", "--queries", two_models / "QB.npy"], capsys)
+    assert code == 0 and len(out.splitlines()) == 100  # a warning, not a refusal
+    assert "# warning: --queries" in err and "same embedding model" in err
+
+
+def test_fewer_than_k_results_are_announced(files, tmp_path, capsys):
+    build = ["build", "--compressor", files / "pca", "--corpus", files / "X.npy", "--spec", "Flat", "--out", tmp_path / "ix"]
+    assert run(build, capsys)[0] == 0
+    code, out, err = run(["search", "--index", tmp_path / "ix", "--queries", files / "Q.npy", "-k", "700", "--json"],
+                         capsys)
+    assert code == 0, err
+    assert all(len(r["ids"]) == 600 for r in json.loads(out)["results"])
+    assert "# note: -k 700: 80 of 80 queries got fewer than 700 results (fewest 600): the index holds 600 vectors" in err
+    code, out, err = run(["search", "--index", tmp_path / "ix", "--queries", files / "Q.npy", "-k", str(2**31)], capsys)
+    assert code == 0 and "the index holds 600 vectors" in err  # k is capped at ntotal: no 8 GiB allocation
+    code, out, err = run(["search", "--index", tmp_path / "ix", "--queries", files / "Q.npy", "-k", "5"], capsys)
+    assert code == 0 and "# note" not in err
+
+
+def test_inputs_of_the_wrong_kind_are_named(files, tmp_path, capsys):
+    (tmp_path / "Q.txt").write_text("0.1 0.2 0.3\n")
+    (tmp_path / "big_ids.txt").write_text("\n".join(str(2**76 if i == 3 else i) for i in range(600)))
+    cases = [
+        (["search", "--index", files / "X.npy", "--queries", files / "Q.npy"], "--index: .*X.npy is a file; expected a directory"),
+        (["search", "--index", files / "idx", "--queries", tmp_path / "Q.txt"],
+         r"--queries: .*Q.txt is not a .npy array file \(text\); expected a float matrix written by numpy.save"),
+        (["build", "--compressor", files / "pca", "--corpus", files / "X.npy", "--ids", tmp_path / "big_ids.txt",
+          "--out", tmp_path / "o"], r"--ids: line 4 of .* \(corpus row 3\) is 7555786372591432341913\d+; ids must be in 0..2\*\*63-1"),
+        (["build", "--compressor", files / "X.npy", "--corpus", files / "X.npy", "--out", tmp_path / "o"],
+         "--compressor: .* is a file; expected a model directory"),
+        (["info", files / "X.npy"], "INDEX_DIR: .* is a file"),
+    ]
+    for argv, pattern in cases:
+        code, _, err = run(argv, capsys)
+        assert code == 1 and err.count("\n") == 1 and re.search(pattern, err), (argv, err)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("error, words", [
+    (OSError(28, "No space left on device", "/full/index/a.bin"), "no space left on the disk while writing .*o"),
+    (RuntimeError("Error in faiss::FileIOWriter::operator() at io.cpp:100: Error: 'ret == size' failed: write error"),
+     "FAISS failed while writing .*: 'ret == size' failed: write error"),
+    (MemoryError("Unable to allocate 8.00 GiB"), "not enough memory while writing"),
+    (OverflowError("Python int too large to convert to C long"), "a number is out of range"),
+])
+def test_machine_errors_are_one_line(files, tmp_path, capsys, monkeypatch, error, words):
+    from smec_index.index import CompressedIndex
+
+    def fail(self, path):
+        raise error
+
+    monkeypatch.setattr(CompressedIndex, "save", fail)
+    code, _, err = run(["build", "--compressor", files / "pca", "--corpus", files / "X.npy", "--spec", "Flat",
+                        "--out", tmp_path / "o"], capsys)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.search(words, err), err
+
+
+def test_safetensors_errors_are_one_line(files, tmp_path, capsys, monkeypatch):
+    from safetensors import SafetensorError
+
+    def fail(self, path):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, message: "No space left on device" })')
+
+    monkeypatch.setattr(SMEC, "save", fail)
+    code, _, err = run(["train", "--corpus", files / "X.npy", "--method", "pca", "--dims", "8", "--out", tmp_path / "m"],
+                       capsys)
+    assert code == 1 and err.count("\n") == 1 and "no space left on the disk while writing" in err, err
+
+
+def test_a_bug_keeps_its_traceback(files, tmp_path, monkeypatch):
+    def fail(self, path):
+        raise RuntimeError("an internal invariant broke")
+
+    monkeypatch.setattr(SMEC, "save", fail)
+    with pytest.raises(RuntimeError, match="invariant"):
+        main(["train", "--corpus", str(files / "X.npy"), "--method", "pca", "--dims", "8", "--out", str(tmp_path / "m")])
+
+
+def test_progress_bars_only_on_a_terminal(files, tmp_path, capsys):
+    from smec_index._progress import tqdm_disable
+
+    assert (tqdm_disable(False), tqdm_disable(True), tqdm_disable("always")) == (True, None, False)
+    argv = ["train", "--corpus", files / "X.npy", "--dims", "8", *TINY]
+    code, _, err = run([*argv, "--out", tmp_path / "a"], capsys)  # captured stderr is not a terminal
+    assert code == 0 and "\r" not in err and "stage" not in err, err
+    code, _, err = run([*argv, "--out", tmp_path / "b", "--progress"], capsys)
+    assert code == 0 and "\r" in err, err
+    code, _, err = run([*argv, "--out", tmp_path / "c", "--progress", "--quiet"], capsys)
+    assert code == 2 and "not allowed with argument" in err

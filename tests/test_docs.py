@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
@@ -48,16 +49,28 @@ def _machine(m: dict, extra: str = "") -> str:
 
 
 def render_demo(p: dict, rel: str) -> str:
-    from smec_index.demo import demo_table
+    from smec_index.demo import demo_tables
 
-    cmd = "smec-index demo"
-    if not p["shipped_data"]:
-        cmd += f" --data {p['data']} --model {p['model']}"
-    if p["settings"].get("max_docs"):
-        cmd += " --fast"
-    return (f"`{cmd}`: {p['dataset']} / {p['model']}, {p['n_docs']:,} documents, {p['n_test_queries']} test "
-            f"queries, supervised training on {p['n_train_queries']} train queries; {p['wall_s']:.0f} s wall.\n"
-            f"{_machine(p['environment'])}\n\n" + demo_table(p["records"], tuple(p["dims"]), p["dim"]))
+    prov = p["provenance"]
+    return (f"`{prov['command_line']}`: {p['dataset']} / {p['model']}, {p['n_docs']:,} documents, "
+            f"{p['n_test_queries']} test queries, supervised training on {p['n_train_queries']} train queries; "
+            f"{p['wall_s']:.0f} s wall, {_fits(p)}; commit {(prov['commit'] or '?')[:10]}.\n"
+            f"{_machine(p['environment'])}\n\n" + demo_tables(p))
+
+
+def _fits(p: dict) -> str:
+    t, load = p["train_s"], p.get("load_avg_1min") or {}
+    out = f"training {t['smec/unsupervised']:.0f} s without labels and {t['smec/supervised']:.0f} s with them"
+    if load.get("start") is not None:
+        out += f"; 1-minute load average {load['start']} at the start, {load['end']} at the end"
+    return out
+
+
+def render_demo_summary(p: dict, rel: str) -> str:
+    """One line for README: how long the committed demo run took, and on what."""
+    env = p["environment"]
+    return (f"The committed run took {p['wall_s']:.0f} s ({_fits(p)}) on {env['cores']} cores of an {env['cpu']} "
+            f"({env['date'][:10]}; [{Path(rel).name}]({rel})).")
 
 
 def render_quality(p: dict, rel: str) -> str:
@@ -150,7 +163,8 @@ def render_scale(p: dict, rel: str) -> str:
     return cmd + "\n\n" + body
 
 
-RENDERERS: dict[str, Callable[[dict, str], str]] = {"demo": render_demo, "quality": render_quality,
+RENDERERS: dict[str, Callable[[dict, str], str]] = {"demo": render_demo, "demo_summary": render_demo_summary,
+                                                   "quality": render_quality,
                                                "speed": render_speed, "qdrant": render_qdrant,
                                                "scale": render_scale}
 
@@ -164,8 +178,20 @@ def regenerate(text: str) -> str:
     return GENERATED.sub(sub, text)
 
 
+def _git(*argv: str) -> subprocess.CompletedProcess | None:
+    try:
+        return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 # ----------------------------------------------------------------------------- tests
 MD_FILES = sorted(DOCS.glob("*.md"))
+GENERATED_IN = [ROOT / "README.md", *MD_FILES]  # files whose generated blocks are checked
+DEMO_JSON = RESULTS / "demo-scifact-all-MiniLM-L6-v2.json"
+# the code whose change invalidates the committed demo numbers (re-run: smec-index demo --out DIR, copy demo.json)
+DEMO_SOURCES = ["smec_index/demo.py", "smec_index/compressor", "smec_index/quality.py", "smec_index/data",
+                "smec_index/metrics.py"]
 
 
 @pytest.mark.parametrize("path", MD_FILES, ids=lambda p: p.name)
@@ -194,7 +220,7 @@ def test_every_doc_runs_something_or_is_prose():
         assert langs[name] & set(RUN), f"{name} shows no runnable example"
 
 
-@pytest.mark.parametrize("path", [p for p in MD_FILES if GENERATED.search(p.read_text(encoding="utf-8"))],
+@pytest.mark.parametrize("path", [p for p in GENERATED_IN if GENERATED.search(p.read_text(encoding="utf-8"))],
                          ids=lambda p: p.name)
 def test_generated_tables_match_their_json(path):
     text = path.read_text(encoding="utf-8")
@@ -239,9 +265,91 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["--update"]:
         sys.exit("usage: python tests/test_docs.py --update   (re-render the generated tables in docs/)")
     sys.path.insert(0, str(ROOT))
-    for p in MD_FILES:
+    for p in GENERATED_IN:
         old = p.read_text(encoding="utf-8")
         new = regenerate(old)
         if new != old:
             p.write_text(new, encoding="utf-8")
             print(f"updated {p.relative_to(ROOT)}")
+
+
+# ----------------------------------------------------------------------------- where the numbers come from
+def test_demo_numbers_come_from_a_clean_run_of_an_ancestor_of_head():
+    """The committed demo JSON was produced by a clean checkout at a commit of this history, and nothing that
+    produces its numbers changed since (else: re-run the demo, commit its JSON, run test_docs.py --update)."""
+    prov = json.loads(DEMO_JSON.read_text(encoding="utf-8"))["provenance"]
+    assert re.fullmatch(r"[0-9a-f]{40}", prov["commit"] or "") and prov["dirty"] is False, prov
+    head = _git("rev-parse", "HEAD")
+    if head is None or head.returncode != 0:
+        pytest.skip("not a git checkout: the demo JSON's commit cannot be checked")
+    known = _git("cat-file", "-e", f"{prov['commit']}^{{commit}}")
+    if known.returncode != 0:
+        pytest.skip(f"commit {prov['commit'][:10]} is not in this clone (shallow?)")
+    assert _git("merge-base", "--is-ancestor", prov["commit"], "HEAD").returncode == 0, \
+        f"demo JSON made at {prov['commit'][:10]}, which is not an ancestor of HEAD"
+    changed = _git("diff", "--name-only", prov["commit"], "HEAD", "--", *DEMO_SOURCES).stdout.split()
+    assert not changed, f"{changed} changed since the demo JSON's commit {prov['commit'][:10]}: re-run the demo"
+
+
+def test_readme_and_cli_md_quote_the_demo_json():
+    """README and docs/cli.md show the demo's numbers only through generated blocks of the committed JSON."""
+    rel = DEMO_JSON.relative_to(ROOT).as_posix()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    cli = (DOCS / "cli.md").read_text(encoding="utf-8")
+    assert f"<!-- generated: demo_summary {rel} -->" in readme and f"<!-- generated: demo {rel} -->" in cli
+    for name, text in (("README.md", readme), ("cli.md", cli)):
+        prose = GENERATED.sub("", text)
+        for m in re.finditer(r"\b\d+(?:\.\d+)? ?(?:s|min|ms|QPS|minutes?)\b(?! (?:of|per) )", prose):
+            line = prose[: m.start()].count("\n") + 1
+            assert re.search(r"under|at most|less than", prose[max(0, m.start() - 20): m.start()]), \
+                f"{name}: '{m.group(0)}' (line ~{line} outside generated blocks) is a timing not from the demo JSON"
+
+
+TIMING = re.compile(r"(\d+(?:\.\d+)?)(?: to (\d+(?:\.\d+)?))? (ms|s)\b")
+
+
+def _numbers(obj) -> list[float]:
+    if isinstance(obj, dict):
+        return [x for v in obj.values() for x in _numbers(v)]
+    if isinstance(obj, list):
+        return [x for v in obj for x in _numbers(v)]
+    return [float(obj)] if isinstance(obj, (int, float)) and not isinstance(obj, bool) else []
+
+
+def test_text_md_timings_come_from_its_results():
+    """Every timing in docs/text.md's prose and tables (N ms, N s, N to M s) is a value of text.json or
+    text-100k.json at the precision shown."""
+    values = [v for f in ("text.json", "text-100k.json") for v in _numbers(json.loads((RESULTS / f).read_text()))]
+    text = (DOCS / "text.md").read_text(encoding="utf-8")
+    text = FENCE.sub("", text)  # example outputs are pictures of a terminal, not measurements
+    for m in TIMING.finditer(text):
+        for shown in filter(None, m.group(1, 2)):
+            places = len(shown.split(".")[1]) if "." in shown else 0
+            assert any(f"{v:.{places}f}" == shown for v in values), \
+                f"text.md: {m.group(0)!r} is not a number of benchmarks/results/text*.json"
+    cost = text[text.index("## Cost"):]
+    for row in re.findall(r"^\|(?!---)(.*)\|$", cost, re.M):
+        for shown in re.findall(r"(?<![\w.])(\d+\.\d+)(?![\w.])", row):
+            assert any(f"{v:.{len(shown.split('.')[1])}f}" == shown for v in values), \
+                f"text.md table cell {shown} is not a number of benchmarks/results/text*.json"
+
+
+def test_readme_use_snippet_runs_as_written(tmp_path, monkeypatch):
+    """README's "Use" example is self-contained: it runs as pasted, in a fresh directory."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Use"):]
+    section = section[: section.index("\n## ", 1)]
+    blocks = [code for lang, code in FENCE.findall(section) if lang == "python"]
+    assert len(blocks) == 1, "README's Use section should hold one python block"
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0], "README.md (Use)", "exec"), {"__name__": "readme"})
+    assert (tmp_path / "model_dir" / "config.json").is_file()
+
+
+def test_skipped_real_data_is_announced():
+    from conftest import realdata_notice
+
+    reasons = ["real data not found at /nowhere/scifact", "real data not found", "needs qdrant"]
+    notice = realdata_notice(reasons, Path("/nowhere/scifact"))
+    assert notice.startswith("2 real-data tests SKIPPED: no SciFact data at /nowhere/scifact")
+    assert realdata_notice(["needs qdrant"], Path("/x")) is None

@@ -156,7 +156,7 @@ def test_read_texts_beir_and_plain(tmp_path):
             f.writelines(json.dumps(r) + "\n" for r in recs)
         assert read_texts(tmp_path / name) == (["a", "b"], ["Title A Body A.", "Body B"])
     (tmp_path / "c.txt").write_text("first doc\n\n  second doc \n")
-    assert read_texts(tmp_path / "c.txt") == (["1", "3"], ["first doc", "second doc"])
+    assert read_texts(tmp_path / "c.txt") == (["0", "2"], ["first doc", "second doc"])  # 0-based, like rows
     (tmp_path / "bad.jsonl").write_text('{"_id": "a", "text": "x"}\n{"_id": "b", \n')
     with pytest.raises(ValueError, match="line 2 of .*bad.jsonl is not JSON"):
         read_texts(tmp_path / "bad.jsonl")

@@ -86,3 +86,43 @@ def test_demo_query(capsys):
     assert "full-dim search scans 1536 B/document (7.6 MiB), 6x more" in out
     same = int(re.search(r"Same documents in both top 5: (\d) of 5", out).group(1))
     assert same >= 3
+
+
+def test_vector_search_of_a_text_index_prints_document_ids(corpus, tmp_path, capsys):
+    import numpy as np
+
+    from smec_index.text import TextIndex
+
+    path, recs = corpus
+    code, out, err = run(["build", "--texts", path, "--dims", "32", "--spec", "Flat", "--out", tmp_path / "ti",
+                          "--quiet"], capsys)
+    assert code == 0, err
+    distinct = len({r["text"] for r in recs})  # a few claims repeat
+    repeats = f", {80 - distinct} repeats of other texts" if distinct < 80 else ""
+    assert f"80 texts: {distinct} encoded by the model{repeats}; embedding cache: {tmp_path / 'cache'}" in out, out
+    np.save(tmp_path / "Q.npy", TextIndex.load(tmp_path / "ti").index.reconstruct_n(5, 2))  # documents 5 and 6
+    code, out, err = run(["search", "--index", tmp_path / "ti", "--queries", tmp_path / "Q.npy", "-k", "2", "--json"],
+                         capsys)
+    assert code == 0, err
+    firsts = [r["ids"][0] for r in json.loads(out)["results"]]
+    assert firsts == [f"c{recs[5]['_id']}", f"c{recs[6]['_id']}"]  # document ids, not internal slots 5 and 6
+    code, out, _ = run(["search", "--index", tmp_path / "ti", "--queries", tmp_path / "Q.npy", "-k", "1"], capsys)
+    assert out.startswith(f"query 0: c{recs[5]['_id']} (")
+    # the same texts again: every embedding comes from the cache, and the message says so
+    code, out, err = run(["build", "--texts", path, "--dims", "32", "--spec", "Flat", "--out", tmp_path / "ti2",
+                          "--quiet"], capsys)
+    assert code == 0 and f"80 texts: 0 encoded by the model, {distinct} read from the embedding cache{repeats};" in out
+    code, out, err = run(["build", "--texts", path, "--dims", "32", "--spec", "Flat", "--out", tmp_path / "ti3",
+                          "--cache", "none", "--quiet"], capsys)
+    assert code == 0 and f"80 texts: {distinct} encoded by the model{repeats}; no embedding cache" in out, err
+
+
+def test_plain_text_ids_are_rows_counted_from_0(corpus, tmp_path, capsys):
+    _, recs = corpus
+    lines = [r["text"] for r in recs[:30]]
+    (tmp_path / "docs.txt").write_text("\n".join(lines) + "\n")
+    code, _, err = run(["build", "--texts", tmp_path / "docs.txt", "--dims", "16", "--method", "pca", "--spec", "Flat",
+                        "--out", tmp_path / "ti", "--quiet"], capsys)
+    assert code == 0, err
+    code, out, err = run(["search", "--index", tmp_path / "ti", "--text", lines[0], "-k", "1", "--json"], capsys)
+    assert code == 0 and json.loads(out)["hits"][0]["id"] == "0", (out, err)  # the first line is row 0

@@ -13,6 +13,7 @@ import torch
 
 from .._fsutil import atomic_directory, manifest_files, read_manifest, read_versioned_json, write_manifest
 from .._rows import normalise_rows
+from .._threads import training_threads
 from .baselines import pca_projections, pca_rotation, truncate_projections
 from .model import Projection, StageModel
 from .train import StageReport, TrainConfig, TrainData, score_outputs, train_stage
@@ -223,7 +224,8 @@ class SMEC:
             projections.update(truncate_projections(D, self.dims))
         else:
             trainer = _Trainer(self, X, Q, pairs)
-            trainer.run(self.dims, projections, selections, reports)
+            with training_threads():  # one thread per idle core: a busy machine slows training in proportion
+                trainer.run(self.dims, projections, selections, reports)
         self.input_dim_ = D
         self.supervised_ = pairs is not None and self.method not in ("pca", "truncate")
         self.projections_ = projections
@@ -331,7 +333,8 @@ class SMEC:
         elif self.method == "truncate":
             projections.update(truncate_projections(self.input_dim_, (dim,)))
         else:
-            _Trainer(self, X, Q, pairs).extend(dim, projections, selections, reports)
+            with training_threads():
+                _Trainer(self, X, Q, pairs).extend(dim, projections, selections, reports)
         self.projections_ = projections
         self.selections_ = selections
         self.reports_ = self.reports_ + [r.to_dict() for r in reports]

@@ -246,6 +246,8 @@ def train_stage(
     """
     from tqdm.auto import tqdm
 
+    from .._progress import tqdm_disable
+
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -258,7 +260,7 @@ def train_stage(
     logits = [p for n, p in model.named_parameters() if n.endswith("logits")]
     adapter = [p for n, p in model.named_parameters() if not n.endswith("logits")]
     phases = ([("select", cfg.ads_epochs)] if logits and cfg.ads_epochs > 0 else []) + [("adapt", cfg.max_epochs)]
-    bar = tqdm(total=sum(n for _, n in phases), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=sum(n for _, n in phases), desc=desc, disable=tqdm_disable(progress), leave=False)
     for phase, n_epochs in phases:
         select = phase == "select"
         for p in logits:

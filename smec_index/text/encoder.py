@@ -344,7 +344,7 @@ class Encoder:
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"Encoder.encode: batch_size must be a positive int, got {batch_size!r}")
         batch_size = batch_size or self.batch_size
-        show = self.progress if progress is None else bool(progress)
+        show = self.progress if progress is None else progress
         keys = [hashlib.sha256(t.encode("utf-8")).digest() for t in texts]
         D = self.dim
         found: dict[bytes, np.ndarray] = {}
@@ -366,10 +366,12 @@ class Encoder:
     def _run(self, todo: dict[bytes, str], batch_size: int, show: bool, cache: "_Cache | None") -> dict[bytes, np.ndarray]:
         from tqdm.auto import tqdm
 
+        from .._progress import tqdm_disable
+
         items = list(todo.items())
         step = batch_size * _CHUNK_BATCHES
         out: dict[bytes, np.ndarray] = {}
-        with tqdm(total=len(items), desc=f"encode ({self.name})", unit="text", disable=not show, leave=False) as bar:
+        with tqdm(total=len(items), desc=f"encode ({self.name})", unit="text", disable=tqdm_disable(show), leave=False) as bar:
             for s in range(0, len(items), step):
                 chunk = items[s : s + step]
                 Y = self.model.encode([t for _, t in chunk], batch_size=batch_size, convert_to_numpy=True,

@@ -28,7 +28,8 @@ def _is_jsonl(path: Path) -> bool:
 
 def read_texts(path: str | Path) -> tuple[list[str], list[str]]:
     """``(ids, texts)`` from a file: BEIR JSON lines (``{"_id", "title", "text"}``; ``.jsonl`` or ``.jsonl.gz``)
-    or plain text (one document a line, blank lines skipped; ids are the line numbers from 1, as strings).
+    or plain text (one document a line, blank lines skipped; ids are the line numbers counted from 0, as
+    strings, like every row number in this package: the first line is "0").
 
     A ``.gz`` suffix means gzip either way. Raises ValueError naming the file and line of a malformed record.
     """
@@ -57,7 +58,7 @@ def read_texts(path: str | Path) -> tuple[list[str], list[str]]:
                     ids.append(str(rec["_id"]))
                     texts.append(doc_text(rec))
             else:
-                for n, line in enumerate(f, 1):
+                for n, line in enumerate(f):
                     text = line.strip()
                     if text:
                         ids.append(str(n))
