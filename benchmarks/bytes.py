@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -201,11 +202,16 @@ def run(data: str, model: str, dims: tuple[int, ...] | None, seed: int, cache: P
         c = CODES[code]
         say(f"[{time.perf_counter() - t0:6.0f} s] full {code}")
         r.raw("full", code, c.backend, c.options, code_bytes(code, D), "ip", False)
+    skipped = []
     for label, spec in PEERS.items():
         say(f"[{time.perf_counter() - t0:6.0f} s] peer {label}")
         # ITQ + LSH is an L2 index in FAISS; on unit vectors its ranking is the inner product's
         metric = "l2" if "LSH" in spec else "ip"
         params = {"qb": 8} if "RaBitQ" in spec else {}
+        reduced = re.match(r"(?:ITQ|PCAR?)(\d+),", spec)
+        if reduced and int(reduced.group(1)) >= D:  # ITQ256 or PCAR128 on vectors of that many dims or fewer
+            skipped.append(f"peer {label}: not defined at D={D}")
+            continue
         nbytes = int(faiss.index_factory(D, spec, 1 if metric == "l2" else 0).sa_code_size())
         r.raw("faiss", label, "faiss", {"spec": spec, "params": params}, nbytes, metric, True)
     say(f"[{time.perf_counter() - t0:6.0f} s] fitting compressors (cached under {cache})")
@@ -218,7 +224,7 @@ def run(data: str, model: str, dims: tuple[int, ...] | None, seed: int, cache: P
                 r.compressed(name, override or base, dim, code)
     return {"data": str(data), "dataset": ds.name, "model": model, "n_corpus": int(X.shape[0]), "dim": D,
             "n_queries": int(r.Q.shape[0]), "n_qps_queries": int(r.Qqps.shape[0]), "dims": list(dims), "k": K,
-            "seed": seed, "wall_s": round(time.perf_counter() - t0, 1), "records": r.records}
+            "seed": seed, "wall_s": round(time.perf_counter() - t0, 1), "skipped": skipped, "records": r.records}
 
 
 # --------------------------------------------------------------------- report
@@ -305,8 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     info = machine_info()
     load_before = load_avg()
+    git = _git()  # the code as it was when the run started
     payload = run(a.data, a.model, a.dims, a.seed, a.cache, a.qps_queries, a.max_queries)
-    payload = {**payload, **_git(), "command": " ".join(["python", "benchmarks/bytes.py",
+    payload = {**payload, **git, "command": " ".join(["python", "benchmarks/bytes.py",
                                                           *(argv if argv is not None else sys.argv[1:])]),
                "threads": {"faiss_omp": faiss.omp_get_max_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
                            "torch": info.get("torch_threads")},
