@@ -457,8 +457,10 @@ def cmd_advise(args: argparse.Namespace) -> int:
     if smec is not None and (args.method or _training_options(args)):
         raise CliError("--method and training options apply when advise trains the compressor; drop them with --compressor")
     fit = {} if smec is not None else {"method": args.method or "smec", **_training_options(args)}
+    codes = {} if args.codes is None else {"codes": args.codes}
     advice = advise(X, Q, smec=smec, dims=args.dims, target=args.target, k=args.k, candidates=args.candidates,
-                    n_vectors=args.n_vectors, holdout=args.holdout, seed=args.seed, progress=not args.quiet, **fit)
+                    n_vectors=args.n_vectors, holdout=args.holdout, seed=args.seed, progress=not args.quiet,
+                    budget=args.budget, **codes, **fit)
     print(f"# advise: {source}, {advice.method} ({'supervised' if advice.supervised else 'unsupervised'}), "
           f"queries: {advice.queries_from}")
     print(advice.table())
@@ -466,6 +468,10 @@ def cmd_advise(args: argparse.Namespace) -> int:
           f"{advice.candidates} at the dim rescored at full dim; est. QPS = exhaustive scan of "
           f"{advice.n_vectors:,} vectors, measured here and scaled linearly.\n")
     print(advice.summary())
+    print(f"\n## In bytes: each code of each dim, its top candidates reranked at full dim (queries: "
+          f"{advice.queries_from})")
+    print(advice.bytes_table())
+    print(f"\n{advice.choice_summary()}")
     if args.json:
         print(f"\nwrote {write_json(args.json, {'source': source, **advice.to_dict()})}")
     return 0
@@ -563,7 +569,10 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .compressor import METHODS
     from .index import BACKENDS, RERANK
+    from .advise import DEFAULT_CODES
     from .index.backends.codes import CODES
+
+    ADVISE_CODES = [c for c in CODES if CODES[c].backend != "qdrant-edge"]
 
     p = _Parser(prog=PROG, description="Learned embedding compression (SMEC) with real vector indexes at reduced "
                 "dims and full-dim rerank. Start with: smec-index demo")
@@ -671,11 +680,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("advise", parents=[_common(seed=True, training=True)], formatter_class=fmt,
-                       help="recommend the smallest dim (and rerank) that keeps a target share of full-dim results",
+                       help="recommend the dim, code and candidates that keep a target share of full-dim results, "
+                       "or the best within a RAM budget",
                        description="For each trained dim: recall@k against exact full-dim search, with and without "
                        "rerank, bytes per vector and estimated QPS; then the smallest dim meeting --target and "
-                       "what it saves for --n-vectors vectors. Queries: --queries, the data set's test queries, or "
-                       "corpus rows held out of training and of the search.")
+                       "what it saves for --n-vectors vectors. In bytes: each code (float32, sq8, sq4, RaBitQ, "
+                       "binary) of each dim with 1/5, 1/2 and all of --candidates reranked, and the (dim, code, "
+                       "candidates) with the fewest RAM bytes a vector reaching --target, or the best recall within "
+                       "--budget. Queries: --queries, the data set's test queries, or corpus rows held out of "
+                       "training and of the search.")
     _add_source(s, "a data set in the BEIR layout (its test queries are the queries)",
                 "with --corpus: held-out query vectors")
     s.add_argument("--compressor", metavar="MODEL_DIR", help="assess a saved compressor instead of training one")
@@ -686,6 +699,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--candidates", type=_positive_int, default=100, help="results the rerank rescores (default 100)")
     s.add_argument("--n-vectors", type=_positive_int, metavar="N", help="collection size for the savings (default: corpus)")
     s.add_argument("--holdout", type=_positive_int, default=200, help="corpus rows used as queries without queries")
+    s.add_argument("--budget", type=float, metavar="BYTES", help="RAM bytes a vector: choose the best recall within "
+                   "it (default: the fewest bytes reaching --target)")
+    s.add_argument("--codes", type=_names(ADVISE_CODES), metavar="CODES", help="stage codes to measure, comma-separated "
+                   f"(default {','.join(DEFAULT_CODES)}; from {', '.join(ADVISE_CODES)})")
     s.add_argument("--json", metavar="OUT.json", help="write the table and the recommendation as JSON")
     s.set_defaults(func=cmd_advise)
 

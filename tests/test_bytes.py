@@ -272,3 +272,18 @@ def test_itq_rotation_keeps_float_scores(pca, synth):
     a, b = pca.transform(synth[:50], 16), rotated.transform(synth[:50], 16)
     assert not np.allclose(a, b) and np.allclose(a @ a.T, b @ b.T, atol=1e-5)
     assert bench.pareto([(8, 0.5), (16, 0.4), (24, 0.9), (32, 0.9)]) == [(8, 0.5), (24, 0.9)]
+
+
+def test_advise_command_prints_the_bytes_choice(synth, tmp_path, capsys):
+    np.save(tmp_path / "X.npy", synth)
+    SMEC((32, 16), "pca").fit(synth).save(tmp_path / "m")
+    code, out, err = _run(["advise", "--corpus", tmp_path / "X.npy", "--compressor", tmp_path / "m", "--budget", "48",
+                           "--codes", "sq8,binary", "--candidates", "50", "--json", tmp_path / "a.json", "--quiet"],
+                          capsys)
+    assert code == 0, err
+    assert "## In bytes" in out and "Choice (within 48 B a vector)" in out
+    payload = json.loads((tmp_path / "a.json").read_text())
+    assert payload["budget"] == 48 and payload["choice"]["ram_bytes_per_vector"] <= 48
+    assert {o["code"] for o in payload["options"]} == {"sq8", "binary"}
+    code, _, err = _run(["advise", "--corpus", tmp_path / "X.npy", "--codes", "qdrant-int8"], capsys)
+    assert code == 2 and "expected comma-separated names" in err
