@@ -33,6 +33,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -170,6 +171,24 @@ class Run:
             qps = _qps(lambda q: index.search(q, K, **kw), self.Qqps)
             self._record(first_stage, dim, code, nbytes, c, rows, qps, "CompressedIndex", ram, False)
 
+    def default_build(self, smec: SMEC) -> dict:
+        """``CompressedIndex(smec)`` as a user gets it (one coded stage, full vectors on disk): its RAM, its saved
+        size on disk, beside raw float32, and recall@10 / nDCG@10 / batch-1 QPS at its default candidates."""
+        index = CompressedIndex(smec)
+        index.train(self.X)
+        index.add(self.X)
+        u = index.memory_usage()
+        with tempfile.TemporaryDirectory() as tmp:
+            index.save(Path(tmp) / "ix")
+            disk = sum(f.stat().st_size for f in (Path(tmp) / "ix").rglob("*") if f.is_file())
+        rows = index.search(self.Q, K)[1]
+        return {"dim": index.dims[0], "code": index.code, "candidates": index.candidates[0],
+                "full_store": index.full_store, "ram_bytes_per_vector": round(u["ram_bytes_per_vector"], 1),
+                "disk_bytes_per_vector": round(disk / index.ntotal, 1), "raw_bytes_per_vector": u["raw_bytes_per_vector"],
+                "recall@10": round(recall(rows, self.truth, K), 4),
+                "ndcg@10": round(_ndcg(rows, self.qids, self.doc_ids, self.qrels), 4),
+                "qps_b1": round(_qps(lambda q: index.search(q, K), self.Qqps), 1)}
+
     def raw(self, first_stage: str, label: str, backend: str, options: dict, nbytes: int, metric: str,
             peer: bool) -> None:
         """A code of the full vector: the backend over the raw rows, then a numpy rerank from RAM."""
@@ -222,9 +241,12 @@ def run(data: str, model: str, dims: tuple[int, ...] | None, seed: int, cache: P
             for stage_code, (override, code) in codes.items():
                 say(f"[{time.perf_counter() - t0:6.0f} s] {name}-{dim} {code}")
                 r.compressed(name, override or base, dim, code)
+    say(f"[{time.perf_counter() - t0:6.0f} s] the default CompressedIndex(smec)")
+    default = r.default_build(stages["smec"][0])
     return {"data": str(data), "dataset": ds.name, "model": model, "n_corpus": int(X.shape[0]), "dim": D,
             "n_queries": int(r.Q.shape[0]), "n_qps_queries": int(r.Qqps.shape[0]), "dims": list(dims), "k": K,
-            "seed": seed, "wall_s": round(time.perf_counter() - t0, 1), "skipped": skipped, "records": r.records}
+            "seed": seed, "wall_s": round(time.perf_counter() - t0, 1), "skipped": skipped, "default_build": default,
+            "records": r.records}
 
 
 # --------------------------------------------------------------------- report
@@ -321,13 +343,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# bytes: {payload['dataset']} / {a.model}; {describe_machine(info)}; load {load_before} -> "
           f"{payload['load_avg_after']}")
     print(table(payload["records"]))
+    print(f"\ndefault CompressedIndex(smec): {payload['default_build']}")
     if a.json:
         out = write_json(a.json, payload)
         Path(out).with_suffix(".md").write_text(
             f"# bytes: {payload['dataset']} / {a.model} ({payload['n_corpus']:,} x {payload['dim']}, "
             f"{payload['n_queries']} test queries)\n\n`{payload['command']}`\n\n{describe_machine(info)}; "
             f"load {load_before} -> {payload['load_avg_after']}; commit {payload['commit']}"
-            f"{' (dirty)' if payload['dirty'] else ''}\n\n{table(payload['records'])}\n")
+            f"{' (dirty)' if payload['dirty'] else ''}\n\n{table(payload['records'])}\n\n"
+            f"Default `CompressedIndex(smec)`: {payload['default_build']}\n")
         print(f"wrote {out}")
     if a.plot:
         plot(payload, a.plot)

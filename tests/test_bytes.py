@@ -262,6 +262,8 @@ def test_bytes_benchmark_writes_records_and_plot(tmp_path, monkeypatch):
     assert all(r["recall@10"] == 1.0 for r in exact) and {r["candidates"] for r in exact} == {0, 20, 50, 100}
     assert (tmp_path / "b.png").stat().st_size > 1000 and out.with_suffix(".md").is_file()
     assert list((tmp_path / "cache").iterdir())  # the compressors were cached
+    default = payload["default_build"]
+    assert default["full_store"] == "disk" and default["raw_bytes_per_vector"] == 128 and default["recall@10"] > 0
 
 
 def test_itq_rotation_keeps_float_scores(pca, synth):
