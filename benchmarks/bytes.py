@@ -285,6 +285,91 @@ def table(records: list[dict]) -> str:
                            "nDCG@10 C=100", "QPS b1 C=100"], body, ".3f")
 
 
+def frontier_table(records: list[dict]) -> str:
+    """The rows on each first stage's Pareto frontier (bytes vs recall@10 at 100 candidates) and every peer."""
+    at100 = [r for r in records if r["candidates"] == 100]
+    keep = set()
+    for stage in {r["first_stage"] for r in at100}:
+        mine = [r for r in at100 if r["first_stage"] == stage]
+        front = set(pareto([(r["code_bytes"], r["recall@10"]) for r in mine]))
+        keep |= {(r["first_stage"], r["dim"], r["code"]) for r in mine
+                 if (r["code_bytes"], r["recall@10"]) in front or r["peer"]}
+    return table([r for r in records if (r["first_stage"], r["dim"], r["code"]) in keep])
+
+
+def targets(payload: dict) -> list[str]:
+    """Issue 16's targets read from one run, each ``met`` / ``not met`` with the numbers it compares."""
+    recs = payload["records"]
+
+    def rec(stage: str, code: str, c: int, dim: int | None = None) -> dict | None:
+        return next((r for r in recs if r["first_stage"] == stage and r["code"] == code and r["candidates"] == c
+                     and (dim is None or r["dim"] == dim)), None)
+
+    def best(stages: tuple[str, ...], max_bytes: float, c: int) -> dict | None:
+        pool = [r for r in recs if r["first_stage"] in stages and r["code_bytes"] <= max_bytes and r["candidates"] == c]
+        return max(pool, key=lambda r: (r["recall@10"], -r["code_bytes"])) if pool else None
+
+    def name(r: dict) -> str:
+        return f"{r['first_stage']}-{r['dim']} {r['code']} ({r['code_bytes']} B)"
+
+    out = []
+    verdict = lambda ok: "met" if ok else "not met"  # noqa: E731
+    peer100, peer50 = rec("faiss", "RaBitQ", 100), rec("faiss", "RaBitQ", 50)
+    ours = ("smec", "smec-qa")
+    if peer100 and peer50:
+        half = best(ours, peer100["code_bytes"] / 2, 100)
+        if half:
+            out.append(f"{verdict(half['recall@10'] >= peer100['recall@10'])}: at half the bytes of FAISS RaBitQ "
+                       f"({peer100['code_bytes'] / 2:g} B), recall@10 at 100 candidates >= RaBitQ's "
+                       f"{peer100['recall@10']:.3f}: best {name(half)} {half['recall@10']:.3f}")
+        equal = best(ours, peer50["code_bytes"], 50)
+        if equal:
+            out.append(f"{verdict(equal['recall@10'] >= peer50['recall@10'])}: at RaBitQ's bytes "
+                       f"({peer50['code_bytes']} B), recall@10 at 50 candidates >= RaBitQ's {peer50['recall@10']:.3f}: "
+                       f"best {name(equal)} {equal['recall@10']:.3f}")
+    pairs = [(r, rec("pca", "binary" if r["code"] == "binary-itq" else r["code"], 100, r["dim"]))
+             for r in recs if r["first_stage"] == "smec-qa" and r["candidates"] == 100]
+    pairs = [(q, p) for q, p in pairs if p is not None]
+    if pairs:
+        lost = [f"{q['dim']} {q['code']} {q['recall@10']:.3f} < {p['recall@10']:.3f}" for q, p in pairs
+                if q["recall@10"] < p["recall@10"]]
+        out.append(f"{verdict(not lost)}: smec-qa >= pca with the same code at every (dim, code), recall@10 at 100 "
+                   f"candidates: {len(pairs) - len(lost)} of {len(pairs)} pairs" + (f"; behind at {', '.join(lost)}"
+                                                                                    if lost else ""))
+    itq = rec("faiss", "ITQ256,LSHt", 100)
+    if itq:
+        qa = best(("smec-qa",), itq["code_bytes"], 100)
+        if qa:
+            out.append(f"{verdict(qa['recall@10'] >= itq['recall@10'])}: smec-qa >= FAISS ITQ256,LSHt at its "
+                       f"{itq['code_bytes']} B or fewer, recall@10 at 100 candidates: best {name(qa)} "
+                       f"{qa['recall@10']:.3f} vs {itq['recall@10']:.3f}")
+    d = payload.get("default_build")
+    if d:
+        raw = d["raw_bytes_per_vector"]
+        ok = d["ram_bytes_per_vector"] <= raw / 16 and d["disk_bytes_per_vector"] <= 1.1 * raw and d["recall@10"] >= 0.95
+        out.append(f"{verdict(ok)}: default CompressedIndex(smec) ({d['dim']} dims, {d['code']}, {d['candidates']} "
+                   f"candidates): RAM {d['ram_bytes_per_vector']:g} B <= {raw / 16:g} (raw / 16), disk "
+                   f"{d['disk_bytes_per_vector']:g} B <= {1.1 * raw:g} (raw + 10%), recall@10 {d['recall@10']:.3f} "
+                   f">= 0.95 (on this set of {payload['n_corpus']:,} vectors, not the issue's 100k x 768)")
+    return out
+
+
+def report(payload: dict) -> str:
+    """The docs' view of one run: what ran where, the Pareto rows and peers, the default index, the targets."""
+    d = payload["default_build"]
+    load = f"load average {payload['load_avg_before']} -> {payload['load_avg_after']} (timings are not comparable)"
+    return (f"`{payload['command']}`: {payload['dataset']} / {payload['model']}, {payload['n_corpus']:,} x "
+            f"{payload['dim']}, {payload['n_queries']} test queries ({payload['n_qps_queries']} timed one at a time); "
+            f"commit {str(payload['commit'])[:10]}{' (dirty)' if payload['dirty'] else ''}; "
+            f"{describe_machine(payload['machine'])}; {load}.\n\n"
+            f"Rows on a first stage's Pareto frontier (bytes against recall@10 at 100 candidates) and the FAISS peers:\n\n"
+            f"{frontier_table(payload['records'])}\n\n"
+            f"Default `CompressedIndex(smec)`: {d['dim']} dims, {d['code']}, {d['candidates']} candidates, full store "
+            f"{d['full_store']}: RAM {d['ram_bytes_per_vector']:g} B, disk {d['disk_bytes_per_vector']:g} B a vector "
+            f"(raw {d['raw_bytes_per_vector']} B); recall@10 {d['recall@10']:.3f}, nDCG@10 {d['ndcg@10']:.4f}.\n\n"
+            + "\n".join(f"- {t}" for t in targets(payload)))
+
+
 def plot(payload: dict, path: str | Path) -> None:
     """recall@10 at 100 candidates against code bytes (log x): each first stage's points and Pareto line,
     the FAISS peers as labelled stars."""
@@ -344,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{payload['load_avg_after']}")
     print(table(payload["records"]))
     print(f"\ndefault CompressedIndex(smec): {payload['default_build']}")
+    print("\n".join(f"- {t}" for t in targets(payload)))
     if a.json:
         out = write_json(a.json, payload)
         Path(out).with_suffix(".md").write_text(
@@ -351,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{payload['n_queries']} test queries)\n\n`{payload['command']}`\n\n{describe_machine(info)}; "
             f"load {load_before} -> {payload['load_avg_after']}; commit {payload['commit']}"
             f"{' (dirty)' if payload['dirty'] else ''}\n\n{table(payload['records'])}\n\n"
-            f"Default `CompressedIndex(smec)`: {payload['default_build']}\n")
+            f"Default `CompressedIndex(smec)`: {payload['default_build']}\n\n"
+            + "".join(f"- {t}\n" for t in targets(payload)))
         print(f"wrote {out}")
     if a.plot:
         plot(payload, a.plot)
