@@ -380,7 +380,7 @@ def targets(payload: dict) -> list[str]:
 
 def report(payload: dict) -> str:
     """The docs' view of one run: what ran where, the Pareto rows and peers, the default index, the targets."""
-    d = payload["default_build"]
+    d = payload.get("default_build")
     load = f"load average {payload['load_avg_before']} -> {payload['load_avg_after']} (timings are not comparable)"
     rows = (f"Rows on a first stage's Pareto frontier (bytes against recall@10 at 100 candidates) and the FAISS "
             f"peers:\n\n{frontier_table(payload['records'])}\n\n") if payload["records"] else ""
@@ -388,9 +388,10 @@ def report(payload: dict) -> str:
             f"{payload['dim']}, {payload['n_queries']} test queries ({payload['n_qps_queries']} timed one at a time); "
             f"commit {str(payload['commit'])[:10]}{' (dirty)' if payload['dirty'] else ''}; "
             f"{describe_machine(payload['machine'])}; {load}.\n\n"
-            f"{rows}Default `CompressedIndex(smec)`: {d['dim']} dims, {d['code']}, {d['candidates']} candidates, full store "
-            f"{d['full_store']}: RAM {d['ram_bytes_per_vector']:g} B, disk {d['disk_bytes_per_vector']:g} B a vector "
-            f"(raw {d['raw_bytes_per_vector']} B); recall@10 {d['recall@10']:.3f}, nDCG@10 {d['ndcg@10']:.4f}.\n\n"
+            f"{rows}" + (f"Default `CompressedIndex(smec)`: {d['dim']} dims, {d['code']}, {d['candidates']} candidates, "
+                         f"full store {d['full_store']}: RAM {d['ram_bytes_per_vector']:g} B, disk "
+                         f"{d['disk_bytes_per_vector']:g} B a vector (raw {d['raw_bytes_per_vector']} B); recall@10 "
+                         f"{d['recall@10']:.3f}, nDCG@10 {d['ndcg@10']:.4f}.\n\n" if d else "")
             + "\n".join(f"- {t}" for t in targets(payload)))
 
 
