@@ -138,6 +138,10 @@ def test_code_arguments_are_checked(pca):
         CompressedIndex(pca, code="sq8", spec="Flat")
     with pytest.raises(ValueError, match="budget must be a positive number"):
         CompressedIndex(pca, budget=0)
+    with pytest.raises(ValueError, match="budget chooses the dim"):
+        CompressedIndex(pca, dims=16, budget=64)
+    with pytest.raises(ValueError, match="budget chooses the dim"):
+        CompressedIndex(pca, spec="Flat", budget=64)
     index = CompressedIndex(pca, dims=16, code="rabitq2", params={"qb": 4})
     assert index.backends[16].options() == {"spec": "RaBitQ2", "params": {"qb": 4}}
 

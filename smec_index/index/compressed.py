@@ -150,6 +150,9 @@ class CompressedIndex:
         if code is not None:
             backend, backend_options = self._code_options(code, backend, backend_options)
         backend = "faiss" if backend is None else backend
+        if budget is not None and (dims is not None or code is None):
+            raise ValueError(f"{where}: budget chooses the dim of a code; it cannot apply with dims={dims!r} or "
+                             f"with backend options and no code (pass dims, or budget with or without a code)")
         if dims is None:
             dims = self._default_dim(code, available, budget, smec, d)
         dims = self._check_dims(dims, available)
