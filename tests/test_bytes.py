@@ -11,9 +11,9 @@ import faiss
 import numpy as np
 import pytest
 from conftest import _clustered, write_toy_beir
+from test_cli import run as _run
 
 from smec_index import SMEC
-from smec_index.cli import main
 from smec_index.index import CompressedIndex
 from smec_index.index.backends import make_backend
 from smec_index.index.backends.binary import BinaryBackend, binarize
@@ -207,15 +207,6 @@ def test_code_survives_save_and_load(pca, synth, tmp_path):
 
 
 # --------------------------------------------------------------------- command line
-def _run(argv: list, capsys) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_build_and_info_report_bytes_per_vector(wide, tmp_path, capsys):
     X, smec = wide
     smec.save(tmp_path / "m")
