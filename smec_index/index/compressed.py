@@ -105,6 +105,8 @@ class CompressedIndex:
             ``"qdrant-binary"``, ``"qdrant-binary1.5"``, ``"qdrant-binary2"``. Default: chosen with the dim
             by ``budget`` when neither dims, backend nor backend options are given.
         budget: RAM bytes a vector for the default first stage (its code plus 32 bytes of labels and ids).
+            With an unfitted compressor and no ``d``, the default budget assumes the smallest possible input
+            dim (largest dim + 1): pass ``d`` (or a fitted compressor) for a default sized to your vectors.
         metric: ``"ip"`` (inner product) or ``"l2"`` (squared L2), or ``faiss.METRIC_*``.
         rerank: default for ``search``: ``"full"`` (cascade, then exact full dim), ``"cascade"`` (exact at
             each larger configured dim only) or ``"none"`` (the backend's answer at the searched dim).
