@@ -354,7 +354,7 @@ def targets(payload: dict) -> list[str]:
              for r in recs if r["first_stage"] == "smec-qa" and r["candidates"] == 100]
     pairs = [(q, p) for q, p in pairs if p is not None]
     if pairs:
-        lost = [f"{q['dim']} {q['code']} {q['recall@10']:.3f} < {p['recall@10']:.3f}" for q, p in pairs
+        lost = [f"{q['dim']} {q['code']} {q['recall@10']:.4f} < {p['recall@10']:.4f}" for q, p in pairs
                 if q["recall@10"] < p["recall@10"]]
         out.append(f"{verdict(not lost)}: smec-qa >= pca with the same code at every (dim, code), recall@10 at 100 "
                    f"candidates: {len(pairs) - len(lost)} of {len(pairs)} pairs" + (f"; behind at {', '.join(lost)}"
