@@ -218,7 +218,8 @@ def run_default(data: str, model: str, dims: tuple[int, ...] | None, seed: int, 
         from scale import tiled_chunks
 
         ds.corpus = np.concatenate([x for _, x in tiled_chunks(ds.corpus.astype(np.float32), tile)])
-        ds.doc_ids = [ds.doc_ids[i % len(ds.doc_ids)] for i in range(tile)]
+        n0 = len(ds.doc_ids)  # copies after the first get ids of their own: only the originals are judged
+        ds.doc_ids = [ds.doc_ids[i] if i < n0 else f"{ds.doc_ids[i % n0]}~{i // n0}" for i in range(tile)]
     X = ds.corpus
     dims = tuple(dims or default_dims(X.shape[1]))
     t0 = time.perf_counter()
