@@ -392,7 +392,9 @@ def report(payload: dict) -> str:
             f"{rows}" + (f"Default `CompressedIndex(smec)`: {d['dim']} dims, {d['code']}, {d['candidates']} candidates, "
                          f"full store {d['full_store']}: RAM {d['ram_bytes_per_vector']:g} B, disk "
                          f"{d['disk_bytes_per_vector']:g} B a vector (raw {d['raw_bytes_per_vector']} B); recall@10 "
-                         f"{d['recall@10']:.3f}, nDCG@10 {d['ndcg@10']:.4f}.\n\n" if d else "")
+                         f"{d['recall@10']:.3f}" + (" (nDCG@10 is not meaningful on tiled copies: the near-duplicates "
+                                                   "of a judged document are not judged)" if "tiled" in payload["dataset"]
+                                                   else f", nDCG@10 {d['ndcg@10']:.4f}") + ".\n\n" if d else "")
             + "\n".join(f"- {t}" for t in targets(payload)))
 
 
