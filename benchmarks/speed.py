@@ -190,7 +190,7 @@ class Built:
             self.obj.add(np.arange(X.shape[0], dtype=np.int64), X)
         else:
             self.obj = CompressedIndex(self.smec, dims=(self.dim,), backend=self.spec["backend"], candidates=CANDIDATES,
-                                       **self.spec["options"])
+                                       full_store="memory", **self.spec["options"])
             self.obj.train(X[train_rows])
             self.obj.add(X)
         return time.perf_counter() - t
@@ -211,7 +211,7 @@ class Built:
                 return {"ram_index": ram / n, "ram_full": ram / n, "disk_index": disk / n, "disk_full": disk / n}
             self.obj.save(path)
             parts = self.obj.memory_usage()
-            return {"ram_index": (parts["backends"] + parts["ids"]) / n, "ram_full": sum(parts.values()) / n,
+            return {"ram_index": (parts["backends"] + parts["ids"]) / n, "ram_full": parts["ram_bytes"] / n,
                     "disk_index": disk_bytes(path, exclude="store-full.npy") / n, "disk_full": disk_bytes(path) / n}
 
     def searcher(self, rerank: str) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:

@@ -1,4 +1,13 @@
-"""The dims advisor: how much of the full-dim result each compressed dim keeps, and the cheapest that is enough.
+"""The advisor: how much of the full-dim result each compressed dim and code keeps, and the cheapest that is enough.
+
+In bytes: for every trained dim and stage code (``index.backends.codes``: float32, sq8, sq4, RaBitQ 4/2/1
+bit, binary), it measures recall@k of an exhaustive search of the code followed by the exact full-dim
+rerank of 1/5, 1/2 and all of ``candidates``, and prices each (dim, code) in RAM bytes a vector (the code
+plus the labels every index keeps). Given a RAM ``budget`` it picks the best recall within it; given only a
+``target`` the fewest bytes that reach it: ``Advice.choice`` is (dim, code, candidates) with its measured
+recall, and ``CompressedIndex(smec, dims=dim, code=code, candidates=candidates)`` builds it.
+
+The float32 dims table below is the original advice, kept as is:
 
 For each trained dim it measures recall@k against exact full-dim search (the share of the full-dim
 top-k a search at that dim returns), without rerank (exact search at the dim) and with rerank (the
@@ -12,18 +21,22 @@ and the queries per second of an exhaustive scan, measured here and scaled linea
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import faiss
 import numpy as np
 
 from .compressor import SMEC
+from .index.backends import make_backend
+from .index.backends.codes import CODES, LABEL_BYTES, code_bytes
 from .metrics import exact_search
 from .quality import default_dims
 from .report import best_time, human_bytes, markdown_table
 
-__all__ = ["advise", "Advice", "DimEstimate"]
+__all__ = ["advise", "Advice", "DimEstimate", "CodeEstimate", "DEFAULT_CODES"]
+
+DEFAULT_CODES = ("float32", "sq8", "sq4", "rabitq4", "rabitq2", "rabitq1", "binary")
 
 _TIMING_ROWS = 20_000  # the scan is timed on at least this many rows (tiled), so small corpora time stably
 _REPEATS = 3
@@ -47,9 +60,24 @@ class DimEstimate:
         return "with rerank" if self.recall_rerank >= target else "no"
 
 
+@dataclass(frozen=True)
+class CodeEstimate:
+    """One (dim, code, candidates): RAM bytes a vector (code + labels) and recall@k after the full rerank."""
+
+    dim: int
+    code: str
+    candidates: int
+    code_bytes: int
+    ram_bytes_per_vector: int
+    recall: float
+
+
 @dataclass
 class Advice:
-    """The advisor's measurements and recommendation (``dim`` None: no trained dim meets the target)."""
+    """The advisor's measurements and recommendation (``dim`` None: no trained dim meets the target).
+
+    ``options`` holds every measured (dim, code, candidates); ``choice`` the one picked by ``budget`` or
+    ``target`` (None when nothing fits the budget); ``choice_meets`` whether it reaches ``target``."""
 
     rows: list[DimEstimate]
     input_dim: int
@@ -64,6 +92,10 @@ class Advice:
     supervised: bool
     dim: int | None
     rerank: bool
+    options: list[CodeEstimate] = field(default_factory=list)
+    budget: float | None = None
+    choice: CodeEstimate | None = None
+    choice_meets: bool = False
 
     @property
     def recommended(self) -> DimEstimate | None:
@@ -102,9 +134,44 @@ class Advice:
                  f"({qps / self.full_qps:.1f}x) on this machine.")
         return text
 
+    def bytes_table(self) -> str:
+        """Every measured (dim, code): RAM bytes a vector beside raw float32, recall@k at each candidates count."""
+        counts = sorted({o.candidates for o in self.options})
+        by: dict[tuple[int, str], dict[int, float]] = {}
+        for o in self.options:
+            by.setdefault((o.dim, o.code), {})[o.candidates] = o.recall
+        raw = 4 * self.input_dim
+        rows = []
+        for (dim, code), rec in sorted(by.items(), key=lambda kv: (code_bytes(kv[0][1], kv[0][0]), kv[0])):
+            ram = code_bytes(code, dim) + LABEL_BYTES
+            picked = self.choice is not None and (self.choice.dim, self.choice.code) == (dim, code)
+            rows.append([dim, code, ram, f"{ram / raw:.1%}", *[rec[c] for c in counts],
+                         f"<- {self.choice.candidates}" if picked else ""])
+        return markdown_table(["dim", "code", "RAM B/vector", "of raw", *[f"recall@{self.k} C={c}" for c in counts],
+                               "choice"], rows, ".3f")
+
+    def choice_summary(self) -> str:
+        """The (dim, code, candidates) recommendation in words."""
+        c, raw = self.choice, 4 * self.input_dim
+        how = (f"within {self.budget:,.0f} B a vector" if self.budget is not None else
+               f"the fewest bytes that keep {self.target:g} of the full-dim top-{self.k}")
+        if c is None:
+            cheapest = min(self.options, key=lambda o: o.ram_bytes_per_vector)
+            return (f"No (dim, code) fits {self.budget:,.0f} B a vector: the cheapest measured needs "
+                    f"{cheapest.ram_bytes_per_vector} B ({cheapest.dim} dims, {cheapest.code}).")
+        text = (f"Choice ({how}): dim {c.dim}, code {c.code}, {c.candidates} candidates reranked at full dim: "
+                f"recall@{self.k} {c.recall:.3f} on {self.queries_from}, {c.ram_bytes_per_vector} B of RAM a vector "
+                f"({c.ram_bytes_per_vector / raw:.1%} of raw float32 {raw:,} B; the full vectors stay on disk).")
+        if not self.choice_meets:
+            text += f" It does not reach the target {self.target:g}."
+        return text + (f" Build it with CompressedIndex(smec, dims={c.dim}, code={c.code!r}, "
+                       f"candidates={c.candidates}).")
+
     def to_dict(self) -> dict:
-        out = {k: v for k, v in asdict(self).items() if k != "rows"}
+        out = {k: v for k, v in asdict(self).items() if k not in ("rows", "options", "choice")}
         out["rows"] = [{**asdict(r), "meets": r.meets(self.target)} for r in self.rows]
+        out["options"] = [asdict(o) for o in self.options]
+        out["choice"] = None if self.choice is None else asdict(self.choice)
         return out
 
 
@@ -159,9 +226,11 @@ def advise(
     holdout: int = 200,
     seed: int = 0,
     progress: bool = True,
+    codes: Sequence[str] = DEFAULT_CODES,
+    budget: float | None = None,
     **fit_options: Any,
 ) -> Advice:
-    """Measure every trained dim against exact full-dim search and recommend the smallest that keeps ``target``.
+    """Measure every trained dim and code against exact full-dim search; recommend (dim, code, candidates).
 
     Args:
         corpus: the vectors to be indexed (n, D).
@@ -173,11 +242,15 @@ def advise(
         target: the share of the full-dim top-k to keep, in (0, 1].
         k: the k of recall@k. candidates: how many results at the reduced dim the full-dim rerank rescores.
         n_vectors: the collection size the savings are stated for (default: the searched corpus size).
+        codes: the stage codes to measure at every dim (FAISS codes of ``index.backends.codes.CODES``),
+            each with 1/5, 1/2 and all of ``candidates`` reranked.
+        budget: RAM bytes a vector: the choice is the best recall within it; without one, the fewest bytes
+            that reach ``target``.
 
     Example::
 
-        advice = advise(corpus, queries, target=0.95)
-        print(advice.table()); print(advice.summary())
+        advice = advise(corpus, queries, target=0.95)         # or budget=96 (bytes a vector)
+        print(advice.bytes_table()); print(advice.choice_summary())
     """
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
         raise ValueError(f"advise: target must be a number in (0, 1], got {target!r}")
@@ -186,6 +259,11 @@ def advise(
             raise ValueError(f"advise: {name} must be a positive int, got {v!r}")
     if candidates < k:
         raise ValueError(f"advise: candidates must be >= k={k} (the rerank keeps k of them), got {candidates}")
+    if isinstance(codes, str) or not all(c in CODES and CODES[c].backend != "qdrant-edge" for c in codes) or not codes:
+        faiss_codes = sorted(c for c in CODES if CODES[c].backend != "qdrant-edge")
+        raise ValueError(f"advise: codes must be a non-empty sequence of {faiss_codes}, got {codes!r}")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0):
+        raise ValueError(f"advise: budget must be a positive number of RAM bytes a vector, got {budget!r}")
     if n_vectors is not None and (isinstance(n_vectors, bool) or not isinstance(n_vectors, (int, np.integer))
                                   or n_vectors < 1):
         raise ValueError(f"advise: n_vectors must be a positive int, got {n_vectors!r}")
@@ -238,8 +316,11 @@ def advise(
     F, Fq = smec.transform(X, D), smec.transform(Q, D)  # what the full-dim rerank scores (adapted if supervised)
     rerank_s = None
     rows = []
+    options: list[CodeEstimate] = []
+    counts = sorted({c for c in (candidates // 5, candidates // 2, candidates) if c >= k})
     for d in tqdm(sorted(dims), desc="advise", disable=tqdm_disable(progress), leave=False):
         Zc, Zq = smec.transform(X, d), smec.transform(Q, d)
+        options += _measure_codes(Zc, Zq, Fq, F, truth, int(d), codes, counts, k)
         _, cand = exact_search(Zq, Zc, candidates)
         if rerank_s is None:
             rerank_s = best_time(lambda: _rerank(Fq, F, cand, k), _REPEATS) / Q.shape[0]
@@ -254,5 +335,43 @@ def advise(
         if verdict != "no":
             dim, rerank = r.dim, verdict == "with rerank"
             break
+    choice, meets = _choose(options, float(target), budget)
     return Advice(rows, D, full_qps, float(target), int(k), int(candidates), N, int(Q.shape[0]), queries_from,
-                  smec.method, bool(smec.supervised_), dim, rerank)
+                  smec.method, bool(smec.supervised_), dim, rerank, options, None if budget is None else float(budget),
+                  choice, meets)
+
+
+def _measure_codes(Zc: np.ndarray, Zq: np.ndarray, Fq: np.ndarray, F: np.ndarray, truth: np.ndarray, dim: int,
+                   codes: Sequence[str], counts: list[int], k: int) -> list[CodeEstimate]:
+    """recall@k of an exhaustive search of each code at ``dim``, its top ``c`` reranked at full dim, per count."""
+    out = []
+    for code in codes:
+        c = CODES[code]
+        try:
+            b = make_backend(c.backend, dim, "ip", dict(c.options))
+        except ValueError:  # a code this dim cannot hold (binary needs a multiple of 8 bits)
+            continue
+        b.train(Zc)
+        b.add(np.arange(Zc.shape[0], dtype=np.int64), Zc)
+        _, cand = b.search(Zq, max(counts))
+        ram = code_bytes(code, dim) + LABEL_BYTES
+        for m in counts:
+            out.append(CodeEstimate(dim, code, m, code_bytes(code, dim), ram,
+                                    _recall(_rerank(Fq, F, cand[:, :m], k), truth)))
+    return out
+
+
+def _choose(options: list[CodeEstimate], target: float, budget: float | None) -> tuple[CodeEstimate | None, bool]:
+    """With a budget: the best recall within it (then fewer bytes, fewer candidates). Without: the fewest bytes
+    reaching ``target`` (then fewer candidates), else the best recall measured. Returns (choice, meets target)."""
+    best = lambda pool: max(pool, key=lambda o: (o.recall, -o.ram_bytes_per_vector, -o.candidates))  # noqa: E731
+    if budget is not None:
+        pool = [o for o in options if o.ram_bytes_per_vector <= budget]
+        if not pool:
+            return None, False
+        pick = best(pool)
+        return pick, pick.recall >= target
+    meeting = [o for o in options if o.recall >= target]
+    if meeting:
+        return min(meeting, key=lambda o: (o.ram_bytes_per_vector, o.candidates, -o.recall)), True
+    return (best(options), False) if options else (None, False)

@@ -292,15 +292,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
+def _backend_options(args: argparse.Namespace, default_spec: str | None = "HNSW32") -> dict[str, Any]:
+    """``--option``s, with ``--spec`` / ``--param`` for FAISS (``default_spec`` when no spec or code is given)."""
     options = dict(args.option or [])
-    if args.backend == "faiss":
-        options.setdefault("spec", args.spec or "HNSW32")
+    if (args.backend or "faiss") == "faiss":
+        spec = args.spec or (None if getattr(args, "code", None) else default_spec)
+        if spec is not None:
+            options.setdefault("spec", spec)
         if args.param:
             options["params"] = dict(args.param)
     elif args.spec or args.param:
         raise CliError(f"--spec and --param are FAISS options; --backend is {args.backend!r} (use --option KEY=VALUE)")
     return options
+
+
+def _footprint(usage: dict[str, Any]) -> str:
+    """RAM and disk bytes per vector beside raw float32, as build and info print them."""
+    raw = usage["raw_bytes_per_vector"]
+    ram, disk = usage["ram_bytes_per_vector"], usage["disk_bytes_per_vector"]
+    share = (lambda b: f" ({b / raw:.1%} of raw)") if raw else (lambda b: "")  # noqa: E731
+    return (f"RAM {ram:,.0f} B/vector{share(ram)}, disk {disk:,.0f} B/vector{share(disk)}; raw float32 "
+            f"{raw:,} B/vector")
 
 
 def cmd_build_texts(args: argparse.Namespace) -> int:
@@ -312,6 +324,8 @@ def cmd_build_texts(args: argparse.Namespace) -> int:
             raise CliError(f"--{option} goes with embeddings (--corpus); --texts builds from texts (ids come from "
                            f"the file)")
     out = _check_out(args.out, "--out", "textindex.json", "a saved text index", args.force)
+    if args.code or args.budget:
+        raise CliError("--code and --budget go with --corpus; --texts builds with --backend/--spec/--option")
     ids, texts = read_texts(_existing(args.texts, "--texts"))
     options = _backend_options(args)
     spec = options.pop("spec", "Flat")
@@ -319,7 +333,7 @@ def cmd_build_texts(args: argparse.Namespace) -> int:
     cache = True if args.cache is None else False if args.cache == "none" else args.cache
     encoder = Encoder(args.encoder or DEFAULT_MODEL, progress=_progress(args), cache=cache)
     ti = TextIndex.build(texts, ids, encoder=encoder, dims=args.dims or (64,), method=args.method or "smec",
-                         backend=args.backend, spec=spec, rerank=args.rerank, candidates=args.candidates,
+                         backend=args.backend or "faiss", spec=spec, rerank=args.rerank, candidates=args.candidates,
                          seed=args.seed, progress=_progress(args), metric=args.metric,
                          full_store=None if args.full_store == "none" else args.full_store,
                          store_dtype=args.store_dtype, **options)
@@ -364,14 +378,21 @@ def cmd_build(args: argparse.Namespace) -> int:
                        f"(SMEC.load(dir).extend(dim, corpus=X).save(dir)), or train one with train --dims")
     X = open_matrix(args.corpus, "--corpus", smec.input_dim_)  # streamed: never read into RAM as a whole
     ids = read_ids(args.ids, X.shape[0]) if args.ids else None
-    options = _backend_options(args)
-    index = CompressedIndex(smec, dims=args.dims, backend=args.backend, metric=args.metric, rerank=args.rerank,
-                            candidates=args.candidates, full_store=None if args.full_store == "none" else args.full_store,
-                            store_dtype=args.store_dtype, **options)
+    options = _backend_options(args, default_spec=None)
+    try:
+        index = CompressedIndex(smec, dims=args.dims, backend=args.backend, code=args.code, budget=args.budget,
+                                metric=args.metric, rerank=args.rerank, candidates=args.candidates,
+                                full_store=None if args.full_store == "none" else args.full_store,
+                                store_dtype=args.store_dtype, **options)
+    except (TypeError, ValueError) as e:
+        raise CliError(str(e)) from None
     t0 = time.perf_counter()
     if not index.is_trained:  # engines that learn (IVF, PQ) train on a sample of rows
         rows = np.random.default_rng(0).choice(X.shape[0], min(X.shape[0], BUILD_TRAIN_ROWS), replace=False)
-        index.train(take_rows(X, np.sort(rows)))
+        try:
+            index.train(take_rows(X, np.sort(rows)))
+        except ValueError as e:  # nothing is saved: --out stays as it was
+            raise CliError(f"--corpus: a training sample of {len(rows):,} rows of {args.corpus}: {e}") from None
     step = 65_536
     for s in tqdm(range(0, X.shape[0], step), desc="add", disable=tqdm_disable(_progress(args)), leave=False):
         try:
@@ -382,7 +403,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         except ValueError as e:  # nothing is saved: --out stays as it was
             raise CliError(f"--corpus: rows {s:,}..{min(s + step, X.shape[0]) - 1:,} of {args.corpus}: {e}") from None
     index.save(out)
-    print(f"built {index!r} in {_fmt_s(time.perf_counter() - t0)}; saved to {out}")
+    usage = index.memory_usage()
+    on_disk = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file())
+    usage["disk_bytes_per_vector"] = on_disk / index.ntotal if index.ntotal else 0.0
+    print(f"built {index!r} in {_fmt_s(time.perf_counter() - t0)}; saved to {out}\n{_footprint(usage)}")
     return 0
 
 
@@ -576,8 +600,10 @@ def cmd_advise(args: argparse.Namespace) -> int:
     if fit and fit["method"] in LEARNED:
         print(f"# advise: training {fit['method']} on {source} ({X.shape[0]:,} x {X.shape[1]}) first; this takes "
               f"minutes (train it once with smec-index train and pass --compressor to skip this)", file=sys.stderr)
+    codes = {} if args.codes is None else {"codes": args.codes}
     advice = advise(X, Q, smec=smec, dims=args.dims, target=args.target, k=args.k, candidates=args.candidates,
-                    n_vectors=args.n_vectors, holdout=args.holdout, seed=args.seed, progress=_progress(args), **fit)
+                    n_vectors=args.n_vectors, holdout=args.holdout, seed=args.seed, progress=_progress(args),
+                    budget=args.budget, **codes, **fit)
     print(f"# advise: {source}, {advice.method} ({'supervised' if advice.supervised else 'unsupervised'}), "
           f"queries: {advice.queries_from}")
     print(advice.table())
@@ -585,6 +611,10 @@ def cmd_advise(args: argparse.Namespace) -> int:
           f"{advice.candidates} at the dim rescored at full dim; est. QPS = exhaustive scan of "
           f"{advice.n_vectors:,} vectors, measured here and scaled linearly.\n")
     print(advice.summary())
+    print(f"\n## In bytes: each code of each dim, its top candidates reranked at full dim (queries: "
+          f"{advice.queries_from})")
+    print(advice.bytes_table())
+    print(f"\n{advice.choice_summary()}")
     if args.json:
         print(f"\nwrote {write_json(args.json, {'source': source, **advice.to_dict()})}")
     return 0
@@ -612,9 +642,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         groups[head] = groups.get(head, 0) + f["bytes"]
     total = sum(groups.values())
     n = m["ntotal"]
+    usage = _saved_footprint(m, groups, total)
     if args.json:
         print(json.dumps({"path": str(root), **{k: v for k, v in m.items() if k != "files"},
-                          "compressor": smec_cfg, "bytes": groups, "total_bytes": total}, indent=2))
+                          "compressor": smec_cfg, "bytes": groups, "total_bytes": total, **usage}, indent=2))
         return 0
     opts = "; ".join(f"{d}: {o}" for d, o in m["backend_options"].items())
     per = lambda b: f" ({b / n:,.0f} B/vector)" if n else ""  # noqa: E731
@@ -627,16 +658,30 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("input dim", f"{m['d']} (full vectors stored: {full})"),
         ("dims", f"{', '.join(map(str, m['dims']))}: search at {m['dims'][0]}, rerank {m['rerank']!r}, "
                  f"candidates {', '.join(map(str, m['candidates']))}"),
-        ("backend", f"{m['backend']} ({opts}), metric {m['metric']}"),
+        ("backend", f"{m['backend']} ({opts}), metric {m['metric']}"
+                    + (f", code {m['code']}" if m.get("code") else "")),
         ("compressor", f"{smec_cfg['method']}, dims {', '.join(map(str, fitted.get('dims', [])))}, "
                        f"{'supervised' if fitted.get('supervised') else 'unsupervised'}, "
                        f"trained in {fitted.get('train_s', 0):.1f} s"),
     ]
     lines += [(f"  {name}", f"{human_bytes(b)}{per(b)}") for name, b in sorted(groups.items())]
     lines.append(("on disk", f"{human_bytes(total)}{per(total)}"))
+    lines.append(("per vector", _footprint(usage)))
     width = max(len(k) for k, _ in lines)
     print("\n".join(f"{k.ljust(width)}  {v}" for k, v in lines))
     return 0
+
+
+def _saved_footprint(m: dict[str, Any], groups: dict[str, int], total: int) -> dict[str, Any]:
+    """RAM and disk bytes of a saved index from its manifest, without loading it. RAM: what ``read_index``
+    holds per vector (the backends' files, the ids, and the stores when they are kept in memory); disk: every
+    file. The compressor (a fixed size, not per vector) is left out of RAM, as ``memory_usage`` does."""
+    n = m["ntotal"]
+    in_ram = [g for g in groups if g.startswith("backend-") or g == "ids.npy"
+              or (g.startswith("store-") and m["full_store"] == "memory")]
+    ram = sum(groups[g] for g in in_ram)
+    return {"ram_bytes": ram, "disk_bytes": total, "ram_bytes_per_vector": ram / n if n else 0.0,
+            "disk_bytes_per_vector": total / n if n else 0.0, "raw_bytes_per_vector": 4 * m["d"]}
 
 
 # ----------------------------------------------------------------------------- parser
@@ -676,6 +721,10 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .compressor import METHODS
     from .index import BACKENDS, RERANK
+    from .advise import DEFAULT_CODES
+    from .index.backends.codes import CODES
+
+    ADVISE_CODES = [c for c in CODES if CODES[c].backend != "qdrant-edge"]
 
     p = _Parser(prog=PROG, description="Learned embedding compression (SMEC) with real vector indexes at reduced "
                 "dims and full-dim rerank. Start with: smec-index demo")
@@ -734,9 +783,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cache", metavar="DIR", help="where the embedding cache (embeddings.sqlite) is written: default "
                    "$SMEC_INDEX_CACHE, else ~/.cache/smec_index; none: no cache")
     s.add_argument("--ids", metavar="ids.txt", help="one integer id per line (default: row numbers 0..n-1)")
-    s.add_argument("--dims", type=_dims, help="dims to index, each its own index (default: every trained dim)")
-    s.add_argument("--backend", choices=sorted(BACKENDS), default="faiss", help="ANN engine (default faiss)")
-    s.add_argument("--spec", metavar="SPEC", help="FAISS index_factory string (default HNSW32)")
+    s.add_argument("--dims", type=_dims, help="dims to index, each its own index (default: one, the largest whose "
+                   "code fits --budget)")
+    s.add_argument("--code", choices=sorted(CODES), help="how the first stage codes its vectors (default: chosen "
+                   "with the dim by --budget; with --spec/--option: none)")
+    s.add_argument("--budget", type=float, metavar="BYTES", help="RAM bytes a vector for the default first stage "
+                   "(default raw float32 / 16)")
+    s.add_argument("--backend", choices=sorted(BACKENDS), help="ANN engine (default: the code's; faiss with --spec)")
+    s.add_argument("--spec", metavar="SPEC", help="FAISS index_factory string instead of a --code (with --texts: "
+                   "default HNSW32)")
     s.add_argument("--param", type=_key_value, action="append", metavar="KEY=VALUE",
                    help="FAISS search-time parameter, e.g. efSearch=64 or nprobe=16 (repeatable)")
     s.add_argument("--option", type=_key_value, action="append", metavar="KEY=VALUE",
@@ -744,9 +799,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metric", choices=["ip", "l2"], default="ip", help="inner product (default) or squared L2")
     s.add_argument("--rerank", choices=RERANK, default="full", help="default rerank of searches (default full)")
     s.add_argument("--candidates", type=_positive_int, default=100, help="results passed to the rerank (default 100)")
-    s.add_argument("--full-store", choices=["memory", "mmap", "disk", "none"], default="memory",
+    s.add_argument("--full-store", choices=["memory", "mmap", "disk", "none"], default="disk",
                    help="where full vectors for the rerank live: memory, mmap (a mapped file) or disk (a file read "
-                   "row by row; the process's RSS stays at the indexes) (default memory)")
+                   "row by row; the process's RSS stays at the indexes) (default disk)")
     s.add_argument("--store-dtype", choices=["float32", "float16"], default="float32", help="full-store precision")
     s.add_argument("--out", required=True, metavar="INDEX_DIR", help="directory to save the index to")
     s.add_argument("--force", action="store_true", help="replace --out when it holds an earlier saved index")
@@ -785,11 +840,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("advise", parents=[_common(seed=True, training=True)], formatter_class=fmt,
-                       help="recommend the smallest dim (and rerank) that keeps a target share of full-dim results",
+                       help="recommend the dim, code and candidates that keep a target share of full-dim results, "
+                       "or the best within a RAM budget",
                        description="For each trained dim: recall@k against exact full-dim search, with and without "
                        "rerank, bytes per vector and estimated QPS; then the smallest dim meeting --target and "
-                       "what it saves for --n-vectors vectors. Queries: --queries, the data set's test queries, or "
-                       "corpus rows held out of training and of the search.")
+                       "what it saves for --n-vectors vectors. In bytes: each code (float32, sq8, sq4, RaBitQ, "
+                       "binary) of each dim with 1/5, 1/2 and all of --candidates reranked, and the (dim, code, "
+                       "candidates) with the fewest RAM bytes a vector reaching --target, or the best recall within "
+                       "--budget. Queries: --queries, the data set's test queries, or corpus rows held out of "
+                       "training and of the search.")
     _add_source(s, "a data set in the BEIR layout (its test queries are the queries)",
                 "with --corpus: held-out query vectors")
     s.add_argument("--compressor", metavar="MODEL_DIR", help="assess a saved compressor instead of training one")
@@ -803,6 +862,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--candidates", type=_positive_int, default=100, help="results the rerank rescores (default 100)")
     s.add_argument("--n-vectors", type=_positive_int, metavar="N", help="collection size for the savings (default: corpus)")
     s.add_argument("--holdout", type=_positive_int, default=200, help="corpus rows used as queries without queries")
+    s.add_argument("--budget", type=float, metavar="BYTES", help="RAM bytes a vector: choose the best recall within "
+                   "it (default: the fewest bytes reaching --target)")
+    s.add_argument("--codes", type=_names(ADVISE_CODES), metavar="CODES", help="stage codes to measure, comma-separated "
+                   f"(default {','.join(DEFAULT_CODES)}; from {', '.join(ADVISE_CODES)})")
     s.add_argument("--json", metavar="OUT.json", help="write the table and the recommendation as JSON")
     s.set_defaults(func=cmd_advise)
 

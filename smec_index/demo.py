@@ -444,7 +444,7 @@ def answer_query(
     smec = SMEC((dim,), "smec", seed=seed, progress=progress, **(training or QUERY_TRAINING))
     smec.fit(ds.corpus, queries=Qt, qrels=pairs)
     fit_s = time.perf_counter() - t0
-    index = CompressedIndex(smec, dims=(dim,), spec="Flat", rerank="full", candidates=100)
+    index = CompressedIndex(smec, dims=(dim,), spec="Flat", rerank="full", candidates=100, full_store="memory")
     index.train(ds.corpus)
     index.add(ds.corpus)
     t0 = time.perf_counter()

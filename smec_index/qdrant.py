@@ -152,7 +152,8 @@ class QdrantCompressedCollection:
             smec: the fitted compressor; it is saved beside the shard.
             dims: the SMEC dims stored as named vectors; the smallest is searched.
             full: also store the full vector and re-score with it last.
-            quantization: ``"int8"`` or ``"binary"`` codes for the searched vector (re-scored by the chain;
+            quantization: ``"int8"`` or ``"binary"`` (``"binary1.5"``, ``"binary2"``: 1.5 or 2 bits a dim) codes
+                for the searched vector (re-scored by the chain;
                 by Qdrant with the floats when it is the only stage), or None.
             datatype: storage of every vector, ``"float32"`` or ``"float16"`` (half the bytes on disk).
             m, ef_construct, full_scan_threshold_kb: HNSW of the searched vector (Qdrant's own knobs).

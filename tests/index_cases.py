@@ -18,6 +18,8 @@ BACKEND_CASES: list[tuple[str, dict[str, Any]]] = [
     ("faiss", {"spec": "IVF8,Flat", "params": {"nprobe": 8}}),
     ("faiss", {"spec": "IVF4,PQ4x4np", "params": {"nprobe": 4}}),
     ("faiss", {"spec": "SQ8"}),
+    ("faiss", {"spec": "RaBitQ4", "params": {"qb": 8}}),
+    ("faiss-binary", {"itq": True}),
     ("hnswlib", {"M": 16, "ef_construction": 100, "ef": 1024}),
 ]
 
@@ -27,7 +29,9 @@ EXACT_CASES = [c for c in BACKEND_CASES if c[1].get("spec") in ("Flat", "HNSW32"
 
 def case_id(case: tuple[str, dict[str, Any]]) -> str:
     backend, opts = case
-    return f"{backend}-{opts['spec']}" if "spec" in opts else backend
+    if "spec" in opts:
+        return f"{backend}-{opts['spec']}"
+    return f"{backend}-itq" if opts.get("itq") else backend
 
 
 @pytest.fixture(autouse=True, scope="module")

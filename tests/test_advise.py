@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from smec_index import SMEC
-from smec_index.advise import Advice, DimEstimate, advise
+from smec_index.advise import DEFAULT_CODES, Advice, DimEstimate, advise
+from smec_index.index.backends.codes import LABEL_BYTES, code_bytes
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +109,39 @@ def test_summary_states_memory_and_qps():
     assert "Recommended: 32 dims with full-dim rerank of the top 100" in text
     assert "122.1 MiB of float32 vectors in RAM instead of 976.6 MiB (8.0x less, 854.5 MiB saved)" in text
     assert "300 queries/s instead of 50 (6.0x)" in text
+
+
+# --------------------------------------------------------------------- in bytes
+def test_bytes_options_cover_every_code_dim_and_candidates(synth):
+    a = advise(synth, method="pca", dims=(32, 16), target=0.9, k=10, candidates=100, holdout=100, progress=False)
+    assert {(o.dim, o.code) for o in a.options} == {(d, c) for d in (32, 16) for c in DEFAULT_CODES}
+    assert {o.candidates for o in a.options} == {20, 50, 100}
+    for o in a.options:
+        assert o.ram_bytes_per_vector == code_bytes(o.code, o.dim) + LABEL_BYTES and 0 <= o.recall <= 1
+    f32 = {o.dim: o.recall for o in a.options if o.code == "float32" and o.candidates == 100}
+    assert f32 == {r.dim: pytest.approx(r.recall_rerank) for r in a.rows}  # the same exact search, twice
+    meeting = [o for o in a.options if o.recall >= 0.9]
+    assert a.choice_meets and a.choice.ram_bytes_per_vector == min(o.ram_bytes_per_vector for o in meeting)
+    assert "held out" in a.queries_from and f"code {a.choice.code}" in a.choice_summary()
+    assert "<-" in a.bytes_table() and a.to_dict()["choice"]["code"] == a.choice.code
+
+
+def test_a_budget_picks_the_best_recall_within_it(synth):
+    a = advise(synth, method="pca", dims=(32, 16), codes=("float32", "sq8", "binary"), k=10, candidates=50,
+               holdout=100, budget=60, progress=False)
+    within = [o for o in a.options if o.ram_bytes_per_vector <= 60]
+    assert a.choice.ram_bytes_per_vector <= 60 and a.choice.recall == max(o.recall for o in within)
+    assert "within 60 B a vector" in a.choice_summary()
+    none = advise(synth, method="pca", dims=(16,), codes=("float32",), k=10, candidates=50, budget=10,
+                  progress=False)
+    assert none.choice is None and none.choice_summary().startswith("No (dim, code) fits 10 B")
+
+
+def test_held_out_queries_are_named_and_codes_checked(synth, synth_supervised):
+    Q, _ = synth_supervised
+    a = advise(synth, Q, method="pca", dims=(16,), codes=("rabitq1",), progress=False)
+    assert a.queries_from == "80 held-out queries" and {o.code for o in a.options} == {"rabitq1"}
+    with pytest.raises(ValueError, match="codes must be"):
+        advise(synth, method="pca", dims=(16,), codes=("qdrant-int8",), progress=False)
+    with pytest.raises(ValueError, match="budget must be"):
+        advise(synth, method="pca", dims=(16,), budget=-1, progress=False)

@@ -67,7 +67,8 @@ def test_train_build_search_info(files, tmp_path, capsys, synth):
     assert code == 0, err
     assert "trained smec (unsupervised)" in out and SMEC.load(model).dims_ == (16, 8)
     code, out, err = run(["build", "--compressor", model, "--corpus", files / "X.npy", "--ids", files / "ids.txt",
-                          "--dims", "8,16", "--param", "efSearch=32", "--out", index_dir, "--quiet"], capsys)
+                          "--dims", "8,16", "--spec", "HNSW32", "--param", "efSearch=32", "--out", index_dir, "--quiet"],
+                         capsys)
     assert code == 0, err
     index = read_index(index_dir)
     assert index.ntotal == 600 and index.dims == (8, 16) and index.backends[8].options()["params"] == {"efSearch": 32}

@@ -163,10 +163,17 @@ def render_scale(p: dict, rel: str) -> str:
     return cmd + "\n\n" + body
 
 
+def render_bytes(p: dict, rel: str) -> str:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bytes import report
+
+    return report(p) + f"\n\nAll rows: [{Path(rel).with_suffix('.md').name}](../{Path(rel).with_suffix('.md').as_posix()})."
+
+
 RENDERERS: dict[str, Callable[[dict, str], str]] = {"demo": render_demo, "demo_summary": render_demo_summary,
-                                                   "quality": render_quality,
-                                               "speed": render_speed, "qdrant": render_qdrant,
-                                               "scale": render_scale}
+                                                   "quality": render_quality, "speed": render_speed,
+                                                   "qdrant": render_qdrant, "scale": render_scale,
+                                                   "bytes": render_bytes}
 
 
 def regenerate(text: str) -> str:

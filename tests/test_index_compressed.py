@@ -208,7 +208,7 @@ def test_without_full_store(pca, synth):
         index.reconstruct(0)
     with pytest.raises(ValueError, match="full store"):
         index.search(Q[:2], 3, rerank="full")
-    full = build(pca, BACKEND_CASES[0], X)
+    full = build(pca, BACKEND_CASES[0], X, full_store="memory")
     full.add(X)
     assert index.nbytes < full.nbytes - X.nbytes * 0.9
 
@@ -292,7 +292,7 @@ def test_reset_keeps_training_and_merge_from(pca, synth):
 
 def test_train_fits_an_unfitted_compressor(synth):
     smec = SMEC(dims=(16, 8), method="pca", progress=False)
-    index = CompressedIndex(smec, backend="hnswlib")
+    index = CompressedIndex(smec, dims=(16, 8), backend="hnswlib")
     assert not index.is_trained and index.d is None and index.dims == (8, 16)
     with pytest.raises(IndexStateError, match="not trained"):
         index.search(synth[:1], 1)

@@ -29,6 +29,7 @@ from .._fsutil import atomic_directory
 from .._rows import inv_row_norms
 from ..compressor import SMEC
 from .backends import BACKENDS, METRIC_TYPE, METRICS, Backend, backend_class, make_backend, pad_results, worst_distance
+from .backends.codes import CODES, LABEL_BYTES, RAM_SHARE, code_bytes, default_first_stage
 from .checks import check_finite, check_ids, check_shape, check_vectors, is_int
 from .errors import IndexStateError
 from .ids import EXPLICIT, SEQUENTIAL, IdMap
@@ -86,11 +87,26 @@ class _RWLock:
 class CompressedIndex:
     """A drop-in for a FAISS index that searches SMEC-compressed vectors, then reranks exactly.
 
+    Lean by default: ``CompressedIndex(smec)`` indexes ONE first stage, the (dim, code) that fits ``budget``
+    (default raw float32 / 16, i.e. ``d / 4`` bytes a vector, see ``backends/codes.py``), and keeps the
+    full vectors on disk (``full_store="disk"``) for the exact rerank. Pass several ``dims`` for a cascade.
+
     Args:
         smec: the compressor; ``train`` fits it when it is not fitted yet.
-        dims: the reduced dims to index, each its own backend (default: every dim of ``smec``).
+        dims: the reduced dim(s) to index, each its own backend (default: one, the largest whose ``code``
+            fits ``budget``; the smallest trained dim when backend options are given without a code).
         backend: ``"faiss"`` (option ``spec``: any ``index_factory`` string, ``params``: search-time
-            parameters such as ``{"efSearch": 64}``) or ``"hnswlib"`` (options ``M``, ``ef_construction``, ``ef``).
+            parameters such as ``{"efSearch": 64}``, or ``{"qb": 8}`` for RaBitQ's query bits; default spec
+            ``"Flat"``), ``"faiss-binary"`` (sign codes by Hamming distance; options ``itq``, ``hnsw_m``,
+            ``ef_search``), ``"hnswlib"`` (options ``M``, ``ef_construction``, ``ef``) or ``"qdrant-edge"``.
+            Default: the code's backend.
+        code: a named stage code (``backends.codes.CODES``): ``"float32"``, ``"sq8"``, ``"sq4"``,
+            ``"rabitq1"``, ``"rabitq2"``, ``"rabitq4"``, ``"binary"``, ``"binary-itq"``, ``"qdrant-int8"``,
+            ``"qdrant-binary"``, ``"qdrant-binary1.5"``, ``"qdrant-binary2"``. Default: chosen with the dim
+            by ``budget`` when neither dims, backend nor backend options are given.
+        budget: RAM bytes a vector for the default first stage (its code plus 32 bytes of labels and ids).
+            With an unfitted compressor and no ``d``, the default budget assumes the smallest possible input
+            dim (largest dim + 1): pass ``d`` (or a fitted compressor) for a default sized to your vectors.
         metric: ``"ip"`` (inner product) or ``"l2"`` (squared L2), or ``faiss.METRIC_*``.
         rerank: default for ``search``: ``"full"`` (cascade, then exact full dim), ``"cascade"`` (exact at
             each larger configured dim only) or ``"none"`` (the backend's answer at the searched dim).
@@ -98,8 +114,8 @@ class CompressedIndex:
             per configured dim (smallest first). The last stage keeps k.
         full_store: where the full-dim vectors live: ``"memory"``, ``"mmap"`` (a file, read through a
             mapping: the fastest rerank from disk, but the pages it touches count in the process's RSS),
-            ``"disk"`` (a file, rows read with ``pread``: 3x slower rerank, RSS stays at the indexes) or
-            None (no full rerank, no ``reconstruct``). Intermediate cascade stores follow it.
+            ``"disk"`` (the default: a file, rows read with ``pread``: 3x slower rerank, RSS stays at the
+            indexes) or None (no full rerank, no ``reconstruct``). Intermediate cascade stores follow it.
         store_dtype: ``"float32"`` or ``"float16"`` (half the bytes; slower rerank, tiny score error).
         d: the full input dim, only needed to know ``d`` before ``train`` fits an unfitted ``smec``.
     """
@@ -107,13 +123,15 @@ class CompressedIndex:
     def __init__(
         self,
         smec: SMEC,
-        dims: Sequence[int] | None = None,
-        backend: str = "faiss",
+        dims: int | Sequence[int] | None = None,
+        backend: str | None = None,
         *,
+        code: str | None = None,
+        budget: float | None = None,
         metric: str | int = "ip",
         rerank: str = "full",
         candidates: int | Sequence[int] = 100,
-        full_store: str | None = "memory",
+        full_store: str | None = "disk",
         store_dtype: str = "float32",
         d: int | None = None,
         **backend_options: Any,
@@ -123,7 +141,23 @@ class CompressedIndex:
             raise TypeError(f"{where}: smec must be a smec_index.SMEC, got {type(smec).__name__}")
         metric = self._check_metric(metric)
         available = smec.dims_ if smec.is_fitted else smec.dims
-        dims = self._check_dims(available if dims is None else dims, available)
+        if d is not None and (not is_int(d) or d <= max(available)):
+            raise ValueError(f"{where}: d must be an int above the largest dim {max(available)}, got {d!r}")
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float, np.number))
+                                   or not budget > 0):
+            raise ValueError(f"{where}: budget must be a positive number of RAM bytes per vector, got {budget!r}")
+        if code is None and dims is None and backend is None and not backend_options:
+            code = default_first_stage(smec.input_dim_ if smec.is_fitted else int(d or max(available) + 1),
+                                       available, budget)[1]
+        if code is not None:
+            backend, backend_options = self._code_options(code, backend, backend_options)
+        backend = "faiss" if backend is None else backend
+        if budget is not None and (dims is not None or code is None):
+            raise ValueError(f"{where}: budget chooses the dim of a code; it cannot apply with dims={dims!r} or "
+                             f"with backend options and no code (pass dims, or budget with or without a code)")
+        if dims is None:
+            dims = self._default_dim(code, available, budget, smec, d)
+        dims = self._check_dims(dims, available)
         if full_store not in STORE_KINDS and full_store is not None:
             raise ValueError(f"{where}: full_store must be one of {STORE_KINDS} or None, got {full_store!r}")
         if store_dtype not in STORE_DTYPES:
@@ -134,21 +168,53 @@ class CompressedIndex:
             raise ValueError(f"{where}: rerank='full' needs a full store; pass full_store='memory', 'mmap' or 'disk', "
                              f"or rerank='cascade'/'none'")
         if d is not None:
-            if not is_int(d) or d <= max(dims):
-                raise ValueError(f"{where}: d must be an int above the largest dim {max(dims)}, got {d!r}")
             if smec.is_fitted and d != smec.input_dim_:
                 raise ValueError(f"{where}: d={d} but smec was fitted on {smec.input_dim_}-dim vectors")
         backends = {dim: make_backend(backend, dim, metric, backend_options) for dim in dims}
         self._configure(smec, dims, backend, metric, rerank, self._check_candidates(candidates, dims),
-                        full_store, store_dtype, backends)
+                        full_store, store_dtype, backends, code)
         if d is not None:
             self._d = int(d)
         self._frozen = True
 
+    @staticmethod
+    def _code_options(code: Any, backend: str | None, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The backend and options of a named code; the caller's options may add to them (``params`` merged)
+        but not contradict them."""
+        where = "CompressedIndex"
+        if code not in CODES:
+            raise ValueError(f"{where}: code must be one of {sorted(CODES)}, got {code!r}")
+        c = CODES[code]
+        if backend is not None and backend != c.backend:
+            raise ValueError(f"{where}: code {code!r} runs on the {c.backend!r} backend; got backend={backend!r}")
+        merged = dict(c.options)
+        for key, value in options.items():
+            if key == "params" and isinstance(value, dict) and isinstance(merged.get("params"), dict):
+                merged["params"] = {**merged["params"], **value}
+            elif key in merged and merged[key] != value:
+                raise ValueError(f"{where}: code {code!r} sets {key}={merged[key]!r}; got {key}={value!r} (pass "
+                                 f"backend options without code to choose them yourself)")
+            else:
+                merged[key] = value
+        return c.backend, merged
+
+    @staticmethod
+    def _default_dim(code: str | None, available: Sequence[int], budget: float | None, smec: SMEC,
+                     d: int | None) -> int:
+        """One first stage: the largest trained dim whose ``code`` fits the RAM budget per vector (raw float32
+        / 16 by default); the smallest trained dim when the code is unknown (backend options without a code)."""
+        if code is None:
+            return int(min(available))
+        D = smec.input_dim_ if smec.is_fitted else int(d or max(available) + 1)
+        room = (4 * D / RAM_SHARE if budget is None else float(budget)) - LABEL_BYTES
+        fits = [dim for dim in available if code_bytes(code, dim) <= room]
+        return int(max(fits) if fits else min(available))
+
     def _configure(self, smec: SMEC, dims: tuple[int, ...], backend: str, metric: str, rerank: str,
                    candidates: tuple[int, ...], full_store: str | None, store_dtype: str,
-                   backends: dict[int, Backend]) -> None:
+                   backends: dict[int, Backend], code: str | None = None) -> None:
         self.smec = smec
+        self.code = code
         self.dims = dims
         self.backend = backend
         self.metric = metric
@@ -234,21 +300,35 @@ class CompressedIndex:
         """``faiss.METRIC_INNER_PRODUCT`` (0) or ``faiss.METRIC_L2`` (1)."""
         return int(METRIC_TYPE[self.metric])
 
-    def memory_usage(self) -> dict[str, int]:
-        """Bytes held in RAM by part: ``backends``, ``ids``, ``cascade_stores`` (intermediate dims), ``full_store``."""
+    def memory_usage(self) -> dict[str, Any]:
+        """Bytes by part and per vector, beside raw float32.
+
+        RAM by part: ``backends``, ``ids``, ``cascade_stores`` (intermediate dims), ``full_store`` (stores kept
+        in memory; file-backed ones count 0), totalled in ``ram_bytes``. ``disk_bytes``: the rows of the
+        file-backed stores. Per live vector: ``ram_bytes_per_vector``, ``disk_bytes_per_vector`` and
+        ``raw_bytes_per_vector`` (4 d, the float32 vectors as given), with ``ntotal``. The compressor's own
+        matrices (a fixed size, not per vector) are not counted.
+        """
         with self._lock.read():  # FAISS serialises the index to count it: not while an add changes it
-            return {"backends": sum(b.nbytes for b in self.backends.values()), "ids": self._ids.nbytes,
-                    "cascade_stores": sum(s.nbytes for key, s in self._stores.items() if key != FULL),
-                    "full_store": self._stores[FULL].nbytes if FULL in self._stores else 0}
+            parts = {"backends": sum(b.nbytes for b in self.backends.values()), "ids": self._ids.nbytes,
+                     "cascade_stores": sum(s.nbytes for key, s in self._stores.items() if key != FULL),
+                     "full_store": self._stores[FULL].nbytes if FULL in self._stores else 0}
+            disk = sum(s.n * s.row_bytes for s in self._stores.values() if s.kind != "memory")
+            n = self.ntotal
+        ram = sum(parts.values())
+        per = (lambda b: b / n) if n else (lambda b: 0.0)
+        return {**parts, "ram_bytes": ram, "disk_bytes": disk, "ntotal": n, "ram_bytes_per_vector": per(ram),
+                "disk_bytes_per_vector": per(disk), "raw_bytes_per_vector": 4 * (self._d or 0)}
 
     @property
     def nbytes(self) -> int:
         """Bytes held in RAM: every backend, the id map, and the stores kept in memory (not mapped ones)."""
-        return sum(self.memory_usage().values())
+        return int(self.memory_usage()["ram_bytes"])
 
     def __repr__(self) -> str:
-        return (f"CompressedIndex(d={self._d}, dims={self.dims}, backend={self.backend!r}, metric={self.metric!r}, "
-                f"rerank={self.rerank!r}, ntotal={self.ntotal})")
+        code = f", code={self.code!r}" if self.code else ""
+        return (f"CompressedIndex(d={self._d}, dims={self.dims}, backend={self.backend!r}{code}, "
+                f"metric={self.metric!r}, rerank={self.rerank!r}, ntotal={self.ntotal})")
 
     # ----------------------------------------------------------------- training and adding
     def train(self, x: np.ndarray) -> None:
@@ -785,7 +865,7 @@ class CompressedIndex:
                 "d": self._d, "dims": list(self.dims), "backend": self.backend, "metric": self.metric,
                 "rerank": self.rerank, "candidates": list(self.candidates), "full_store": self.full_store,
                 "store_dtype": self.store_dtype, "full_vectors": "adapted" if self.smec.supervised_ else "raw",
-                "id_mode": self._ids.mode, "ntotal": self.ntotal, "n_slots": self._ids.n_slots,
+                "id_mode": self._ids.mode, "ntotal": self.ntotal, "n_slots": self._ids.n_slots, "code": self.code,
                 "stores": sorted(str(k) for k in self._stores),
                 "backend_options": {str(dim): b.options() for dim, b in self.backends.items()},
             })
@@ -818,7 +898,7 @@ class CompressedIndex:
         backends = {dim: bcls.load(path / f"backend-{dim}") for dim in dims}
         obj = cls.__new__(cls)
         obj._configure(smec, dims, m["backend"], m["metric"], m["rerank"], tuple(m["candidates"]), kind,
-                       m["store_dtype"], backends)
+                       m["store_dtype"], backends, m.get("code"))
         slot_ids = load_npy(path / "ids.npy", "read_index", "the id map")
         if slot_ids.dtype != np.int64 or slot_ids.shape != (m["n_slots"],):
             raise ValueError(f"read_index: {path / 'ids.npy'} holds {slot_ids.dtype} {slot_ids.shape}; expected "
@@ -877,6 +957,7 @@ def _check_settings(m: dict[str, Any], path: Path) -> dict[str, Any]:
               "store_dtype": (lambda v: v in STORE_DTYPES, f"one of {STORE_DTYPES}"),
               "id_mode": (lambda v: v in (None, SEQUENTIAL, EXPLICIT), f"null, {SEQUENTIAL!r} or {EXPLICIT!r}"),
               "ntotal": (nonneg, "an int >= 0"), "n_slots": (nonneg, "an int >= 0"),
+              "code": (lambda v: v is None or v in CODES, f"null or one of {sorted(CODES)}"),
               "stores": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)
                          and set(v) <= {FULL, *map(str, dims[1:])} and len(set(v)) == len(v),
                          f"names from {[FULL, *map(str, dims[1:])]}")}

@@ -185,7 +185,8 @@ class TextIndex:
         elif spec != "Flat":
             raise ValueError(f"{where}: spec is a FAISS index_factory string; backend is {backend!r} (pass its own "
                              f"options as keyword arguments)")
-        index_args = dict(backend=backend, rerank=rerank, candidates=candidates, **backend_options)
+        # every trained dim is indexed (CompressedIndex's own default is one coded stage)
+        index_args = dict(dims=smec.dims, backend=backend, rerank=rerank, candidates=candidates, **backend_options)
         CompressedIndex(smec, **index_args)  # checks the index arguments now, before the slow steps
         row_of = {d: i for i, d in enumerate(ids)}
         q_texts, pairs = _supervision(queries, qrels, row_of, where)

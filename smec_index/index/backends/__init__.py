@@ -6,14 +6,15 @@ import inspect
 from typing import Any
 
 from .base import METRIC_TYPE, METRICS, Backend, pad_results, worst_distance
+from .binary import BinaryBackend
 from .faiss import FaissBackend
 from .hnswlib import HnswlibBackend
 from .qdrant_edge import QdrantEdgeBackend
 
 __all__ = ["Backend", "BACKENDS", "METRICS", "METRIC_TYPE", "make_backend", "backend_class", "pad_results", "worst_distance"]
 
-BACKENDS: dict[str, type] = {FaissBackend.name: FaissBackend, HnswlibBackend.name: HnswlibBackend,
-                             QdrantEdgeBackend.name: QdrantEdgeBackend}
+BACKENDS: dict[str, type] = {FaissBackend.name: FaissBackend, BinaryBackend.name: BinaryBackend,
+                             HnswlibBackend.name: HnswlibBackend, QdrantEdgeBackend.name: QdrantEdgeBackend}
 
 
 def backend_class(name: str) -> type:

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 DISTANCES = ("cosine", "dot", "euclid")
-QUANTIZATIONS = (None, "int8", "binary")
+QUANTIZATIONS = (None, "int8", "binary", "binary1.5", "binary2")  # binaryN: N bits a dim
 DATATYPES = ("float32", "float16")
 
 
@@ -48,7 +48,8 @@ class QdrantLayoutError(ValueError):
 @dataclass(frozen=True)
 class VectorSpec:
     """One named dense vector: its size, whether it gets an HNSW graph (only searched vectors need one),
-    the quantization of its codes (``None``, ``"int8"``, ``"binary"``) and its storage datatype."""
+    the quantization of its codes (``None``, ``"int8"``, ``"binary"``, ``"binary1.5"``, ``"binary2"``) and its
+    storage datatype."""
 
     name: str
     size: int

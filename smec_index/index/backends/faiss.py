@@ -135,7 +135,10 @@ class FaissBackend:
         space = faiss.ParameterSpace()
         for key, value in params.items():
             try:
-                space.set_index_parameter(self.index, key, value)
+                if key == "qb":  # RaBitQ's query bits: a field, not a ParameterSpace name
+                    _set_query_bits(self._inner, value)
+                else:
+                    space.set_index_parameter(self.index, key, value)
             except RuntimeError as e:
                 raise ValueError(f"faiss backend: parameter {key}={value!r} does not apply to spec "
                                  f"{self.spec!r}: {_first_line(e)}") from None
@@ -300,6 +303,18 @@ class FaissBackend:
         obj._setup(index, int(cfg["dim"]), cfg["metric"], cfg["spec"], cfg["params"],
                    load_npy(path / _DELETED, "read_index", "the tombstones").astype(np.int64))
         return obj
+
+
+def _set_query_bits(index: faiss.Index, qb: Any) -> None:
+    """Set ``qb`` (bits of the quantized query, 1..8) on a RaBitQ index, or on the RaBitQ index inside an IVF."""
+    target = faiss.downcast_index(index)
+    if isinstance(target, faiss.IndexPreTransform):
+        target = faiss.downcast_index(target.index)
+    if not hasattr(target, "qb"):
+        raise RuntimeError("qb applies to RaBitQ indexes only")
+    if isinstance(qb, bool) or not isinstance(qb, (int, np.integer)) or not 0 <= qb <= 8:
+        raise RuntimeError(f"qb must be an int in 0..8 (0: float queries), got {qb!r}")
+    target.qb = int(qb)
 
 
 def _bitmap(labels: np.ndarray) -> np.ndarray:

@@ -37,10 +37,16 @@ _EDGE_CONFIG = "edge_config.json"
 def _quantization(kind: str | None) -> Any:
     if kind == "int8":
         return qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8)
-    if kind == "binary":
+    if kind in _BINARY_ENCODING:
         # 8-bit query against 1-bit codes: the better-recall binary variant measured here
-        return qe.BinaryQuantizationConfig(query_encoding=qe.BinaryQuantizationQueryEncoding.Scalar8Bits)
+        return qe.BinaryQuantizationConfig(encoding=_BINARY_ENCODING[kind],
+                                           query_encoding=qe.BinaryQuantizationQueryEncoding.Scalar8Bits)
     return None
+
+
+_BINARY_ENCODING = {"binary": qe.BinaryQuantizationEncoding.OneBit,
+                    "binary1.5": qe.BinaryQuantizationEncoding.OneAndHalfBits,
+                    "binary2": qe.BinaryQuantizationEncoding.TwoBits}
 
 
 def _edge_config(spec: CollectionSpec, max_search_threads: int | None) -> qe.EdgeConfig:
@@ -296,8 +302,9 @@ class QdrantEdgeBackend:
     ``save`` copies it out and ``load`` copies it back in, so a saved index never changes under its reader.
 
     Options: HNSW ``m``, ``ef_construct`` and search-time ``hnsw_ef`` (at least k), ``full_scan_threshold_kb``,
-    ``quantization`` (``"int8"`` or ``"binary"``, re-scored with the floats, ``oversampling`` times k read
-    from the codes), ``datatype`` (``"float32"`` or ``"float16"``) and ``max_search_threads`` (1, the default:
+    ``quantization`` (``"int8"``, or ``"binary"`` / ``"binary1.5"`` / ``"binary2"``: 1, 1.5 or 2 bits a dim;
+    re-scored with the floats, ``oversampling`` times k read from the codes), ``datatype`` (``"float32"`` or
+    ``"float16"``) and ``max_search_threads`` (1, the default:
     each query on the calling thread; None: Edge's pool, see ``QdrantCompressedCollection.edge``).
     """
 

@@ -30,12 +30,17 @@ _DATATYPE = {"float32": models.Datatype.FLOAT32, "float16": models.Datatype.FLOA
 _RETRY_STATUS = (408, 429, 500, 502, 503, 504)
 
 
+_BINARY_ENCODING = {"binary": models.BinaryQuantizationEncoding.ONE_BIT,
+                    "binary1.5": models.BinaryQuantizationEncoding.ONE_AND_HALF_BITS,
+                    "binary2": models.BinaryQuantizationEncoding.TWO_BITS}
+
+
 def _quantization(kind: str | None) -> Any:
     if kind == "int8":
         return models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8))
-    if kind == "binary":
+    if kind in _BINARY_ENCODING:
         return models.BinaryQuantization(binary=models.BinaryQuantizationConfig(
-            query_encoding=models.BinaryQuantizationQueryEncoding.SCALAR8BITS))
+            encoding=_BINARY_ENCODING[kind], query_encoding=models.BinaryQuantizationQueryEncoding.SCALAR8BITS))
     return None
 
 

@@ -1,0 +1,286 @@
+"""Stage codes and the lean default: the faiss-binary backend, named codes and their bytes, RaBitQ's query
+bits, the default one-stage index with full vectors on disk, and memory_usage / build / info in bytes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+from conftest import _clustered, write_toy_beir
+from test_cli import run as _run
+
+from smec_index import SMEC
+from smec_index.index import CompressedIndex
+from smec_index.index.backends import make_backend
+from smec_index.index.backends.binary import BinaryBackend, binarize
+from smec_index.index.backends.codes import CODES, LABEL_BYTES, code_bytes, default_first_stage
+
+
+@pytest.fixture(scope="module")
+def pca(synth):
+    return SMEC((32, 16, 8), "pca").fit(synth)
+
+
+@pytest.fixture(scope="module")
+def wide():
+    """600 x 768 clustered unit vectors and a PCA compressor (256, 128) fitted on them."""
+    X = _clustered(600, 768, seed=3)
+    return X, SMEC((256, 128), "pca").fit(X)
+
+
+def _exact(Q: np.ndarray, X: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(-(Q @ X.T), axis=1, kind="stable")[:, :k]
+
+
+# --------------------------------------------------------------------- faiss-binary backend
+def test_binary_codes_are_sign_bits_and_scores_follow_hamming(synth):
+    X = synth[:, :32].copy()
+    b = BinaryBackend(32)
+    b.add(np.arange(600, dtype=np.int64), X)
+    assert b.is_trained and b.min_train_rows == 0 and b.ntotal == 600
+    codes = b.codes(X[:3])
+    assert codes.shape == (3, 4) and np.array_equal(np.unpackbits(codes, axis=1, bitorder="little"), X[:3] > 0)
+    D, I = b.search(X[:5], 20)
+    bits = np.unpackbits(binarize(X), axis=1, bitorder="little").astype(int)
+    hamming = (bits[:5, None, :] != bits[I]).sum(axis=2)
+    assert np.allclose(D, np.cos(np.pi * hamming / 32), atol=1e-6)
+    assert np.all(np.diff(D, axis=1) <= 1e-7) and np.all(I[:, 0] == np.arange(5))
+    l2 = BinaryBackend(32, "l2")
+    l2.add(np.arange(600, dtype=np.int64), X)
+    D2, I2 = l2.search(X[:5], 20)
+    assert np.array_equal(I2, I) and np.allclose(D2, 2 - 2 * D, atol=1e-6)
+
+
+def test_binary_itq_trains_rotates_and_round_trips(synth, tmp_path):
+    X = synth[:, :16].copy()
+    b = BinaryBackend(16, itq=True)
+    assert not b.is_trained and b.min_train_rows == 16
+    b.train(X)
+    assert b.is_trained
+    b.add(np.arange(600, dtype=np.int64), X)
+    assert not np.array_equal(b.codes(X), binarize(X))  # the rotation changes the bits
+    bits = np.unpackbits(b.codes(X), axis=1, bitorder="little")
+    assert np.all(np.abs(bits.mean(axis=0) - 0.5) < 0.2)  # centred: each bit splits the corpus
+    b.remove(np.array([3, 4], dtype=np.int64))
+    b.save(tmp_path)
+    loaded = BinaryBackend.load(tmp_path)
+    assert loaded.options() == b.options() == {"itq": True, "hnsw_m": None, "ef_search": 64}
+    assert loaded.ntotal == 598
+    for x, y in zip(loaded.search(X[:10], 5), b.search(X[:10], 5)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_binary_hnsw_tombstones_removed_labels(synth, tmp_path):
+    X = synth[:, :32].copy()
+    b = BinaryBackend(32, hnsw_m=16, ef_search=600)
+    b.add(np.arange(600, dtype=np.int64), X)
+    assert b.remove(np.array([0, 1], dtype=np.int64)) == 2 and b.ntotal == 598
+    _, I = b.search(X[:2], 10)
+    assert not np.isin(I, [0, 1]).any() and (I >= 0).all()
+    b.save(tmp_path)
+    _, I2 = BinaryBackend.load(tmp_path).search(X[:2], 10)
+    assert not np.isin(I2, [0, 1]).any()
+    b.reset()
+    assert b.ntotal == 0
+
+
+@pytest.mark.parametrize("kwargs, match", [({"dim": 12}, "multiple of 8"), ({"dim": 16, "hnsw_m": 1}, "hnsw_m"),
+                                           ({"dim": 16, "itq": 1}, "itq must be a bool"),
+                                           ({"dim": 16, "metric": "cos"}, "metric")])
+def test_binary_bad_arguments(kwargs, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        BinaryBackend(**kwargs)
+
+
+# --------------------------------------------------------------------- codes
+def test_code_bytes_match_faiss_and_the_issue():
+    assert code_bytes("rabitq1", 384) == 56 and code_bytes("rabitq4", 384) == 212  # issue 16's table
+    assert code_bytes("rabitq1", 128) == 24 and code_bytes("sq8", 128) == 128 and code_bytes("sq4", 128) == 64
+    assert code_bytes("binary", 128) == code_bytes("binary-itq", 128) == code_bytes("qdrant-binary", 128) == 16
+    assert code_bytes("qdrant-binary2", 128) == 32 and code_bytes("qdrant-binary1.5", 128) == 24
+    with pytest.raises(ValueError, match="code must be one of"):
+        code_bytes("pq", 64)
+
+
+def test_default_first_stage_fits_the_budget():
+    assert default_first_stage(768, (256, 128, 64, 32)) == (256, "rabitq4")
+    assert default_first_stage(384, (128, 64, 32)) == (128, "rabitq2")
+    dim, code = default_first_stage(768, (256, 128, 64), budget=1024 + LABEL_BYTES)
+    assert (dim, code) == (256, "float32")
+    for D, dims in ((768, (256, 128, 64, 32)), (384, (128, 64, 32)), (1024, (512, 256))):
+        dim, code = default_first_stage(D, dims)
+        assert code_bytes(code, dim) + LABEL_BYTES <= 4 * D / 16
+
+
+@pytest.mark.parametrize("code", sorted(CODES))
+def test_every_code_reranks_to_the_exact_answer(code, pca, synth):
+    """With every row a candidate, any code's first stage followed by the full rerank is exact search."""
+    index = CompressedIndex(pca, dims=32, code=code, candidates=600)
+    assert index.backend == CODES[code].backend and index.code == code
+    index.train(synth)
+    index.add(synth)
+    D, I = index.search(synth[:20], 10)
+    np.testing.assert_array_equal(I, _exact(synth[:20], synth, 10))
+    _, I0 = index.search(synth[:20], 10, rerank="none")
+    assert (I0 >= 0).all()
+
+
+def test_code_arguments_are_checked(pca):
+    with pytest.raises(ValueError, match="code must be one of"):
+        CompressedIndex(pca, code="pq8")
+    with pytest.raises(ValueError, match="runs on the 'faiss-binary' backend"):
+        CompressedIndex(pca, code="binary", backend="faiss")
+    with pytest.raises(ValueError, match="sets spec='SQ8'"):
+        CompressedIndex(pca, code="sq8", spec="Flat")
+    with pytest.raises(ValueError, match="budget must be a positive number"):
+        CompressedIndex(pca, budget=0)
+    with pytest.raises(ValueError, match="budget chooses the dim"):
+        CompressedIndex(pca, dims=16, budget=64)
+    with pytest.raises(ValueError, match="budget chooses the dim"):
+        CompressedIndex(pca, spec="Flat", budget=64)
+    index = CompressedIndex(pca, dims=16, code="rabitq2", params={"qb": 4})
+    assert index.backends[16].options() == {"spec": "RaBitQ2", "params": {"qb": 4}}
+
+
+def test_rabitq_query_bits_are_set_kept_and_checked(synth, tmp_path):
+    b = make_backend("faiss", 32, "ip", {"spec": "RaBitQ", "params": {"qb": 8}})
+    assert faiss.downcast_index(b._inner).qb == 8
+    b.train(synth[:, :32].copy())
+    b.add(np.arange(600, dtype=np.int64), synth[:, :32].copy())
+    b.save(tmp_path)
+    assert faiss.downcast_index(type(b).load(tmp_path)._inner).qb == 8
+    ivf = make_backend("faiss", 32, "ip", {"spec": "IVF4,RaBitQ", "params": {"qb": 6, "nprobe": 2}})
+    assert faiss.downcast_index(ivf.index).qb == 6
+    with pytest.raises(ValueError, match="qb"):
+        make_backend("faiss", 32, "ip", {"spec": "Flat", "params": {"qb": 8}})
+    with pytest.raises(ValueError, match="qb"):
+        make_backend("faiss", 32, "ip", {"spec": "RaBitQ", "params": {"qb": 9}})
+
+
+# --------------------------------------------------------------------- the lean default
+def test_default_index_is_one_coded_stage_with_full_vectors_on_disk(wide):
+    X, smec = wide
+    index = CompressedIndex(smec)
+    assert index.dims == (256,) and index.code == "rabitq4" and index.full_store == "disk"
+    index.train(X)
+    index.add(X)
+    u = index.memory_usage()
+    assert u["raw_bytes_per_vector"] == 4 * 768 and u["ntotal"] == 600
+    assert u["ram_bytes_per_vector"] <= 4 * 768 / 16
+    assert u["disk_bytes"] == 600 * 4 * 768 and u["full_store"] == 0 and u["cascade_stores"] == 0
+    assert u["ram_bytes"] == index.nbytes == sum(u[k] for k in ("backends", "ids", "cascade_stores", "full_store"))
+    D, I = index.search(X[:20], 10, candidates=600)
+    np.testing.assert_array_equal(I, _exact(X[:20], X, 10))
+
+
+def test_budget_and_explicit_arguments_choose_the_stage(wide):
+    X, smec = wide
+    assert CompressedIndex(smec, budget=1024 + LABEL_BYTES).code == "float32"
+    assert CompressedIndex(smec, budget=64).dims == (128,)
+    assert CompressedIndex(smec, code="sq8").dims == (128,)  # 256 B at 256 dims is over 192
+    old = CompressedIndex(smec, dims=smec.dims_, full_store="memory", spec="Flat")  # the old default, on request
+    assert old.dims == (128, 256) and old.code is None
+    old.train(X)
+    old.add(X)
+    u = old.memory_usage()
+    assert u["disk_bytes"] == 0 and u["full_store"] == 600 * 4 * 768 and u["cascade_stores"] == 600 * 4 * 256
+    assert CompressedIndex(smec, spec="HNSW32").dims == (128,)  # backend options without a code: the smallest dim
+
+
+def test_memory_usage_of_an_empty_index(pca):
+    u = CompressedIndex(pca).memory_usage()
+    assert u["ntotal"] == 0 and u["ram_bytes_per_vector"] == 0.0 and u["raw_bytes_per_vector"] == 4 * 48
+
+
+def test_code_survives_save_and_load(pca, synth, tmp_path):
+    index = CompressedIndex(pca, dims=16, code="binary-itq")
+    index.train(synth)
+    index.add(synth)
+    index.save(tmp_path / "ix")
+    loaded = CompressedIndex.load(tmp_path / "ix")
+    assert loaded.code == "binary-itq" and loaded.full_store == "disk" and "code='binary-itq'" in repr(loaded)
+    np.testing.assert_array_equal(loaded.search(synth[:5], 5)[1], index.search(synth[:5], 5)[1])
+
+
+# --------------------------------------------------------------------- command line
+def test_build_and_info_report_bytes_per_vector(wide, tmp_path, capsys):
+    X, smec = wide
+    smec.save(tmp_path / "m")
+    np.save(tmp_path / "X.npy", X)
+    code, out, err = _run(["build", "--compressor", tmp_path / "m", "--corpus", tmp_path / "X.npy", "--out",
+                           tmp_path / "ix", "--quiet"], capsys)
+    assert code == 0, err
+    assert "code='rabitq4'" in out and "raw float32 3,072 B/vector" in out and "RAM " in out
+    code, out, err = _run(["info", tmp_path / "ix", "--json"], capsys)
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["ntotal"] == 600 and info["raw_bytes_per_vector"] == 3072 and info["code"] == "rabitq4"
+    assert info["disk_bytes_per_vector"] == pytest.approx(info["total_bytes"] / 600)
+    assert info["ram_bytes_per_vector"] <= 3072 / 16
+    assert info["ram_bytes_per_vector"] == pytest.approx(
+        (info["bytes"]["backend-256"] + info["bytes"]["ids.npy"]) / 600)
+    code, out, _ = _run(["info", tmp_path / "ix"], capsys)
+    assert "per vector" in out and "of raw" in out and "code rabitq4" in out
+    code, out, err = _run(["build", "--compressor", tmp_path / "m", "--corpus", tmp_path / "X.npy", "--code", "sq8",
+                           "--full-store", "memory", "--out", tmp_path / "ix2", "--quiet"], capsys)
+    assert code == 0, err
+    info = json.loads(_run(["info", tmp_path / "ix2", "--json"], capsys)[1])
+    assert info["dims"] == [128] and info["ram_bytes_per_vector"] > 3072  # the full store counts in RAM
+    code, _, err = _run(["build", "--compressor", tmp_path / "m", "--corpus", tmp_path / "X.npy", "--code", "binary",
+                         "--spec", "Flat", "--out", tmp_path / "ix3", "--quiet"], capsys)
+    assert code == 1 and "unknown option(s) ['spec']" in err and not (tmp_path / "ix3").exists()
+
+
+# --------------------------------------------------------------------- benchmark
+def test_bytes_benchmark_writes_records_and_plot(tmp_path, monkeypatch):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import bytes as bench
+
+    data = write_toy_beir(tmp_path / "beir", n_docs=150, n_queries=12, dim=32)
+    monkeypatch.setattr(bench, "STAGE_CODES", ("float32", "rabitq1", "binary"))
+    out = tmp_path / "b.json"
+    assert bench.main(["--data", str(data), "--model", "toy", "--dims", "16", "--qps-queries", "3", "--cache",
+                       str(tmp_path / "cache"), "--json", str(out), "--plot", str(tmp_path / "b.png")]) == 0
+    payload = json.loads(out.read_text())
+    keys = {"first_stage", "dim", "code", "code_bytes", "candidates", "recall@10", "ndcg@10", "qps_b1"}
+    assert all(keys <= set(r) for r in payload["records"])
+    assert {"commit", "dirty", "threads", "command", "machine", "load_avg_before"} <= set(payload)
+    stages = {(r["first_stage"], r["code"]) for r in payload["records"]}
+    assert {("full", "float32"), ("pca", "rabitq1"), ("smec", "binary"), ("smec-qa", "binary-itq"),
+            ("smec-qa", "rabitq1"), ("faiss", "RaBitQ")} <= stages
+    assert any("ITQ256" in s for s in payload["skipped"])  # not defined on 32-dim vectors
+    exact = [r for r in payload["records"] if (r["first_stage"], r["code"]) == ("full", "float32")]
+    assert all(r["recall@10"] == 1.0 for r in exact) and {r["candidates"] for r in exact} == {0, 20, 50, 100}
+    assert (tmp_path / "b.png").stat().st_size > 1000 and out.with_suffix(".md").is_file()
+    assert list((tmp_path / "cache").iterdir())  # the compressors were cached
+    default = payload["default_build"]
+    assert default["full_store"] == "disk" and default["raw_bytes_per_vector"] == 128 and default["recall@10"] > 0
+
+
+def test_itq_rotation_keeps_float_scores(pca, synth):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import bytes as bench
+
+    rotated = bench.itq_rotated(pca, synth, seed=0)
+    a, b = pca.transform(synth[:50], 16), rotated.transform(synth[:50], 16)
+    assert not np.allclose(a, b) and np.allclose(a @ a.T, b @ b.T, atol=1e-5)
+    assert bench.pareto([(8, 0.5), (16, 0.4), (24, 0.9), (32, 0.9)]) == [(8, 0.5), (24, 0.9)]
+
+
+def test_advise_command_prints_the_bytes_choice(synth, tmp_path, capsys):
+    np.save(tmp_path / "X.npy", synth)
+    SMEC((32, 16), "pca").fit(synth).save(tmp_path / "m")
+    code, out, err = _run(["advise", "--corpus", tmp_path / "X.npy", "--compressor", tmp_path / "m", "--budget", "48",
+                           "--codes", "sq8,binary", "--candidates", "50", "--json", tmp_path / "a.json", "--quiet"],
+                          capsys)
+    assert code == 0, err
+    assert "## In bytes" in out and "Choice (within 48 B a vector)" in out
+    payload = json.loads((tmp_path / "a.json").read_text())
+    assert payload["budget"] == 48 and payload["choice"]["ram_bytes_per_vector"] <= 48
+    assert {o["code"] for o in payload["options"]} == {"sq8", "binary"}
+    code, _, err = _run(["advise", "--corpus", tmp_path / "X.npy", "--codes", "qdrant-int8"], capsys)
+    assert code == 2 and "expected comma-separated names" in err
