@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 
 from .base import METRICS
-from .faiss import _bitmap, faiss_threads
+from .faiss import _bitmap, faiss_threads, serialized_size
 
 __all__ = ["BinaryBackend", "binarize"]
 
@@ -90,18 +90,9 @@ class BinaryBackend:
     @property
     def nbytes(self) -> int:
         """Serialised size of the binary index (codes, id map, graph) plus the ITQ rotation and tombstones."""
-        total = 0
-
-        def count(chunk: bytes) -> int:
-            nonlocal total
-            total += len(chunk)
-            return len(chunk)
-
-        writer = faiss.PyCallbackIOWriter(count)
-        faiss.write_index_binary(self.index, writer)
-        del writer
         itq = 0 if self._itq is None else 4 * self.dim * (self.dim + 1)
-        return total + itq + int(self._deleted.nbytes + self._deleted_bits.nbytes)
+        return serialized_size(self.index, faiss.write_index_binary) + itq + int(
+            self._deleted.nbytes + self._deleted_bits.nbytes)
 
     def options(self) -> dict[str, Any]:
         return {"itq": self._itq is not None, "hnsw_m": self.hnsw_m, "ef_search": self.ef_search}

@@ -17,7 +17,7 @@ import contextlib
 import json
 import threading
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import faiss
 import numpy as np
@@ -100,6 +100,22 @@ def _can_remove(index: faiss.Index) -> bool:
     return True
 
 
+def serialized_size(index: Any, write: Callable[[Any, Any], None] = faiss.write_index) -> int:
+    """The bytes ``write`` (``faiss.write_index`` or ``faiss.write_index_binary``) produces for ``index``,
+    counted as they stream out, without a copy."""
+    total = 0
+
+    def count(chunk: bytes) -> int:
+        nonlocal total
+        total += len(chunk)
+        return len(chunk)
+
+    writer = faiss.PyCallbackIOWriter(count)
+    write(index, writer)
+    del writer
+    return total
+
+
 class FaissBackend:
     """A FAISS index built by ``index_factory(dim, spec, metric)``, labels = the facade's slots.
 
@@ -165,17 +181,7 @@ class FaissBackend:
     @property
     def nbytes(self) -> int:
         """Size of FAISS's serialised index (its codes, graph and id map), counted without a copy."""
-        total = 0
-
-        def count(chunk: bytes) -> int:
-            nonlocal total
-            total += len(chunk)
-            return len(chunk)
-
-        writer = faiss.PyCallbackIOWriter(count)
-        faiss.write_index(self.index, writer)
-        del writer
-        return total + int(self._deleted.nbytes + self._deleted_bits.nbytes)
+        return serialized_size(self.index) + int(self._deleted.nbytes + self._deleted_bits.nbytes)
 
     def options(self) -> dict[str, Any]:
         return {"spec": self.spec, "params": dict(self.params)}
