@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 
 from .base import METRICS
-from .faiss import _bitmap, faiss_threads, serialized_size
+from .faiss import Tombstones, faiss_threads, serialized_size
 
 __all__ = ["BinaryBackend", "binarize"]
 
@@ -37,7 +37,7 @@ def binarize(X: np.ndarray) -> np.ndarray:
     return np.packbits(X > 0, axis=1, bitorder="little")
 
 
-class BinaryBackend:
+class BinaryBackend(Tombstones):
     """Sign codes of the stage output under int64 labels (``IndexBinaryIDMap``).
 
     Options: ``itq`` (fit an ITQ rotation in ``train``; the backend then needs training),
@@ -70,8 +70,7 @@ class BinaryBackend:
                deleted: np.ndarray) -> None:
         self.index, self._itq, self.dim, self.metric = index, itq, dim, metric
         self.hnsw_m, self.ef_search = hnsw_m, ef_search
-        self._deleted = deleted
-        self._deleted_bits = _bitmap(deleted)
+        self._set_tombstones(deleted)
 
     # ----------------------------------------------------------------- protocol
     @property
@@ -121,17 +120,10 @@ class BinaryBackend:
         D[I < 0] = np.float32(-np.finfo(np.float32).max if self.metric == "ip" else np.finfo(np.float32).max)
         return D, I
 
-    def remove(self, ids: np.ndarray) -> int:
-        if self.hnsw_m is None:
-            return int(self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))
-        self._deleted = np.union1d(self._deleted, ids).astype(np.int64)
-        self._deleted_bits = _bitmap(self._deleted)
-        return int(ids.shape[0])
-
-    def reset(self) -> None:
-        self.index.reset()
-        self._deleted = np.empty(0, dtype=np.int64)
-        self._deleted_bits = _bitmap(self._deleted)
+    @property
+    def _native_remove(self) -> bool:
+        """A flat binary index deletes; a binary HNSW graph keeps tombstones."""
+        return self.hnsw_m is None
 
     def _search_params(self, k: int) -> Any:
         """HNSW's ef (at least k) and, when labels were removed, a selector that skips them; made per call."""

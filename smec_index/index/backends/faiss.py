@@ -116,7 +116,31 @@ def serialized_size(index: Any, write: Callable[[Any, Any], None] = faiss.write_
     return total
 
 
-class FaissBackend:
+class Tombstones:
+    """Removal for engines that cannot delete (graphs): removed labels are kept as tombstones (``_deleted``, sorted,
+    and ``_deleted_bits``, the bitmap searches skip them with) while ``_native_remove`` is False."""
+
+    _native_remove: bool
+    _deleted: np.ndarray
+    _deleted_bits: np.ndarray
+    index: Any
+
+    def _set_tombstones(self, deleted: np.ndarray) -> None:
+        self._deleted = deleted
+        self._deleted_bits = _bitmap(deleted)
+
+    def remove(self, ids: np.ndarray) -> int:
+        if self._native_remove:
+            return int(self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))
+        self._set_tombstones(np.union1d(self._deleted, ids).astype(np.int64))
+        return int(ids.shape[0])
+
+    def reset(self) -> None:
+        self.index.reset()
+        self._set_tombstones(np.empty(0, dtype=np.int64))
+
+
+class FaissBackend(Tombstones):
     """A FAISS index built by ``index_factory(dim, spec, metric)``, labels = the facade's slots.
 
     ``params`` are FAISS search-time parameters set through ``ParameterSpace`` (e.g. ``{"efSearch": 64}``,
@@ -143,8 +167,7 @@ class FaissBackend:
         self.params: dict[str, Any] = {}
         self.set_params(**params)
         self._native_remove = _can_remove(index)
-        self._deleted = deleted
-        self._deleted_bits = _bitmap(deleted)
+        self._set_tombstones(deleted)
 
     def set_params(self, **params: Any) -> None:
         """Set FAISS search-time parameters (``efSearch``, ``nprobe``, ...) by ``ParameterSpace`` name."""
@@ -245,18 +268,6 @@ class FaissBackend:
                 rows = np.ascontiguousarray(np.searchsorted(slots, labels), dtype=np.int64)
                 inv.update_entries(j, 0, labels.size, faiss.swig_ptr(rows), inv.get_codes(j))
         return copy, slots
-
-    def remove(self, ids: np.ndarray) -> int:
-        if self._native_remove:
-            return int(self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))
-        self._deleted = np.union1d(self._deleted, ids).astype(np.int64)
-        self._deleted_bits = _bitmap(self._deleted)
-        return int(ids.shape[0])
-
-    def reset(self) -> None:
-        self.index.reset()
-        self._deleted = np.empty(0, dtype=np.int64)
-        self._deleted_bits = _bitmap(self._deleted)
 
     def _search_params(self, sel: faiss.IDSelector | None, overrides: dict[str, Any]) -> faiss.SearchParameters | None:
         """Per-call search parameters: skip tombstoned labels, keep only ``sel``'s, and this call's
