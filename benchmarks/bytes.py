@@ -63,8 +63,12 @@ DEFAULT_CACHE = Path("/tmp/smec-bytes-cache")
 
 # --------------------------------------------------------------------- first stages
 def _fit_cached(method: str, X: np.ndarray, dims: tuple[int, ...], seed: int, cache: Path, tag: str) -> SMEC:
-    """``SMEC(dims, method, seed)`` fitted on X, loaded from ``cache`` when an identical fit was saved there."""
-    key = hashlib.sha256(X[:: max(1, X.shape[0] // 1000)].tobytes()).hexdigest()[:12]
+    """``SMEC(dims, method, seed)`` fitted on X, loaded from ``cache`` when an identical fit (same data, same
+    compressor source code) was saved there."""
+    h = hashlib.sha256(X[:: max(1, X.shape[0] // 1000)].tobytes())
+    for src in sorted((Path(__file__).resolve().parent.parent / "smec_index" / "compressor").glob("*.py")):
+        h.update(src.read_bytes())  # a fit by other compressor code is another model
+    key = h.hexdigest()[:12]
     path = cache / f"{tag}-{method}-{'-'.join(map(str, dims))}-seed{seed}-{X.shape[0]}x{X.shape[1]}-{key}"
     if (path / "config.json").is_file():
         return SMEC.load(path)

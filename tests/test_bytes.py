@@ -108,7 +108,7 @@ def test_code_bytes_match_faiss_and_the_issue():
 
 def test_default_first_stage_fits_the_budget():
     assert default_first_stage(768, (256, 128, 64, 32)) == (256, "rabitq4")
-    assert default_first_stage(384, (128, 64, 32)) == (128, "rabitq2")
+    assert default_first_stage(384, (128, 64, 32)) == (128, "rabitq4")
     dim, code = default_first_stage(768, (256, 128, 64), budget=1024 + LABEL_BYTES)
     assert (dim, code) == (256, "float32")
     for D, dims in ((768, (256, 128, 64, 32)), (384, (128, 64, 32)), (1024, (512, 256))):
@@ -180,7 +180,8 @@ def test_default_index_is_one_coded_stage_with_full_vectors_on_disk(wide):
 def test_budget_and_explicit_arguments_choose_the_stage(wide):
     X, smec = wide
     assert CompressedIndex(smec, budget=1024 + LABEL_BYTES).code == "float32"
-    assert CompressedIndex(smec, budget=64).dims == (128,)
+    assert CompressedIndex(smec, budget=48).dims == (256,)  # 1-bit RaBitQ at 256: 40 B code + 8 B label
+    assert CompressedIndex(smec, budget=47).dims == (128,)
     assert CompressedIndex(smec, code="sq8").dims == (128,)  # 256 B at 256 dims is over 192
     old = CompressedIndex(smec, dims=smec.dims_, full_store="memory", spec="Flat")  # the old default, on request
     assert old.dims == (128, 256) and old.code is None

@@ -647,3 +647,76 @@ def test_neighbour_memory_sample_draws_uniformly_from_the_in_memory_top_pool():
             seen |= {(i, p) for p in picked}
     # uniform over the pool: with 30 draws of 5 from up to 20, nearly every pooled row is drawn
     assert len(seen) >= 0.9 * int(top_valid.sum())
+
+
+# ---------------------------------------------------------------- output rotation
+@pytest.mark.parametrize("method", ["smec", "pca"])
+def test_rotation_keeps_every_score_and_is_seeded(synth, method):
+    opts = FAST if method == "smec" else {}
+    plain = SMEC((16, 8), method, rotate=False, **opts).fit(synth)
+    rotated = SMEC((16, 8), method, **opts).fit(synth)
+    assert rotated.rotate and not plain.rotate
+    for d in (16, 8):
+        P, R = plain.transform(synth, d), rotated.transform(synth, d)
+        np.testing.assert_allclose(R @ R.T, P @ P.T, atol=2e-5)  # orthogonal: the same scores
+        assert not np.allclose(R, P, atol=1e-2)  # but other coordinates
+    again = SMEC((16, 8), method, **opts).fit(synth)
+    np.testing.assert_array_equal(again.transform(synth, 8), rotated.transform(synth, 8))
+    other = SMEC((16, 8), method, seed=1, **opts).fit(synth)
+    assert not np.allclose(other.projection(8).M, rotated.projection(8).M) or method == "smec"
+
+
+def test_rotation_spreads_variance_evenly_and_helps_sign_codes():
+    """PCA's coordinates are sorted by variance; rotated ones share it about equally, so a 1-bit code of each
+    coordinate keeps more of the neighbours."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3000, 64)) * np.geomspace(4.0, 0.05, 64)
+    X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    plain = SMEC((32,), "pca", rotate=False).fit(X)
+    rotated = SMEC((32,), "pca").fit(X)
+    Zp, Zr = plain.transform(X, 32), rotated.transform(X, 32)
+    vp, vr = Zp.var(axis=0), Zr.var(axis=0)
+    assert vp.max() / vp.min() > 20 and vr.max() / vr.min() < 5
+
+    def sign_recall(Z):
+        B = np.sign(Z)
+        hits = []
+        for i in range(200):
+            exact = np.argsort(-(X @ X[i]))[1:11]
+            code = np.argsort(-(B @ B[i]), kind="stable")[1:101]
+            hits.append(np.isin(exact, code).mean())
+        return float(np.mean(hits))
+
+    assert sign_recall(Zr) > sign_recall(Zp) + 0.05
+
+
+def test_truncate_is_not_rotated_and_old_saves_load_unrotated(tmp_path, synth):
+    trunc = SMEC((8,), "truncate").fit(synth)
+    assert not trunc.rotate
+    np.testing.assert_allclose(trunc.transform(synth, 8),
+                               synth[:, :8] / np.linalg.norm(synth[:, :8], axis=1, keepdims=True), atol=1e-6)
+    with pytest.raises(TypeError, match="rotate must be"):
+        SMEC((8,), rotate="yes")
+    pca = SMEC((8,), "pca").fit(synth)
+    pca.save(tmp_path / "m")
+    assert SMEC.load(tmp_path / "m").rotate
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    del cfg["rotate"]  # a save written before the option
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg, indent=2))
+    write_manifest(tmp_path / "m", "smec_index.SMEC", FORMAT_VERSION, {})
+    assert not SMEC.load(tmp_path / "m").rotate
+
+
+def test_extend_rotates_the_new_stage_only(synth, monkeypatch):
+    import smec_index.compressor.api as api
+
+    calls = []
+    real = api.rotate_outputs
+    monkeypatch.setattr(api, "rotate_outputs", lambda p, dims, seed: (calls.append(tuple(dims)), real(p, dims, seed)))
+    smec = SMEC((16,), "smec", **FAST).fit(synth)
+    before = smec.projection(16).M.copy()
+    smec.extend(8)
+    np.testing.assert_array_equal(smec.projection(16).M, before)
+    assert calls == [(16,), (8,)]
+    SMEC((16,), "smec", rotate=False, **FAST).fit(synth).extend(8)
+    assert calls == [(16,), (8,)]

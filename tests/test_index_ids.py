@@ -54,3 +54,24 @@ def test_rebuild_from_saved_slot_ids():
     ids = np.array([2, 4, 6, 8])
     np.testing.assert_array_equal(back.lookup(ids), m.lookup(ids))
     assert back.ntotal == 3 and back.n_slots == 4
+
+
+def test_sequential_ids_cost_no_memory_until_a_removal():
+    m = IdMap()
+    m.assign(1000, None)
+    m.assign(500, None)
+    assert m.nbytes == 0 and m.ntotal == m.n_slots == 1500
+    np.testing.assert_array_equal(m.lookup(np.array([0, 1499, 1500, -1])), [0, 1499, -1, -1])
+    np.testing.assert_array_equal(m.to_external(np.array([[3, -1, 1499]])), [[3, -1, 1499]])
+    np.testing.assert_array_equal(m.slot_ids, np.arange(1500))
+    m.remove(np.array([2000]))  # nothing to remove: still free
+    assert m.nbytes == 0
+    m.remove(np.array([0]))
+    assert m.nbytes > 0 and m.ntotal == 1499
+    np.testing.assert_array_equal(m.lookup(np.array([0, 1498, 1499])), [1, 1499, -1])
+    again = IdMap.from_slot_ids(SEQUENTIAL, np.arange(7, dtype=np.int64))
+    assert again.nbytes == 0 and again.ntotal == 7
+    kept = IdMap.from_slot_ids(SEQUENTIAL, np.array([-1, 0, 1], dtype=np.int64))
+    assert kept.nbytes > 0 and kept.ntotal == 2
+    explicit = IdMap.from_slot_ids(EXPLICIT, np.arange(3, dtype=np.int64))
+    assert explicit.nbytes > 0 and explicit.mode == EXPLICIT

@@ -14,7 +14,7 @@ import torch
 from .._fsutil import atomic_directory, manifest_files, read_manifest, read_versioned_json, write_manifest
 from .._rows import normalise_rows
 from .._threads import training_threads
-from .baselines import pca_projections, pca_rotation, truncate_projections
+from .baselines import pca_projections, pca_rotation, rotate_outputs, truncate_projections
 from .model import Projection, StageModel
 from .train import StageReport, TrainConfig, TrainData, score_outputs, train_stage
 
@@ -104,6 +104,9 @@ class SMEC:
     outputs are float32 and L2-normalised. ``init="auto"`` (= ``"pca"``) starts each adapter at the principal
     axes of its input; ``"identity"`` starts it at the input itself. ``ads=None`` (smec's default) learns the
     dimension selection when fitting with labels and keeps the leading principal axes without.
+    ``rotate`` (default: every method but ``"truncate"``) follows each reduced dim's map with a seeded random
+    rotation: scores are unchanged, and codes that quantize coordinate by coordinate (RaBitQ, sign bits,
+    Qdrant's binary) see coordinates of equal spread, which they need (``baselines.rotate_outputs``).
 
     Every SMEC stage keeps the best, on held-out data, of its trained map and PCA of the same dim (of its input,
     and of the full vector): held-out corpus rows' neighbours without labels, held-out training queries with
@@ -125,6 +128,7 @@ class SMEC:
         ads: bool | None = None,
         xbm: bool | None = None,
         init: str = "auto",
+        rotate: bool | None = None,
         seed: int = 0,
         device: str | None = None,
         progress: bool = True,
@@ -137,6 +141,8 @@ class SMEC:
         given = {k: v for k, v in flags.items() if v is not None}
         if given and method != "smec":
             raise ValueError(f"SMEC: {sorted(given)} only apply to method='smec' (the ablation switches), got method={method!r}")
+        if rotate is not None and not isinstance(rotate, bool):
+            raise TypeError(f"SMEC: rotate must be None, True or False, got {rotate!r}")
         if init not in ("auto", "identity", "pca"):
             raise ValueError(f"SMEC: init must be 'auto', 'identity' or 'pca', got {init!r}")
         known = {f.name for f in fields(TrainConfig)} - {"xbm"}
@@ -156,6 +162,7 @@ class SMEC:
                 raise ValueError(f"SMEC: device must be None (CUDA when present, else CPU) or a torch device such as "
                                  f"'cpu' or 'cuda:0', got {device!r}") from None
         self.init = init
+        self.rotate = method != "truncate" if rotate is None else rotate
         self.seed = int(seed)
         self.device = device
         self.progress = progress
@@ -226,6 +233,8 @@ class SMEC:
             trainer = _Trainer(self, X, Q, pairs)
             with training_threads():  # one thread per idle core: a busy machine slows training in proportion
                 trainer.run(self.dims, projections, selections, reports)
+        if self.rotate:
+            rotate_outputs(projections, self.dims, self.seed)
         self.input_dim_ = D
         self.supervised_ = pairs is not None and self.method not in ("pca", "truncate")
         self.projections_ = projections
@@ -335,6 +344,8 @@ class SMEC:
         else:
             with training_threads():
                 _Trainer(self, X, Q, pairs).extend(dim, projections, selections, reports)
+        if self.rotate:
+            rotate_outputs(projections, (dim,), self.seed)
         self.projections_ = projections
         self.selections_ = selections
         self.reports_ = self.reports_ + [r.to_dict() for r in reports]
@@ -353,6 +364,7 @@ class SMEC:
             "ads": self.ads,
             "xbm": self.xbm,
             "init": self.init,
+            "rotate": self.rotate,
             "seed": self.seed,
             "train_options": self.train_options,
         }
@@ -414,7 +426,9 @@ class SMEC:
     @classmethod
     def _from_saved(cls, cfg: dict, tensors: dict[str, np.ndarray], path: Path) -> "SMEC":
         flags = {k: cfg[k] for k in ("sequential", "ads", "xbm")} if cfg["method"] == "smec" else {}
-        obj = cls(cfg["dims"], cfg["method"], init=cfg["init"], seed=cfg["seed"], **flags, **cfg["train_options"])
+        rotate = cfg.get("rotate", False)  # saves from before the option were not rotated
+        obj = cls(cfg["dims"], cfg["method"], init=cfg["init"], rotate=rotate, seed=cfg["seed"], **flags,
+                  **cfg["train_options"])
         fitted = cfg["fitted"]
         D = fitted["input_dim"]
         dims = cls._check_dims(fitted["dims"])
@@ -663,9 +677,10 @@ class _Trainer:
         return out[d], sel.get(d)
 
     def _pca_after(self, proj_in: Projection, d: int) -> Projection:
-        """``proj_in`` followed by the top ``d`` principal axes of its (un-normalised) output."""
-        mu, R = self._pca_of(proj_in)
-        return proj_in.then(R, -(mu @ R), np.arange(d))
+        """``proj_in`` followed by the top ``d`` principal axes of its (un-normalised) output, not re-centred
+        (as ``pca_projections``, which says why)."""
+        _, R = self._pca_of(proj_in)
+        return proj_in.then(R, np.zeros(R.shape[1]), np.arange(d))
 
     def _pca_of(self, proj_in: Projection) -> tuple[np.ndarray, np.ndarray]:
         """(mean, principal axes) of ``proj_in``'s un-normalised output over the training corpus, computed once

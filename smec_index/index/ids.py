@@ -24,22 +24,34 @@ EXPLICIT = "explicit"
 
 
 class IdMap:
-    """Slot <-> external id map: ``slot_ids[slot]`` is the id (-1 once removed); lookups by binary search."""
+    """Slot <-> external id map: ``slot_ids[slot]`` is the id (-1 once removed); lookups by binary search.
+
+    While every id is its own slot (sequential ids, nothing removed: the common case) the map holds no array
+    at all, so an index pays nothing for ids beyond the engine's own 8-byte label; the first removal (or
+    explicit ids) makes it a real map."""
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
         self.mode: str | None = None
+        self._identity = True  # slot == id for every slot, none removed; the arrays below are then unused
         self._slot_ids = np.empty(0, dtype=np.int64)
         self._n_slots = 0
         self._keys = np.empty(0, dtype=np.int64)  # live external ids, sorted
         self._vals = np.empty(0, dtype=np.int64)  # their slots
 
+    def _materialise(self) -> None:
+        if self._identity:
+            self._slot_ids = np.arange(self._n_slots, dtype=np.int64)
+            self._keys = self._slot_ids.copy()
+            self._vals = self._slot_ids.copy()
+            self._identity = False
+
     # ----------------------------------------------------------------- state
     @property
     def ntotal(self) -> int:
-        return int(self._keys.shape[0])
+        return self._n_slots if self._identity else int(self._keys.shape[0])
 
     @property
     def n_slots(self) -> int:
@@ -48,14 +60,20 @@ class IdMap:
     @property
     def slot_ids(self) -> np.ndarray:
         """External id of every slot so far, -1 for removed ones (a view; do not modify)."""
+        if self._identity:
+            return np.arange(self._n_slots, dtype=np.int64)
         return self._slot_ids[: self._n_slots]
 
     @property
     def nbytes(self) -> int:
+        if self._identity:
+            return 0
         return int(self._slot_ids.nbytes + self._keys.nbytes + self._vals.nbytes)
 
     def live_slots(self) -> np.ndarray:
         """Slots of the live vectors in insertion order."""
+        if self._identity:
+            return np.arange(self._n_slots, dtype=np.int64)
         return np.flatnonzero(self.slot_ids >= 0).astype(np.int64)
 
     # ----------------------------------------------------------------- checks (no state change)
@@ -83,6 +101,11 @@ class IdMap:
         """Give n new vectors their slots (and ids: the next positions when ``ids`` is None); return the slots."""
         mode = SEQUENTIAL if ids is None else EXPLICIT
         slots = np.arange(self._n_slots, self._n_slots + n, dtype=np.int64)
+        if mode == SEQUENTIAL and self._identity:
+            self._n_slots += n
+            self.mode = mode
+            return slots
+        self._materialise()
         if ids is None:
             ids = np.arange(self.ntotal, self.ntotal + n, dtype=np.int64)
         self._grow(self._n_slots + n)
@@ -107,6 +130,7 @@ class IdMap:
         slots = slots[slots >= 0]
         if slots.shape[0] == 0:
             return slots
+        self._materialise()
         self._slot_ids[slots] = -1
         if self.mode == SEQUENTIAL:
             live = self.live_slots()
@@ -129,6 +153,8 @@ class IdMap:
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Slot of each id, -1 for ids that are not live."""
         ids = np.asarray(ids, dtype=np.int64)
+        if self._identity:
+            return np.where((ids >= 0) & (ids < self._n_slots), ids, -1)
         if self._keys.shape[0] == 0:
             return np.full(ids.shape, -1, dtype=np.int64)
         at = np.minimum(np.searchsorted(self._keys, ids), self._keys.shape[0] - 1)
@@ -136,6 +162,8 @@ class IdMap:
 
     def to_external(self, slots: np.ndarray) -> np.ndarray:
         """External ids for backend labels; -1 stays -1."""
+        if self._identity:
+            return np.where(slots >= 0, slots, -1).astype(np.int64)
         out = np.full(slots.shape, -1, dtype=np.int64)
         found = slots >= 0
         out[found] = self._slot_ids[slots[found]]
@@ -147,6 +175,11 @@ class IdMap:
         """Rebuild the map from a saved ``slot_ids`` array."""
         obj = cls()
         obj.mode = mode
+        n = int(slot_ids.shape[0])
+        if mode != EXPLICIT and np.array_equal(slot_ids, np.arange(n, dtype=np.int64)):
+            obj._n_slots = n
+            return obj
+        obj._identity = False
         obj._slot_ids = np.array(slot_ids, dtype=np.int64)
         obj._n_slots = int(slot_ids.shape[0])
         live = obj.live_slots()

@@ -190,8 +190,10 @@ class FaissBackend(Tombstones):
 
     @property
     def _inner(self) -> faiss.Index:
-        """The factory index (inside the IDMap wrapper, if any); valid while ``self.index`` lives."""
-        return faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap) else self.index
+        """The factory index (inside the IDMap wrapper and a pre-transform such as ``RR``, if any); valid while
+        ``self.index`` lives."""
+        index = faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap) else self.index
+        return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
 
     @property
     def min_train_rows(self) -> int:
