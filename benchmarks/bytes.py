@@ -31,7 +31,6 @@ import argparse
 import hashlib
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -279,15 +278,10 @@ def run(data: str, model: str, dims: tuple[int, ...] | None, seed: int, cache: P
 
 # --------------------------------------------------------------------- report
 def _git() -> dict:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                    capture_output=True, text=True, check=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit, "dirty": dirty}
+    from smec_index.report import provenance
+
+    p = provenance()
+    return {"commit": p["commit"], "dirty": p["dirty"]}
 
 
 def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -158,7 +158,7 @@ def environment() -> dict:
 
 def provenance() -> dict:
     """Where a result came from: the git commit of the working tree and whether it had uncommitted changes
-    (``dirty``), the command line, and the thread settings that move timings (OpenMP environment, torch)."""
+    (``dirty``; files under ``benchmarks/results/`` do not count), the command line, and the thread settings that move timings (OpenMP environment, torch)."""
     import subprocess
     import sys
 
@@ -172,7 +172,9 @@ def provenance() -> dict:
         return out.stdout.strip() if out.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    # results a run writes into the tree are its output, not a change to the code that produced it
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results") \
+        if commit else None
     return {"commit": commit, "dirty": None if status is None else bool(status),
             "command": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else list(sys.argv),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
