@@ -267,8 +267,28 @@ def test_an_index_changed_behind_the_ids_is_refused(built, tmp_path, capsys):
         assert code == 1 and "is inconsistent: 600 string ids, but the index holds 599 vectors in 600 slots" in err, err
 
 
+def test_a_resealed_ids_file_is_still_checked(built, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "named"
+    shutil.copytree(built / "named", copy)
+    for bad, words in ((NAMES[:3] + [3] + NAMES[4:], r"ids\[3\] is int \(3\); expected str"),
+                       (NAMES[:-1], "ids has 599 items; expected 600"),
+                       ({"ids": NAMES}, "ids must be a list of str, got dict")):
+        (copy / "ids.json").write_text(json.dumps(bad), encoding="utf-8")
+        inner = json.loads((copy / "index" / "manifest.json").read_text())["files"]
+        _fsutil.write_manifest(copy, string_ids.KIND, string_ids.FORMAT_VERSION, {"ntotal": N},
+                               name=string_ids.MANIFEST_NAME, known={f"index/{k}": v for k, v in inner.items()})
+        with pytest.raises(ValueError, match=r"string_ids.load: .*ids.json: " + words):
+            string_ids.load(copy)
+        code, out, err = run(["search", "--index", copy, "--queries", built / "Q.npy"], capsys)
+        assert code == 1 and out == "" and re.search(words, err), err
+
+
 def test_library_save_refuses_what_cannot_map(built, tmp_path):
     index, ids = string_ids.load(built / "named")
+    string_ids.save(index, np.array(ids), tmp_path / "from-numpy")  # a numpy array of str is a list of str
+    assert string_ids.load(tmp_path / "from-numpy")[1] == ids
     with pytest.raises(ValueError, match="ids has 599 items; expected 600"):
         string_ids.save(index, ids[:-1], tmp_path / "a")
     with pytest.raises(ValueError, match=r"ids\[5\] repeats 'MED-0' of ids\[0\]"):

@@ -19,6 +19,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from .._fsutil import MANIFEST, atomic_directory, manifest_files, read_manifest, write_manifest
 from .compressed import CompressedIndex
 from .ids import SEQUENTIAL
@@ -35,7 +37,10 @@ INDEX_DIR = "index"
 
 
 def check_string_ids(ids: Any, n: int, where: str) -> list[str]:
-    """``n`` distinct non-empty strings, else a TypeError/ValueError naming the first bad one."""
+    """``n`` distinct non-empty strings (a list, or a 1-D numpy array of str), else a TypeError/ValueError
+    naming the first bad one."""
+    if isinstance(ids, np.ndarray) and ids.ndim == 1:
+        ids = ids.tolist()
     if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
         raise TypeError(f"{where}: ids must be a list of str, got {type(ids).__name__}")
     if len(ids) != n:
