@@ -364,8 +364,8 @@ def cmd_build_texts(args: argparse.Namespace) -> int:
 
     for option in ("compressor", "corpus", "ids", "id_type"):
         if getattr(args, option):
-            raise CliError(f"--{option.replace('_', '-')} goes with embeddings (--corpus); --texts builds from texts (ids come from "
-                           f"the file)")
+            raise CliError(f"--{option.replace('_', '-')} goes with embeddings (--corpus); --texts builds from "
+                           f"texts (ids come from the file)")
     out = _check_out(args.out, "--out", "textindex.json", "a saved text index", args.force)
     if args.code or args.budget:
         raise CliError("--code and --budget go with --corpus; --texts builds with --backend/--spec/--option")
