@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import re
 import shlex
 import sys
 import time
@@ -134,30 +135,70 @@ def open_matrix(path: str, option: str, d: int | None = None, mmap: bool = True)
     return X
 
 
-def read_ids(path: str, n: int) -> np.ndarray:
-    """One non-negative int64 id per line, ``n`` of them (row i of --corpus gets line i, both counted from 0)."""
+ID_TYPES = ("auto", "int", "str")
+_INT64_TEXT = re.compile(r"0|[1-9][0-9]{0,18}")  # an int64 written the one canonical way (no sign, no 0 padding)
+
+
+def _is_int64_text(text: str) -> bool:
+    return _INT64_TEXT.fullmatch(text) is not None and int(text) < 2**63
+
+
+def read_ids(path: str, n: int, id_type: str = "auto") -> np.ndarray | list[str]:
+    """The ids of ``n`` corpus rows, one a line (line i + 1 for row i; a UTF-8 BOM and blank lines at the end
+    are ignored, surrounding whitespace stripped). ``id_type`` "auto": an int64 array when every id is a
+    non-negative int64 written plainly (no sign, no leading zeros), else every id kept as its string; "int":
+    int64 ids, any other line refused; "str": strings always. Refuses blank lines, repeats and a count other
+    than ``n`` with the 1-based line and the 0-based corpus row."""
     p = _existing(path, "--ids")
     if p.is_dir():
         raise CliError(f"--ids: {path} is a directory; expected a text file with one id per line")
     try:
-        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        ids = [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines()]
     except UnicodeDecodeError:
-        raise CliError(f"--ids: {path} is not UTF-8 text; expected one integer id per line") from None
-    ids = []
-    for i, ln in enumerate(lines):
-        try:
-            v = int(ln)
-        except ValueError:
-            raise CliError(f"--ids: line {i + 1} of {path} (corpus row {i}) is {ln!r}; expected one non-negative "
-                           f"integer id per line (for string ids, build from texts with --texts)") from None
-        if not 0 <= v < 2**63:
-            raise CliError(f"--ids: line {i + 1} of {path} (corpus row {i}) is {v}; ids must be in 0..2**63-1 (int64)")
-        ids.append(v)
+        raise CliError(f"--ids: {path} is not UTF-8 text; expected one id per line") from None
+    while ids and not ids[-1]:
+        ids.pop()
+    at = lambda i: f"line {i + 1} of {path} (corpus row {i})"  # noqa: E731
+    blank = next((i for i, x in enumerate(ids) if not x), None)
+    if blank is not None:
+        raise CliError(f"--ids: {at(blank)} is blank; expected one id on every line (line i + 1 is the id of "
+                       f"corpus row i, so a blank line would shift every later id)")
+    values: list[int] = []
+    if id_type == "int":
+        for i, x in enumerate(ids):
+            if not re.fullmatch(r"[+-]?[0-9]+", x):
+                raise CliError(f"--ids: {at(i)} is {x!r}; --id-type int expects one non-negative integer id per "
+                               f"line (the default --id-type auto keeps string ids)")
+            if not 0 <= int(x) < 2**63:
+                raise CliError(f"--ids: {at(i)} is {int(x)}; ids must be in 0..2**63-1 (int64)")
+            values.append(int(x))
     if len(ids) != n:
-        raise CliError(f"--ids: {path} has {len(ids)} ids; expected {n}, one per corpus row")
-    if len(set(ids)) != n:
-        raise CliError(f"--ids: {path} repeats ids; expected {n} distinct ids")
-    return np.asarray(ids, dtype=np.int64)
+        where = (f"lines {n + 1}..{len(ids)} have no corpus row" if len(ids) > n else
+                 f"corpus rows {len(ids)}..{n - 1} have no id")
+        raise CliError(f"--ids: {path} has {len(ids):,} ids; expected {n:,}, one per corpus row ({where})")
+    keys: Sequence[Any] = values if id_type == "int" else ids
+    seen: dict[Any, int] = {}
+    for i, x in enumerate(keys):
+        if x in seen:
+            raise CliError(f"--ids: {at(i)} repeats {ids[i]!r} of line {seen[x] + 1} (corpus row {seen[x]}); "
+                           f"expected {n:,} distinct ids")
+        seen[x] = i
+    if id_type == "int" or (id_type == "auto" and all(_is_int64_text(x) for x in ids)):
+        return np.asarray(values or [int(x) for x in ids], dtype=np.int64)
+    return ids
+
+
+def mixed_ids_note(ids: list[str]) -> str | None:
+    """A notice when most string ids look like integers: a typo in an integer file turns every id into a string.
+    (A few number-like names among strings, such as the Debian package 2048, are no surprise.)"""
+    ints = [_is_int64_text(x) for x in ids]
+    n_int = sum(ints)
+    if 2 * n_int < len(ids):
+        return None
+    first = ints.index(False)
+    return (f"# note: --ids: {n_int:,} of {len(ids):,} ids look like int64 integers, but line {first + 1} (corpus "
+            f"row {first}) is {ids[first]!r}, so every id is kept as a string (search --json gives them as "
+            f"strings); --id-type int would refuse that line, --id-type str silences this note")
 
 
 QRELS_HINT = ("; --qrels takes 0-based row numbers of --queries and --corpus, not document or query ids (for a "
@@ -185,11 +226,13 @@ def read_qrels(path: str, n_queries: int, n_docs: int) -> list[tuple[int, int, f
     return pairs
 
 
-def _check_out(path: str, option: str, marker: str, what: str, force: bool = False) -> Path:
-    """``path`` may be new or an empty directory; an earlier save (it holds ``marker``) only with ``--force``;
-    anything else is refused, because a save replaces the whole directory. Checked before any work."""
+def _check_out(path: str, option: str, marker: str | tuple[str, ...], what: str, force: bool = False) -> Path:
+    """``path`` may be new or an empty directory; an earlier save (it holds ``marker``, or one of them) only
+    with ``--force``; anything else is refused, because a save replaces the whole directory. Checked before any
+    work."""
     p = Path(path)
-    if p.exists() and (not p.is_dir() or (any(p.iterdir()) and not (p / marker).is_file())):
+    markers = (marker,) if isinstance(marker, str) else marker
+    if p.exists() and (not p.is_dir() or (any(p.iterdir()) and not any((p / m).is_file() for m in markers))):
         raise CliError(f"{option}: {path} exists and is not {what}; a save replaces the whole directory, so "
                        f"choose a new path")
     if p.is_dir() and any(p.iterdir()) and not force:
@@ -319,10 +362,10 @@ def cmd_build_texts(args: argparse.Namespace) -> int:
     """``build --texts``: embed the texts, fit the compressor, index them and store the texts (a TextIndex)."""
     from .text import DEFAULT_MODEL, Encoder, TextIndex, read_texts
 
-    for option in ("compressor", "corpus", "ids"):
+    for option in ("compressor", "corpus", "ids", "id_type"):
         if getattr(args, option):
-            raise CliError(f"--{option} goes with embeddings (--corpus); --texts builds from texts (ids come from "
-                           f"the file)")
+            raise CliError(f"--{option.replace('_', '-')} goes with embeddings (--corpus); --texts builds from "
+                           f"texts (ids come from the file)")
     out = _check_out(args.out, "--out", "textindex.json", "a saved text index", args.force)
     if args.code or args.budget:
         raise CliError("--code and --budget go with --corpus; --texts builds with --backend/--spec/--option")
@@ -360,7 +403,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     from ._progress import tqdm_disable
     from .compressor import SMEC
-    from .index import CompressedIndex
+    from .index import CompressedIndex, string_ids
     from .index.stream import take_rows
 
     if args.texts:
@@ -369,7 +412,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise CliError("build needs --compressor MODEL_DIR and --corpus X.npy (embeddings), or --texts FILE")
     if args.encoder or args.method:
         raise CliError("--encoder and --method go with --texts; with --corpus the compressor is --compressor")
-    out = _check_out(args.out, "--out", "manifest.json", "a saved index", args.force)
+    if args.id_type and not args.ids:
+        raise CliError("--id-type goes with --ids FILE")
+    out = _check_out(args.out, "--out", ("manifest.json", string_ids.MANIFEST_NAME), "a saved index", args.force)
     smec = SMEC.load(_existing_dir(args.compressor, "--compressor", "a model directory written by train"))
     missing = sorted(set(args.dims or ()) - set(smec.dims_))
     if missing:
@@ -377,7 +422,13 @@ def cmd_build(args: argparse.Namespace) -> int:
                        f"{', '.join(map(str, smec.dims_))}); add a dim to a trained model with SMEC.extend "
                        f"(SMEC.load(dir).extend(dim, corpus=X).save(dir)), or train one with train --dims")
     X = open_matrix(args.corpus, "--corpus", smec.input_dim_)  # streamed: never read into RAM as a whole
-    ids = read_ids(args.ids, X.shape[0]) if args.ids else None
+    ids = read_ids(args.ids, X.shape[0], args.id_type or "auto") if args.ids else None
+    names = ids if isinstance(ids, list) else None  # string ids: vectors get 0..n-1, the strings go beside
+    if names is not None:
+        ids = None
+        note = mixed_ids_note(names) if args.id_type != "str" else None
+        if note:
+            print(note, file=sys.stderr)
     options = _backend_options(args, default_spec=None)
     try:
         index = CompressedIndex(smec, dims=args.dims, backend=args.backend, code=args.code, budget=args.budget,
@@ -402,11 +453,19 @@ def cmd_build(args: argparse.Namespace) -> int:
                 index.add_with_ids(X[s : s + step], ids[s : s + step])
         except ValueError as e:  # nothing is saved: --out stays as it was
             raise CliError(f"--corpus: rows {s:,}..{min(s + step, X.shape[0]) - 1:,} of {args.corpus}: {e}") from None
-    index.save(out)
+    if names is None:
+        string_ids.save_replacing(index, out)
+    else:
+        string_ids.save(index, names, out)
     usage = index.memory_usage()
+    n = index.ntotal
     on_disk = sum(f.stat().st_size for f in Path(out).rglob("*") if f.is_file())
-    usage["disk_bytes_per_vector"] = on_disk / index.ntotal if index.ntotal else 0.0
-    print(f"built {index!r} in {_fmt_s(time.perf_counter() - t0)}; saved to {out}\n{_footprint(usage)}")
+    usage["disk_bytes_per_vector"] = on_disk / n if n else 0.0
+    how = ""
+    if names is not None:  # search holds them in RAM too
+        usage["ram_bytes_per_vector"] += (Path(out) / string_ids.IDS_FILE).stat().st_size / n if n else 0.0
+        how = f" with string ids ({', '.join(repr(x) for x in names[:3])}{', ...' if n > 3 else ''})"
+    print(f"built {index!r}{how} in {_fmt_s(time.perf_counter() - t0)}; saved to {out}\n{_footprint(usage)}")
     return 0
 
 
@@ -495,7 +554,7 @@ def cmd_search_text(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .index import read_index
+    from .index import read_index, string_ids
 
     if args.text is not None:
         return cmd_search_text(args)
@@ -507,6 +566,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
         ti = TextIndex.load(root, progress=False)
         index, name_of = ti.index, lambda slots: {s: i for s, (i, _) in ti.store.get(slots).items()}
+    elif string_ids.is_saved(root):  # built with string --ids: print them
+        index, doc_ids = string_ids.load(root)
+        name_of = lambda slots: {s: doc_ids[s] for s in slots}  # noqa: E731
     else:
         index, name_of = read_index(root), None
     Q = load_matrix(args.queries, "--queries", index.d)
@@ -621,6 +683,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from .index import string_ids
     from .index.persist import read_manifest
     from .report import human_bytes
 
@@ -631,26 +694,40 @@ def cmd_info(args: argparse.Namespace) -> int:
         raise CliError("info: which index? give INDEX_DIR or --index INDEX_DIR")
     option = "--index" if args.index else "INDEX_DIR"
     root = _existing_dir(given, option, "a directory written by build")
+    doc_ids, outer = None, root
     if (root / "textindex.json").is_file():  # a text index: its vectors are the CompressedIndex in index/
         root = root / "index"
+    elif string_ids.is_saved(root):  # string --ids: ids.json beside the CompressedIndex in index/
+        wrapper = string_ids.read_ids_manifest(root, "info")
+        doc_ids = string_ids.read_ids(root, wrapper["ntotal"], "info")
+        root = root / string_ids.INDEX_DIR
     m = read_manifest(root, verify=not args.no_verify)
+    if doc_ids is not None:
+        string_ids.check_matches(m, len(doc_ids), outer, "info")
     smec_cfg = json.loads((root / "smec" / "config.json").read_text(encoding="utf-8"))
     fitted = smec_cfg.get("fitted", {})
     groups: dict[str, int] = {}
     for rel, f in m["files"].items():
         head = rel.split("/")[0]
         groups[head] = groups.get(head, 0) + f["bytes"]
+    if doc_ids is not None:
+        groups[string_ids.IDS_FILE] = wrapper["files"][string_ids.IDS_FILE]["bytes"]
     total = sum(groups.values())
     n = m["ntotal"]
     usage = _saved_footprint(m, groups, total)
     if args.json:
-        print(json.dumps({"path": str(root), **{k: v for k, v in m.items() if k != "files"},
+        id_type = {"id_type": "int"} if doc_ids is None else {
+            "id_type": "str", "string_ids_file": str(outer / string_ids.IDS_FILE)}
+        print(json.dumps({"path": str(root), **{k: v for k, v in m.items() if k != "files"}, **id_type,
                           "compressor": smec_cfg, "bytes": groups, "total_bytes": total, **usage}, indent=2))
         return 0
     opts = "; ".join(f"{d}: {o}" for d, o in m["backend_options"].items())
     per = lambda b: f" ({b / n:,.0f} B/vector)" if n else ""  # noqa: E731
     removed = m["n_slots"] - n
     ids = "sequential ids 0..n-1" if m["id_mode"] == "sequential" else "caller-chosen int64 ids"
+    if doc_ids is not None:
+        ids = (f"string ids from {string_ids.IDS_FILE}: {', '.join(repr(x) for x in doc_ids[:3])}"
+               f"{', ...' if n > 3 else ''}")
     full = f"{m['full_vectors']}, {m['store_dtype']}, {m['full_store']}" if m["full_store"] else "none"
     lines = [
         ("index", f"{root} ({m['kind']}, format version {m['format_version']})"),
@@ -677,7 +754,7 @@ def _saved_footprint(m: dict[str, Any], groups: dict[str, int], total: int) -> d
     holds per vector (the backends' files, the ids, and the stores when they are kept in memory); disk: every
     file. The compressor (a fixed size, not per vector) is left out of RAM, as ``memory_usage`` does."""
     n = m["ntotal"]
-    in_ram = [g for g in groups if g.startswith("backend-") or g == "ids.npy"
+    in_ram = [g for g in groups if g.startswith("backend-") or g in ("ids.npy", "ids.json")
               or (g.startswith("store-") and m["full_store"] == "memory")]
     ram = sum(groups[g] for g in in_ram)
     return {"ram_bytes": ram, "disk_bytes": total, "ram_bytes_per_vector": ram / n if n else 0.0,
@@ -782,7 +859,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="random seed of the compressor (default 0)")
     t.add_argument("--cache", metavar="DIR", help="where the embedding cache (embeddings.sqlite) is written: default "
                    "$SMEC_INDEX_CACHE, else ~/.cache/smec_index; none: no cache")
-    s.add_argument("--ids", metavar="ids.txt", help="one integer id per line (default: row numbers 0..n-1)")
+    s.add_argument("--ids", metavar="ids.txt", help="one id per line, line i + 1 for corpus row i: int64 ids, or "
+                   "any strings (document ids such as MED-10), which search and info then show (default: row "
+                   "numbers 0..n-1)")
+    s.add_argument("--id-type", choices=ID_TYPES, help="with --ids: auto (default) makes int64 ids when every line "
+                   "is a plain non-negative int64, else keeps every id as a string; int refuses any other line; "
+                   "str keeps strings always")
     s.add_argument("--dims", type=_dims, help="dims to index, each its own index (default: one, the largest whose "
                    "code fits --budget)")
     s.add_argument("--code", choices=sorted(CODES), help="how the first stage codes its vectors (default: chosen "

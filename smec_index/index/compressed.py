@@ -1014,4 +1014,7 @@ def read_index(path: str | Path, **kwargs: Any) -> "CompressedIndex | faiss.Inde
         except RuntimeError as e:
             raise ValueError(f"read_index: {p} is a file but not a FAISS index file (a saved CompressedIndex is a "
                              f"directory); FAISS says: {str(e).splitlines()[-1][:300]}") from None
+    if (p / "string_ids.json").is_file() and not (p / "manifest.json").exists():
+        raise ValueError(f"read_index: {p} holds an index with string ids (smec-index build --ids); load it with "
+                         f"smec_index.index.string_ids.load(path), which returns (index, ids)")
     return CompressedIndex.load(p, **kwargs)
