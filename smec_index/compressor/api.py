@@ -16,7 +16,7 @@ from .._rows import normalise_rows
 from .._threads import training_threads
 from .baselines import pca_projections, pca_rotation, rotate_outputs, truncate_projections
 from .model import Projection, StageModel
-from .train import StageReport, TrainConfig, TrainData, score_outputs, train_stage
+from .train import StageReport, TrainConfig, TrainData, item_scores, train_stage
 
 __all__ = ["SMEC", "NotFittedError", "METHODS", "FORMAT_VERSION"]
 
@@ -26,8 +26,8 @@ _CONFIG = "config.json"
 _KIND = "smec_index.SMEC"
 _WEIGHTS = "weights.safetensors"
 _FLAG_DEFAULTS = {
-    # ads None: on when fitting with labels, off without (unsupervised stages start at their input's principal
-    # axes, already ordered by importance; see docs/method.md)
+    # ads None: off (every stage starts at its input's principal axes, already ordered by importance; the
+    # learned selection lost on held-out data with and without labels, see docs/method.md)
     "smec": dict(sequential=True, ads=None, xbm=True),
     "mrl": dict(sequential=False, ads=False, xbm=False),
     "search-adaptor": dict(sequential=False, ads=False, xbm=False),
@@ -102,16 +102,17 @@ class SMEC:
     adaptor trained jointly over all dims, prefix truncation), ``"search-adaptor"`` (one adaptor
     per dim), ``"pca"`` or ``"truncate"``. Inputs are L2-normalised before use (cosine geometry);
     outputs are float32 and L2-normalised. ``init="auto"`` (= ``"pca"``) starts each adapter at the principal
-    axes of its input; ``"identity"`` starts it at the input itself. ``ads=None`` (smec's default) learns the
-    dimension selection when fitting with labels and keeps the leading principal axes without.
+    axes of its input; ``"identity"`` starts it at the input itself. ``ads=None`` (smec's default) keeps each
+    stage's leading principal axes, with or without labels; ``ads=True`` learns the dimension selection.
     ``rotate`` (default: every method but ``"truncate"``) follows each reduced dim's map with a seeded random
     rotation: scores are unchanged, and codes that quantize coordinate by coordinate (RaBitQ, sign bits,
     Qdrant's binary) see coordinates of equal spread, which they need (``baselines.rotate_outputs``).
 
     Every SMEC stage keeps the best, on held-out data, of its trained map and PCA of the same dim (of its input,
     and of the full vector): held-out corpus rows' neighbours without labels, held-out training queries with
-    them, where the same stage trained without labels is a candidate too, and the adapted full vector must
-    beat the raw one to be used. ``reports_`` records each stage's candidates, scores and ``choice``.
+    them, where the same stage trained straight from the raw vector and the same stage trained without labels
+    are candidates too (kept by the one-standard-error rule, the chain's stage first), and the adapted full
+    vector must beat the raw one to be used. ``reports_`` records each stage's candidates, scores and ``choice``.
 
     Example::
 
@@ -389,6 +390,8 @@ class SMEC:
         }
         tensors = {}
         for d, p in self.projections_.items():
+            if d == self.input_dim_ and _is_identity(p):
+                continue  # the raw full vector (no labels, or labels that did not help): D x D floats saved for nothing
             tensors[f"proj.{d}.M"] = p.M
             tensors[f"proj.{d}.c"] = p.c
         for d, idx in self.selections_.items():
@@ -436,11 +439,12 @@ class SMEC:
             raise ValueError(f"input_dim={D!r}; expected an int above the largest dim {dims[0]}")
         if not isinstance(fitted["supervised"], bool):
             raise ValueError(f"supervised={fitted['supervised']!r}; expected true or false")
-        expected = {f"proj.{d}.{x}" for d in (D, *dims) for x in "Mc"}
+        raw_full = f"proj.{D}.M" not in tensors and f"proj.{D}.c" not in tensors  # saved as the identity
+        expected = {f"proj.{d}.{x}" for d in ((*dims,) if raw_full else (D, *dims)) for x in "Mc"}
         obj.input_dim_ = D
         obj.supervised_ = fitted["supervised"]
-        obj.projections_ = {}
-        for d in (D, *dims):
+        obj.projections_ = {D: Projection.identity(D)} if raw_full else {}
+        for d in (*dims,) if raw_full else (D, *dims):
             M, c = tensors.get(f"proj.{d}.M"), tensors.get(f"proj.{d}.c")
             if M is None or c is None or M.shape != (D, d) or c.shape != (d,):
                 raise ValueError(f"projection for dim {d} missing or of the wrong shape")
@@ -477,6 +481,11 @@ class SMEC:
     def __repr__(self) -> str:
         state = f"fitted, dims={self.dims_}" if self.is_fitted else "not fitted"
         return f"SMEC(method={self.method!r}, dims={self.dims}, {state})"
+
+
+def _is_identity(p: Projection) -> bool:
+    D = p.M.shape[0]
+    return p.M.shape == (D, D) and not p.c.any() and np.array_equal(p.M, np.eye(D, dtype=p.M.dtype))
 
 
 def _split_queries(positives: dict[int, list[tuple[int, float]]], fraction: float,
@@ -530,7 +539,7 @@ class _Trainer:
         self.cfg = smec._config()
         # "auto": every adapter starts at its input's principal axes (see docs/method.md for the runs)
         self._init = smec.init if smec.init != "auto" else "pca"
-        self.ads = smec.ads if smec.ads is not None else pairs is not None
+        self.ads = bool(smec.ads)
         self.device = smec._device()
         self.rng = np.random.default_rng(smec.seed)
         n = X.shape[0]
@@ -622,9 +631,8 @@ class _Trainer:
             self._from_raw(full + tuple(dims), self.ads, f"{method} joint", projections, selections, reports, 0)
             return
         # with labels the chain starts at the adapted full vector: D -> D is trained alone and frozen, then
-        # each smaller dim from the one before. (Training D and d1 as two outputs of one first stage carried
-        # the lower-dim loss SMRL removes; SciFact benchmark, nDCG@10 seed means: mpnet 256 0.7981 -> 0.8123,
-        # MiniLM 128 0.7915 -> 0.8171, smallest dims a little lower; see docs/method.md.)
+        # each smaller dim from the one before (training D and d1 as two outputs of one first stage carried the
+        # lower-dim loss SMRL removes); every stage also competes with one trained straight from the raw vector
         if full:
             self._from_raw(full, False, f"smec {D}->{D}", projections, selections, reports, 0)
             # labels that do not improve the full vector on held-out queries leave it raw (and the rerank with it)
@@ -638,8 +646,10 @@ class _Trainer:
     def _stage(self, src: int, d: int, projections, selections, reports, offset: int, last: bool = False) -> None:
         """One SMRL stage: train src -> d on the frozen projection to ``src``, then keep the best candidate on
         held-out data (``_choose``). Its teacher is the raw full vector, or with labels the adapted one (the
-        frozen D -> D stage). The ``last`` (smallest) stage is also trained straight from the full vector, in
-        case the chain lost what it needs."""
+        frozen D -> D stage). A stage is also trained straight from the raw full vector (``from-full``), in
+        case the chain lost what it needs: the ``last`` (smallest) stage always, every stage with labels (the
+        adapted vector is then the chain's root, and stages rooted there lost on debian's held-out queries
+        where they won on SciFact's; see docs/method.md)."""
         D = self.X.shape[1]
         teacher = self._stage_teacher(projections)
         candidates: dict = {}
@@ -647,16 +657,16 @@ class _Trainer:
         candidates["trained"] = main
         report = reports[-1]
         extra: list[StageReport] = []
+        if (last or self.sup is not None) and not (src == D and self.sup is None):
+            candidates["from-full"] = self._trained(self._ident, D, d, self.X_t, True, f"smec {D}->{d} (raw)",
+                                                    offset, extra)
         if self.sup is not None:
             # the same stage without the rank loss: kept when the labels do not help on held-out queries
             candidates["unsupervised"] = self._trained(projections[src], src, d, teacher, False,
                                                        f"smec {src}->{d} (no labels)", offset, extra)
-        if last and src != D:
-            candidates["from-full"] = self._trained(projections[D], D, d, teacher, True, f"smec {D}->{d}",
-                                                    offset, extra)
         report.train_s += sum(r.train_s for r in extra)
         candidates["pca-input"] = (self._pca_after(projections[src], d), None)
-        if src != D:
+        if src != D or self.sup is not None:
             candidates["pca-full"] = (self._pca_after(self._ident, d), None)
         self._choose(report, d, candidates, projections, selections)
 
@@ -665,7 +675,7 @@ class _Trainer:
         """A src -> d stage trained on ``proj_in``'s output (with the rank loss when ``supervised`` and the fit
         has labels), as (projection from the raw input, ADS selection or None)."""
         data = self._data(proj_in, teacher, supervised)
-        model = self._model(src, (d,), self.ads if supervised else self.smec.ads is True, proj_in)
+        model = self._model(src, (d,), self.ads, proj_in)
         self._train(model, data, desc, reports, offset)
         return self._composed(model, proj_in, d)
 
@@ -692,9 +702,9 @@ class _Trainer:
         return hit[1], hit[2]
 
     @torch.no_grad()
-    def _score(self, proj: Projection, d: int) -> float:
-        """A candidate map's held-out score: nDCG of held-out training queries when the fit has labels, else
-        recall@10 of held-out corpus rows against their full-dim neighbours (``train.score_outputs``)."""
+    def _score(self, proj: Projection, d: int) -> np.ndarray:
+        """A candidate map's score on each held-out item: nDCG of each held-out training query when the fit has
+        labels, else each held-out corpus row's recall@10 against its full-dim neighbours (``train.item_scores``)."""
         # unsupervised, the teacher is the raw full vector; supervised scores need no teacher
         data = TrainData(teacher=self.X_t, inputs=self.X_t, train_rows=self.train_rows, val_rows=self.val_rows)
         data.share_teacher_cache(self._teacher_caches.setdefault(id(self.X_t), {}))
@@ -703,18 +713,35 @@ class _Trainer:
         if self.sup is not None:
             data.positives, data.val_q = self.sup["positives"], self.sup["val_q"]
             q_out = {d: torch.as_tensor(proj(self.Q[self.sup["val_q"]]), device=self.device)}
-        return score_outputs(data, corpus, q_out)
+        return item_scores(data, corpus, q_out)[0].double().cpu().numpy()
 
     def _choose(self, report: StageReport, d: int, candidates: dict, projections: dict, selections: dict) -> None:
-        """Keep the candidate map with the best held-out score (the first listed on a tie) for dim ``d``."""
-        scores = {name: self._score(proj, d) for name, (proj, _) in candidates.items()}
-        best = max(scores, key=lambda name: (scores[name], -list(scores).index(name)))
+        """Keep one candidate map for dim ``d`` by its mean held-out score.
+
+        Without labels: the best (the first listed on a tie). With labels: the first listed whose mean is within
+        one standard error of the best's (the error of their per-query difference). Held-out queries share no
+        judged document with training queries, so they cannot see what labels teach about the training
+        documents themselves (SciFact's test queries share 181 of their 283); when they cannot tell two
+        candidates apart, the one listed first (the trained chain, then the other maps trained with labels) is
+        kept."""
+        items = {name: self._score(proj, d) for name, (proj, _) in candidates.items()}
+        scores = {name: float(v.mean()) for name, v in items.items()}
+        names = list(scores)
+        best = max(names, key=lambda name: (scores[name], -names.index(name)))
+        tolerance = 0.0
+        if self.sup is not None:
+            for name in names:
+                diff = items[best] - items[name]
+                se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+                if scores[best] - scores[name] <= se:
+                    best, tolerance = name, se
+                    break
         proj, sel = candidates[best]
         projections[d] = proj
         selections.pop(d, None)
         if sel is not None and d < proj.M.shape[0]:
             selections[d] = sel
-        report.choice, report.candidates = best, scores
+        report.choice, report.candidates, report.tolerance = best, scores, tolerance
 
     def _stage_teacher(self, projections) -> torch.Tensor:
         """The raw full vectors, or with labels the adapted ones (the frozen D -> D stage), projected once."""

@@ -19,7 +19,7 @@ from .losses import RankLoss, SimilarityPreservationLoss
 from .memory import NeighbourMemory, teacher_neighbours
 from .model import StageModel
 
-__all__ = ["TrainConfig", "TrainData", "train_stage", "StageReport", "score_outputs"]
+__all__ = ["TrainConfig", "TrainData", "train_stage", "StageReport", "score_outputs", "item_scores"]
 
 # longest candidate list kept per row for S-XBM retrieval (rows x this many ids and sims in memory)
 MAX_CANDIDATES = 1024
@@ -139,6 +139,9 @@ class StageReport:
     # "pca-input"), and every candidate's held-out score; empty when no comparison was made
     choice: str = "trained"
     candidates: dict[str, float] = field(default_factory=dict)
+    # with labels a candidate listed earlier is kept within one standard error of the best: that error (0 when
+    # the best itself is kept)
+    tolerance: float = 0.0
 
     def to_dict(self) -> dict:
         return {
@@ -149,6 +152,7 @@ class StageReport:
             "train_s": round(self.train_s, 3),
             "choice": self.choice,
             "candidates": {k: round(v, 6) for k, v in self.candidates.items()},
+            "tolerance": round(self.tolerance, 6),
         }
 
 
@@ -175,7 +179,15 @@ def _validate(model: StageModel, data: TrainData) -> float:
 @torch.no_grad()
 def score_outputs(data: TrainData, corpus_out: dict[int, torch.Tensor],
                   q_out: dict[int, torch.Tensor] | None = None) -> float:
-    """The held-out score every choice of the fit is made on, averaged over the output dims.
+    """The held-out score every choice of the fit is made on, averaged over the output dims
+    (``item_scores`` averaged over the held-out items, then over the dims)."""
+    return float(np.mean([float(s.mean()) for s in item_scores(data, corpus_out, q_out)]))
+
+
+@torch.no_grad()
+def item_scores(data: TrainData, corpus_out: dict[int, torch.Tensor],
+                q_out: dict[int, torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """Each held-out item's score, one tensor per output dim.
 
     Supervised (``q_out``: L2-normalised outputs of the held-out training queries ``data.val_q``): nDCG over
     the full ranking of the corpus. Unsupervised: recall@10 of held-out corpus rows against their exact teacher
@@ -194,16 +206,15 @@ def score_outputs(data: TrainData, corpus_out: dict[int, torch.Tensor],
             # rank of each judged doc = 1 + number of docs scoring strictly higher
             ranks = (sims.unsqueeze(1) > pos.unsqueeze(2)).sum(2) + 1
             dcg = (gains / torch.log2(ranks.float() + 1)).sum(1)
-            scores.append(float((dcg / idcg).mean()))
+            scores.append(dcg / idcg)
     else:
         train_rows = torch.as_tensor(data.train_rows)
         val = torch.as_tensor(data.val_rows)
         exact = data.val_exact()
         for zc in corpus_out.values():
             got = torch.topk(zc[val] @ zc[train_rows].T, exact.shape[1], dim=1).indices
-            hit = (got.unsqueeze(2) == exact.unsqueeze(1)).any(dim=2).float().mean()
-            scores.append(float(hit))
-    return float(np.mean(scores))
+            scores.append((got.unsqueeze(2) == exact.unsqueeze(1)).any(dim=2).float().mean(1))
+    return scores
 
 
 def _query_batch(
