@@ -53,8 +53,10 @@ def test_ablation_reuses_known_rows(toy):
              for m, v in (("mrl", 0.11), ("smec", 0.22)) for d in (8, 4)]
     rows = run_ablation(toy, (8, 4), progress=False, known=known)
     by = {r["variant"]: r for r in rows}
-    assert len(rows) == 5
-    assert by["MRL (baseline)"]["ndcg@10@4"] == 0.11 and by["SMEC (all three)"]["ndcg@10@8"] == 0.22
+    assert len(rows) == 6
+    # method "smec" is the library default (no ADS): it stands for that row, not for "all three", which trains
+    assert by["MRL (baseline)"]["ndcg@10@4"] == 0.11 and by["SMEC (library default: SMRL + S-XBM)"]["ndcg@10@8"] == 0.22
+    assert by["SMEC (all three)"]["ndcg@10@8"] != 0.22 and by["SMEC (all three)"]["ads"] is True
     assert 0.0 <= by["w/ SMRL"]["ndcg@10@4"] <= 1.0
 
 
