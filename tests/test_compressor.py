@@ -268,7 +268,7 @@ def test_supervised_stages_also_compete_with_a_stage_trained_from_the_raw_vector
     original = api._Trainer._trained
 
     def spy(self, proj_in, src, d, *args, **kwargs):
-        seen.append((src, d, bool(np.array_equal(proj_in.M, np.eye(proj_in.M.shape[0])) and not proj_in.c.any())))
+        seen.append((src, d, api._is_identity(proj_in)))
         return original(self, proj_in, src, d, *args, **kwargs)
 
     monkeypatch.setattr(api._Trainer, "_trained", spy)

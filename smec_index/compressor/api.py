@@ -440,11 +440,12 @@ class SMEC:
         if not isinstance(fitted["supervised"], bool):
             raise ValueError(f"supervised={fitted['supervised']!r}; expected true or false")
         raw_full = f"proj.{D}.M" not in tensors and f"proj.{D}.c" not in tensors  # saved as the identity
-        expected = {f"proj.{d}.{x}" for d in ((*dims,) if raw_full else (D, *dims)) for x in "Mc"}
+        saved = (*dims,) if raw_full else (D, *dims)
+        expected = {f"proj.{d}.{x}" for d in saved for x in "Mc"}
         obj.input_dim_ = D
         obj.supervised_ = fitted["supervised"]
         obj.projections_ = {D: Projection.identity(D)} if raw_full else {}
-        for d in (*dims,) if raw_full else (D, *dims):
+        for d in saved:
             M, c = tensors.get(f"proj.{d}.M"), tensors.get(f"proj.{d}.c")
             if M is None or c is None or M.shape != (D, d) or c.shape != (d,):
                 raise ValueError(f"projection for dim {d} missing or of the wrong shape")
@@ -657,7 +658,7 @@ class _Trainer:
         candidates["trained"] = main
         report = reports[-1]
         extra: list[StageReport] = []
-        if (last or self.sup is not None) and not (src == D and self.sup is None):
+        if self.sup is not None or (last and src != D):
             candidates["from-full"] = self._trained(self._ident, D, d, self.X_t, True, f"smec {D}->{d} (raw)",
                                                     offset, extra)
         if self.sup is not None:
