@@ -71,11 +71,13 @@ def plot(records: list[dict], path: Path, title: str) -> None:
 
 
 def merge(parts: list[str], out: str | None, plot_path: str | None) -> int:
-    """One result file from runs made in parts on the same data, model, dims and seed."""
+    """One result file from runs made in parts on the same data, model and dims: parts with the same seeds (e.g.
+    one mode each) are joined; parts with different seeds (e.g. one seed each) are averaged over every seed
+    from their per-seed records."""
     payloads = [json.loads(Path(f).read_text()) for f in parts]
     first = payloads[0]
     for p in payloads[1:]:
-        for key in ("dataset", "model", "dims", "seed"):
+        for key in ("dataset", "model", "dims"):
             if p[key] != first[key]:
                 raise SystemExit(f"merge: {key} differs between parts ({p[key]!r} vs {first[key]!r})")
     seen, records = set(), []
@@ -89,7 +91,17 @@ def merge(parts: list[str], out: str | None, plot_path: str | None) -> int:
     for p in payloads:
         for seed, recs in p.get("per_seed", {}).items():
             per_seed.setdefault(seed, []).extend(recs)
-    merged = {k: first[k] for k in ("data", "dataset", "model", "dim", "dims", "seed")}
+    seeds = sorted({int(x) for p in payloads for x in p["seed"]})
+    if any(sorted(p["seed"]) != seeds for p in payloads):
+        if not all("per_seed" in p for p in payloads):
+            raise SystemExit("merge: parts with different seeds need their per-seed records (per_seed)")
+        for seed, recs in per_seed.items():
+            keys = [(r["method"], r["dim"], r["mode"]) for r in recs]
+            if len(keys) != len(set(keys)):
+                raise SystemExit(f"merge: seed {seed} has the same (method, dim, mode) in two parts")
+        records = average_runs([per_seed[str(s)] for s in seeds], ("method", "dim", "mode"))
+    merged = {k: first[k] for k in ("data", "dataset", "model", "dim", "dims")}
+    merged["seed"] = seeds
     merged.update(machine=first["machine"], records=records,
                   parts=[{"file": Path(f).name, "argv": p.get("argv"), "machine": p["machine"], "wall_s": p.get("wall_s")}
                          for f, p in zip(parts, payloads)])

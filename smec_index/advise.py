@@ -29,14 +29,14 @@ import numpy as np
 
 from .compressor import SMEC
 from .index.backends import make_backend
-from .index.backends.codes import CODES, LABEL_BYTES, code_bytes
+from .index.backends.codes import CODES, LABEL_BYTES, code_bytes, code_options
 from .metrics import exact_search
 from .quality import default_dims
 from .report import best_time, human_bytes, markdown_table
 
 __all__ = ["advise", "Advice", "DimEstimate", "CodeEstimate", "DEFAULT_CODES"]
 
-DEFAULT_CODES = ("float32", "sq8", "sq4", "rabitq4", "rabitq2", "rabitq1", "binary")
+DEFAULT_CODES = ("float32", "sq8", "sq4", "rabitq4", "rabitq2", "rabitq1", "pq4", "pq2", "pq1", "binary")
 
 _TIMING_ROWS = 20_000  # the scan is timed on at least this many rows (tiled), so small corpora time stably
 _REPEATS = 3
@@ -348,10 +348,10 @@ def _measure_codes(Zc: np.ndarray, Zq: np.ndarray, Fq: np.ndarray, F: np.ndarray
     for code in codes:
         c = CODES[code]
         try:
-            b = make_backend(c.backend, dim, "ip", dict(c.options))
-        except ValueError:  # a code this dim cannot hold (binary needs a multiple of 8 bits)
-            continue
-        b.train(Zc)
+            b = make_backend(c.backend, dim, "ip", code_options(code, dim))
+            b.train(Zc)
+        except ValueError:  # a code this dim cannot hold (binary: a multiple of 8 bits; pq: of its sub-vector) or
+            continue  # these rows cannot train (a product quantizer's 256 centroids need 256 rows)
         b.add(np.arange(Zc.shape[0], dtype=np.int64), Zc)
         _, cand = b.search(Zq, max(counts))
         ram = code_bytes(code, dim) + LABEL_BYTES

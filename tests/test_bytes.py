@@ -106,6 +106,43 @@ def test_code_bytes_match_faiss_and_the_issue():
         code_bytes("pq", 64)
 
 
+def test_product_quantizer_codes_size_their_sub_quantizers_by_the_dim(synth, tmp_path):
+    """pq1 / pq2 / pq4 / opq2: one byte per 8 / 4 / 2 / 4 dims, the spec resolved at the stage's dim (no
+    polysemous training), a dim that does not split into sub-vectors refused, and saved with the resolved spec."""
+    from smec_index.index.backends.codes import code_options
+
+    assert (code_bytes("pq1", 128), code_bytes("pq2", 112), code_bytes("pq4", 64), code_bytes("opq2", 128)) == \
+        (16, 28, 32, 32)
+    assert code_options("pq2", 112) == {"spec": "PQ28np"} and code_options("opq2", 96) == {"spec": "OPQ24,PQ24np"}
+    with pytest.raises(ValueError, match="multiple of 4, got 30"):
+        code_options("pq2", 30)
+    odd = SMEC((30, 16), "pca").fit(synth)
+    with pytest.raises(ValueError, match="multiple of 4, got 30"):
+        CompressedIndex(odd, dims=30, code="pq2")
+    few = CompressedIndex(odd, dims=16, code="pq2")
+    with pytest.raises(ValueError, match="need at least 256 to train"):
+        few.train(synth[:100])  # 256 centroids a sub-quantizer need 256 rows
+    few.train(synth)
+    few.add(synth)
+    assert few.ntotal == 600
+    backend = make_backend("faiss", 16, "ip", code_options("pq2", 16))
+    with pytest.raises(ValueError, match="training 'PQ4np' on 100 rows failed"):
+        backend.train(synth[:100, :16].copy())
+    index = CompressedIndex(odd, code="pq2", budget=1000)  # the largest dim that holds the code
+    assert index.dims == (16,) and index.backends[16].options()["spec"] == "PQ4np"
+    index = CompressedIndex(SMEC((32, 16), "pca").fit(synth), dims=32, code="opq2", candidates=50)
+    index.train(synth)
+    index.add(synth)
+    # 8 code bytes and 8 of label a vector, plus the codebooks (8 x 256 x 4 floats) shared by 600 vectors
+    assert index.memory_usage()["ram_bytes_per_vector"] == pytest.approx(16 + (8 * 256 * 4 + 32 * 32) * 4 / 600, abs=2)
+    hits = index.search(synth[:20], 10)[1]
+    assert np.mean([len(set(a) & set(b)) for a, b in zip(hits, _exact(synth[:20], synth, 10))]) >= 9
+    index.save(tmp_path / "ix")
+    loaded = CompressedIndex.load(tmp_path / "ix")
+    assert loaded.code == "opq2" and loaded.backends[32].options()["spec"] == "OPQ8,PQ8np"
+    np.testing.assert_array_equal(loaded.search(synth[:20], 10)[1], hits)
+
+
 def test_default_first_stage_fits_the_budget():
     assert default_first_stage(768, (256, 128, 64, 32)) == (256, "rabitq4")
     assert default_first_stage(384, (128, 64, 32)) == (128, "rabitq4")

@@ -283,6 +283,43 @@ def test_supervised_stages_also_compete_with_a_stage_trained_from_the_raw_vector
     assert SMEC((16, 8), "smec", seed=0, ads=True, **FAST).fit(synth, queries=Q, qrels=pairs).selections_
 
 
+def test_supervised_fit_ranks_neighbours_on_the_sample_and_learns_positives_from_the_whole_corpus(
+        synth, synth_supervised, monkeypatch):
+    """With labels above ``max_train_rows`` the similarity loss, its neighbour ranking and the unsupervised
+    held-out rows stay inside the unsupervised fit's seeded sample; the rank loss still trains on judged
+    documents outside it, and every corpus row is projected for the held-out queries' ranking."""
+    from smec_index.compressor import train as train_mod
+
+    Q, pairs = synth_supervised
+    cap = 250
+    keep = set(SMEC((16, 8), seed=5, max_train_rows=cap).training_rows(synth.shape[0]).tolist())
+    outside = {d for _, d, _ in pairs} - keep
+    assert outside  # the fixture judges rows the sample misses
+    seen_rows: list[set] = []
+    batch_docs: set = set()
+    real_batch = train_mod._query_batch
+
+    evals: list = []
+
+    def spy(data, qs, cfg, rng):
+        seen_rows.append(set(data.train_rows.tolist()) | set(data.val_rows.tolist()))
+        evals.append((data.eval_rows, {r for q in data.val_q for r, _ in data.positives[q]}))
+        out = real_batch(data, qs, cfg, rng)
+        batch_docs.update(out[0][out[2]].tolist())
+        return out
+
+    monkeypatch.setattr(train_mod, "_query_batch", spy)
+    smec = SMEC((16, 8), "smec", seed=5, **FAST, max_train_rows=cap).fit(synth, queries=Q, qrels=pairs)
+    assert seen_rows and all(rows <= keep for rows in seen_rows)
+    assert len(seen_rows[0]) == cap
+    assert batch_docs & outside
+    # held-out queries rank the sample plus their own judged and mined documents, not the whole corpus
+    for eval_rows, judged in evals:
+        assert keep <= set(eval_rows.tolist()) and judged <= set(eval_rows.tolist())
+        assert len(eval_rows) < synth.shape[0] and np.all(np.diff(eval_rows) > 0)
+    assert smec.supervised_ and smec.transform(synth, 8).shape == (600, 8)
+
+
 def test_seed_makes_training_reproducible(synth):
     a = SMEC((16, 8), seed=3, **FAST).fit(synth).transform(synth[:20], 8)
     b = SMEC((16, 8), seed=3, **FAST).fit(synth).transform(synth[:20], 8)

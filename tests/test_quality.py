@@ -93,6 +93,15 @@ def test_quality_program_merges_parts(tmp_path, toy):
     assert merged["parts"][0]["argv"][-1] == str(tmp_path / "a.json")
     # the per-seed records of both parts survive the merge
     assert {(r["method"], r["mode"]) for r in merged["per_seed"]["0"]} == got
+    # parts of other seeds (one seed a part) are averaged over every seed
+    run(*common, "--methods", "pca", "--mode", "unsupervised", "--seeds", "1", "--json", str(tmp_path / "c.json"))
+    out = run("--merge", str(tmp_path / "a.json"), str(tmp_path / "c.json"), "--json", str(tmp_path / "s.json"))
+    both = json.loads((tmp_path / "s.json").read_text())
+    assert both["seed"] == [0, 1] and set(both["per_seed"]) == {"0", "1"}
+    one = {str(s): {(r["method"], r["dim"]): r["ndcg@10"] for r in both["per_seed"][str(s)]} for s in (0, 1)}
+    for r in both["records"]:
+        assert r["seeds"] == 2
+        assert r["ndcg@10"] == pytest.approx((one["0"][(r["method"], r["dim"])] + one["1"][(r["method"], r["dim"])]) / 2)
 
 
 def test_quality_targets_checks_each_goal_on_the_reduced_dims_only():

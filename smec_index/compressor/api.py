@@ -543,14 +543,26 @@ class _Trainer:
         self.ads = bool(smec.ads)
         self.device = smec._device()
         self.rng = np.random.default_rng(smec.seed)
-        n = X.shape[0]
+        # the rows the similarity-preservation loss and the unsupervised held-out score use: every row, or with
+        # labels on a corpus above max_train_rows the same seeded sample an unsupervised fit trains on (the rank
+        # loss still draws positives and negatives from the whole corpus); the neighbour ranking costs rows^2 x D
+        # per teacher, which was 2/3 of a 100k-row supervised fit
+        sample = smec.training_rows(X.shape[0]) if pairs is not None else None
+        pool = np.arange(X.shape[0]) if sample is None else sample
+        n = len(pool)
         n_val = min(max(1, int(round(n * self.cfg.val_fraction))), self.cfg.max_val) if n >= 20 else 0
         perm = self.rng.permutation(n)
-        self.val_rows = np.sort(perm[:n_val]) if n_val else np.sort(perm[: max(1, n // 5)])
-        self.train_rows = np.sort(perm[n_val:]) if n_val else np.arange(n)
+        self.val_rows = pool[np.sort(perm[:n_val]) if n_val else np.sort(perm[: max(1, n // 5)])]
+        self.train_rows = pool[np.sort(perm[n_val:])] if n_val else pool
         self.X_t = torch.as_tensor(X, device=self.device)
         self._adapted: torch.Tensor | None = None
         self._pcas: dict = {}
+        self._raws: tuple | None = None
+        # PCA maps are fitted on the sample too; None: on every row
+        self.sample = sample
+        # the rows held-out scores rank (None: all): with a sample, it and the held-out queries' judged and mined
+        # documents, so the top of each held-out ranking is the one the whole corpus gives
+        self.eval_rows: np.ndarray | None = None
         self._ident = Projection.identity(X.shape[1])
         # what depends only on a teacher (its neighbour lists, validation truth), per teacher tensor held above
         self._teacher_caches: dict[int, dict] = {}
@@ -568,11 +580,16 @@ class _Trainer:
             neg_pool = torch.topk(sims, mined, dim=1).indices.cpu().numpy()
             self.sup = dict(positives=pos_list, neg_pool=neg_pool, train_q=train_q, val_q=val_q,
                             Q_t=torch.as_tensor(Q, device=self.device))
+            if sample is not None:
+                judged = [r for q in val_q for r, _ in pos_list[q]]
+                self.eval_rows = np.unique(np.concatenate([sample, np.asarray(judged, dtype=np.int64),
+                                                           neg_pool[val_q].ravel()]))
 
     def _data(self, proj_in: Projection, teacher: torch.Tensor, supervised: bool = True) -> TrainData:
         """The stage's training data; ``supervised=False`` leaves the labels out even when the fit has them."""
-        inputs = torch.as_tensor(proj_in.raw(self.X), device=self.device)
-        data = TrainData(teacher=teacher, inputs=inputs, train_rows=self.train_rows, val_rows=self.val_rows)
+        inputs = torch.as_tensor(self._raw(proj_in), device=self.device)
+        data = TrainData(teacher=teacher, inputs=inputs, train_rows=self.train_rows, val_rows=self.val_rows,
+                         eval_rows=self.eval_rows)
         # every stage of a fit shares one of two teachers (the raw or the adapted full vectors): rank their
         # neighbours once per fit, not once per stage
         data.share_teacher_cache(self._teacher_caches.setdefault(id(teacher), {}))
@@ -693,12 +710,23 @@ class _Trainer:
         _, R = self._pca_of(proj_in)
         return proj_in.then(R, np.zeros(R.shape[1]), np.arange(d))
 
+    def _raw(self, proj_in: Projection) -> np.ndarray:
+        """``proj_in``'s un-normalised output of the corpus, kept for the last map asked (a stage's candidates
+        and its PCA share their input)."""
+        if _is_identity(proj_in):
+            return self.X
+        if self._raws is None or self._raws[0] is not proj_in:
+            self._raws = (proj_in, proj_in.raw(self.X))
+        return self._raws[1]
+
     def _pca_of(self, proj_in: Projection) -> tuple[np.ndarray, np.ndarray]:
-        """(mean, principal axes) of ``proj_in``'s un-normalised output over the training corpus, computed once
-        per map (a stage's PCA start and its PCA candidate share it; every stage's full-dim PCA is one)."""
+        """(mean, principal axes) of ``proj_in``'s un-normalised output over the training corpus (its sample when
+        the fit has one), computed once per map (a stage's PCA start and its PCA candidate share it; every
+        stage's full-dim PCA is one)."""
         hit = self._pcas.get(id(proj_in))
         if hit is None or hit[0] is not proj_in:
-            mu, R, _ = pca_rotation(proj_in.raw(self.X))
+            out = self._raw(proj_in)
+            mu, R, _ = pca_rotation(out if self.sample is None else out[self.sample])
             hit = self._pcas[id(proj_in)] = (proj_in, mu, R)
         return hit[1], hit[2]
 
@@ -707,9 +735,11 @@ class _Trainer:
         """A candidate map's score on each held-out item: nDCG of each held-out training query when the fit has
         labels, else each held-out corpus row's recall@10 against its full-dim neighbours (``train.item_scores``)."""
         # unsupervised, the teacher is the raw full vector; supervised scores need no teacher
-        data = TrainData(teacher=self.X_t, inputs=self.X_t, train_rows=self.train_rows, val_rows=self.val_rows)
+        data = TrainData(teacher=self.X_t, inputs=self.X_t, train_rows=self.train_rows, val_rows=self.val_rows,
+                         eval_rows=self.eval_rows)
         data.share_teacher_cache(self._teacher_caches.setdefault(id(self.X_t), {}))
-        corpus = {d: torch.as_tensor(proj(self.X), device=self.device)}
+        corpus = {d: torch.as_tensor(proj(self.X if self.eval_rows is None else self.X[self.eval_rows]),
+                                     device=self.device)}
         q_out = None
         if self.sup is not None:
             data.positives, data.val_q = self.sup["positives"], self.sup["val_q"]

@@ -66,7 +66,9 @@ class TrainData:
     """Frozen tensors one stage trains on (rows of the corpus and, when supervised, of the queries).
 
     ``teacher`` rows are L2-normalised full-dim embeddings whose similarities the student preserves;
-    ``inputs`` are the stage's inputs (the frozen previous stage's un-normalised output).
+    ``inputs`` are the stage's inputs (the frozen previous stage's un-normalised output). ``eval_rows`` (sorted,
+    holding ``train_rows``, ``val_rows`` and the held-out queries' judged and mined rows) are the corpus rows the
+    held-out scores rank; None: every row.
     """
 
     teacher: torch.Tensor
@@ -79,6 +81,7 @@ class TrainData:
     neg_pool: np.ndarray | None = None
     train_q: np.ndarray | None = None
     val_q: np.ndarray | None = None
+    eval_rows: np.ndarray | None = None
 
     _cache: dict = field(default_factory=dict, repr=False)
 
@@ -90,6 +93,16 @@ class TrainData:
     @property
     def supervised(self) -> bool:
         return self.q_inputs is not None
+
+    def eval_positions(self, rows: np.ndarray) -> np.ndarray:
+        """Positions of corpus ``rows`` among the ``eval_rows`` (the rows themselves when every row is ranked)."""
+        return rows if self.eval_rows is None else np.searchsorted(self.eval_rows, rows)
+
+    def eval_inputs(self) -> torch.Tensor:
+        """The stage inputs of the rows the held-out scores rank."""
+        if self.eval_rows is None:
+            return self.inputs
+        return self.inputs[torch.as_tensor(self.eval_rows, device=self.inputs.device)]
 
     def neighbour_lists(self, cfg: "TrainConfig") -> tuple[torch.Tensor, torch.Tensor]:
         """Each training row's ranked teacher neighbours among the training rows, computed once.
@@ -122,6 +135,7 @@ class TrainData:
             for i, q in enumerate(self.val_q):
                 for j, (r, y) in enumerate(self.positives[q]):
                     rows[i, j], gains[i, j] = r, y
+            rows = torch.as_tensor(self.eval_positions(rows.numpy()))  # padding (gain 0) points anywhere
             self._val_pos = (rows.to(self.inputs.device), gains.to(self.inputs.device))
         return self._val_pos
 
@@ -170,7 +184,7 @@ def _eval_outputs(model: StageModel, x: torch.Tensor, chunk: int = 4096) -> dict
 def _validate(model: StageModel, data: TrainData) -> float:
     """``score_outputs`` of the model's current outputs (every corpus row, and the held-out queries)."""
     model.eval()
-    corpus_out = _eval_outputs(model, data.inputs)
+    corpus_out = _eval_outputs(model, data.eval_inputs())
     q_out = _eval_outputs(model, data.q_inputs[data.val_q]) if data.supervised else None
     model.train()
     return score_outputs(data, corpus_out, q_out)
@@ -191,7 +205,8 @@ def item_scores(data: TrainData, corpus_out: dict[int, torch.Tensor],
 
     Supervised (``q_out``: L2-normalised outputs of the held-out training queries ``data.val_q``): nDCG over
     the full ranking of the corpus. Unsupervised: recall@10 of held-out corpus rows against their exact teacher
-    top-10 among the training rows. ``corpus_out`` holds every corpus row's L2-normalised output per dim.
+    top-10 among the training rows. ``corpus_out`` holds the L2-normalised output of every row of
+    ``data.eval_rows`` (default: the corpus) per dim.
     """
     scores = []
     if q_out is not None:
@@ -208,8 +223,8 @@ def item_scores(data: TrainData, corpus_out: dict[int, torch.Tensor],
             dcg = (gains / torch.log2(ranks.float() + 1)).sum(1)
             scores.append(dcg / idcg)
     else:
-        train_rows = torch.as_tensor(data.train_rows)
-        val = torch.as_tensor(data.val_rows)
+        train_rows = torch.as_tensor(data.eval_positions(data.train_rows))
+        val = torch.as_tensor(data.eval_positions(data.val_rows))
         exact = data.val_exact()
         for zc in corpus_out.values():
             got = torch.topk(zc[val] @ zc[train_rows].T, exact.shape[1], dim=1).indices

@@ -29,7 +29,7 @@ from .._fsutil import atomic_directory
 from .._rows import inv_row_norms
 from ..compressor import SMEC
 from .backends import BACKENDS, METRIC_TYPE, METRICS, Backend, backend_class, make_backend, pad_results, worst_distance
-from .backends.codes import CODES, LABEL_BYTES, RAM_SHARE, code_bytes, default_first_stage
+from .backends.codes import CODES, LABEL_BYTES, RAM_SHARE, code_bytes, code_options, default_first_stage
 from .checks import check_finite, check_ids, check_shape, check_vectors, is_int
 from .errors import IndexStateError
 from .ids import EXPLICIT, SEQUENTIAL, IdMap
@@ -101,7 +101,9 @@ class CompressedIndex:
             ``ef_search``), ``"hnswlib"`` (options ``M``, ``ef_construction``, ``ef``) or ``"qdrant-edge"``.
             Default: the code's backend.
         code: a named stage code (``backends.codes.CODES``): ``"float32"``, ``"sq8"``, ``"sq4"``,
-            ``"rabitq1"``, ``"rabitq2"``, ``"rabitq4"``, ``"binary"``, ``"binary-itq"``, ``"qdrant-int8"``,
+            ``"rabitq1"``, ``"rabitq2"``, ``"rabitq4"``, ``"pq1"``, ``"pq2"``, ``"pq4"``, ``"opq2"`` (product
+            quantizers of 1, 2, 4 bits a dim: the dim must be a multiple of 8, 4, 2), ``"binary"``,
+            ``"binary-itq"``, ``"qdrant-int8"``,
             ``"qdrant-binary"``, ``"qdrant-binary1.5"``, ``"qdrant-binary2"``. Default: chosen with the dim
             by ``budget`` when neither dims, backend nor backend options are given.
         budget: RAM bytes a vector for the default first stage (its code plus 32 bytes of labels and ids).
@@ -170,7 +172,9 @@ class CompressedIndex:
         if d is not None:
             if smec.is_fitted and d != smec.input_dim_:
                 raise ValueError(f"{where}: d={d} but smec was fitted on {smec.input_dim_}-dim vectors")
-        backends = {dim: make_backend(backend, dim, metric, backend_options) for dim in dims}
+        backends = {dim: make_backend(backend, dim, metric,
+                                      backend_options if code is None else code_options(code, dim, backend_options))
+                    for dim in dims}
         self._configure(smec, dims, backend, metric, rerank, self._check_candidates(candidates, dims),
                         full_store, store_dtype, backends, code)
         if d is not None:
@@ -207,7 +211,8 @@ class CompressedIndex:
             return int(min(available))
         D = smec.input_dim_ if smec.is_fitted else int(d or max(available) + 1)
         room = (4 * D / RAM_SHARE if budget is None else float(budget)) - LABEL_BYTES
-        fits = [dim for dim in available if code_bytes(code, dim) <= room]
+        fits = [dim for dim in available if CODES[code].per == 0 or dim % CODES[code].per == 0]
+        fits = [dim for dim in fits if code_bytes(code, dim) <= room]
         return int(max(fits) if fits else min(available))
 
     def _configure(self, smec: SMEC, dims: tuple[int, ...], backend: str, metric: str, rerank: str,

@@ -214,7 +214,11 @@ class FaissBackend(Tombstones):
     def train(self, X: np.ndarray) -> None:
         if not self.index.is_trained:
             with faiss_threads(X.shape[0]):
-                self.index.train(X)
+                try:
+                    self.index.train(X)
+                except RuntimeError as e:  # e.g. a product quantizer's 256 centroids from fewer rows
+                    raise ValueError(f"faiss backend: training {self.spec!r} on {X.shape[0]} rows failed: "
+                                     f"{_first_line(e)}") from None
 
     def add(self, ids: np.ndarray, X: np.ndarray) -> None:
         with faiss_threads(X.shape[0]):
