@@ -66,6 +66,7 @@ class RssSampler:
 
     def __init__(self, every_s: float = 0.2) -> None:
         self.peak = {"RssAnon": 0, "RssFile": 0}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, args=(every_s,), daemon=True)
         self._t.start()
@@ -82,16 +83,31 @@ class RssSampler:
             pass
         return out
 
-    def _run(self, every_s: float) -> None:
-        while not self._stop.wait(every_s):
-            now = self.read()
+    def sample(self) -> None:
+        """Take one sample now: a phase shorter than the timer's period would otherwise go unseen."""
+        now = self.read()
+        with self._lock:
             for key in self.peak:
                 self.peak[key] = max(self.peak[key], now.get(key, 0))
+
+    def _run(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            self.sample()
 
     def stop(self) -> dict[str, int]:
         self._stop.set()
         self._t.join()
+        self.sample()
         return {f"peak_sampled_{k.lower()}": v for k, v in self.peak.items()}
+
+
+_SAMPLER: RssSampler | None = None  # the sampler of this phase's process (set by run_phase_here)
+
+
+def sample_rss() -> None:
+    """One RSS sample now, where a phase's memory peaks and may be gone before the timer's next tick."""
+    if _SAMPLER is not None:
+        _SAMPLER.sample()
 
 
 def phase_result(t0: float, c0: float, sampler: RssSampler, **values: Any) -> dict[str, Any]:
@@ -186,6 +202,7 @@ def phase_build(work: Path, n: int, compressor: str, engine: str, dim: int) -> d
         index.add(X[s : s + ADD_BATCH])
     build = {"build_s": round(time.perf_counter() - t, 1), "build_cpu_s": round(cpu_now() - c, 1)}
     parts = index.memory_usage()
+    sample_rss()
     path = work / f"index-{engine}-{dim}"
     t = time.perf_counter()
     index.save(path)
@@ -207,6 +224,7 @@ def phase_search(work: Path, engine: str, dim: int, b1: int, runs: int, store: s
     t, c = time.perf_counter(), cpu_now()
     index = read_index(path, full_store=store)
     load_s, load_cpu_s = time.perf_counter() - t, cpu_now() - c
+    sample_rss()
     del index
     t = time.perf_counter()
     index = read_index(path, full_store=store, verify=False)
@@ -219,6 +237,7 @@ def phase_search(work: Path, engine: str, dim: int, b1: int, runs: int, store: s
         bb, (_, I) = time_batch(lambda q: index.search(q, K, rerank=rerank), Q, runs)
         b1s = time_batch1(lambda q: index.search(q, K, rerank=rerank), Q[:b1])
         out[rerank] = {**{k: round(v, 4) for k, v in {**bb, **b1s}.items()}, "recall@10": round(recall(I, truth), 4)}
+        sample_rss()
     return out
 
 
@@ -227,7 +246,8 @@ PHASES = {"data": phase_data, "train": phase_train, "build": phase_build, "searc
 
 def run_phase_here(name: str, kwargs: dict[str, Any], out: Path) -> None:
     """Entry point of a phase's process: run it and write its JSON result."""
-    sampler = RssSampler()
+    global _SAMPLER
+    sampler = _SAMPLER = RssSampler()
     t0, c0 = time.perf_counter(), cpu_now()
     kwargs = {**kwargs, "work": Path(kwargs["work"])}
     values = PHASES[name](**kwargs)

@@ -43,5 +43,6 @@ def test_scale_100k_meets_the_memory_bound(tmp_path):
         assert search["full"]["recall@10"] > search["none"]["recall@10"] + 0.2  # the rerank from the store works
         assert search["peak_rss"] < 2.5 * config["build"]["reduced_bytes"] + 2**30
     # the pread store keeps the candidates' pages out of the process: less file-backed RSS than the mapped one
-    assert config["search"]["disk"]["peak_sampled_rssfile"] < config["search"]["mmap"]["peak_sampled_rssfile"]
+    files = {store: config["search"][store]["peak_sampled_rssfile"] for store in ("disk", "mmap")}
+    assert files["disk"] + 50 * 2**20 < files["mmap"], files  # 300 x 100 candidates touch most of the 146 MiB
     assert not list((tmp_path / "work").glob("index-*"))  # saved indexes are removed after each config
