@@ -109,13 +109,14 @@ def test_code_bytes_match_faiss_and_the_issue():
 def test_product_quantizer_codes_size_their_sub_quantizers_by_the_dim(synth, tmp_path):
     """pq1 / pq2 / pq4 / opq2: one byte per 8 / 4 / 2 / 4 dims, the spec resolved at the stage's dim (no
     polysemous training), a dim that does not split into sub-vectors refused, and saved with the resolved spec."""
-    from smec_index.index.backends.codes import code_options
+    from smec_index.index.backends.codes import code_options, fits_dim
 
     assert (code_bytes("pq1", 128), code_bytes("pq2", 112), code_bytes("pq4", 64), code_bytes("opq2", 128)) == \
         (16, 28, 32, 32)
     assert code_options("pq2", 112) == {"spec": "PQ28np"} and code_options("opq2", 96) == {"spec": "OPQ24,PQ24np"}
     with pytest.raises(ValueError, match="multiple of 4, got 30"):
         code_options("pq2", 30)
+    assert [fits_dim(c, 30) for c in ("pq2", "pq4", "pq1", "sq8")] == [False, True, False, True]
     odd = SMEC((30, 16), "pca").fit(synth)
     with pytest.raises(ValueError, match="multiple of 4, got 30"):
         CompressedIndex(odd, dims=30, code="pq2")

@@ -29,7 +29,7 @@ from .._fsutil import atomic_directory
 from .._rows import inv_row_norms
 from ..compressor import SMEC
 from .backends import BACKENDS, METRIC_TYPE, METRICS, Backend, backend_class, make_backend, pad_results, worst_distance
-from .backends.codes import CODES, LABEL_BYTES, RAM_SHARE, code_bytes, code_options, default_first_stage
+from .backends.codes import CODES, LABEL_BYTES, RAM_SHARE, code_bytes, code_options, default_first_stage, fits_dim
 from .checks import check_finite, check_ids, check_shape, check_vectors, is_int
 from .errors import IndexStateError
 from .ids import EXPLICIT, SEQUENTIAL, IdMap
@@ -211,7 +211,7 @@ class CompressedIndex:
             return int(min(available))
         D = smec.input_dim_ if smec.is_fitted else int(d or max(available) + 1)
         room = (4 * D / RAM_SHARE if budget is None else float(budget)) - LABEL_BYTES
-        fits = [dim for dim in available if CODES[code].per == 0 or dim % CODES[code].per == 0]
+        fits = [dim for dim in available if fits_dim(code, dim)]
         fits = [dim for dim in fits if code_bytes(code, dim) <= room]
         return int(max(fits) if fits else min(available))
 

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import faiss
 
-__all__ = ["Code", "CODES", "code_bytes", "code_options", "default_first_stage", "LABEL_BYTES", "RAM_SHARE"]
+__all__ = ["Code", "CODES", "code_bytes", "code_options", "fits_dim", "default_first_stage", "LABEL_BYTES", "RAM_SHARE"]
 
 # per vector beside the code: the engine's int64 label. Sequential ids (``add``) cost nothing more; ids from
 # ``add_with_ids``, or any removal, add the facade's id map (3 int64 a vector: ``index.ids.IdMap``).
@@ -75,6 +75,12 @@ _QDRANT_BYTES = {"qdrant-int8": lambda d: d + 4, "qdrant-binary": lambda d: -(-d
                  "qdrant-binary1.5": lambda d: -(-3 * d // 16), "qdrant-binary2": lambda d: -(-d // 4)}
 
 
+def fits_dim(code: str, dim: int) -> bool:
+    """Whether ``dim`` can hold ``code`` (a product quantizer needs a multiple of its sub-vector's dims)."""
+    per = CODES[code].per
+    return per == 0 or int(dim) % per == 0
+
+
 def code_options(code: str, dim: int, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The backend options of ``code`` at ``dim`` (default: the code's own): a product quantizer's spec gets its
     sub-quantizer count; a ValueError when the dim cannot hold the code (not a multiple of its sub-vector)."""
@@ -83,7 +89,7 @@ def code_options(code: str, dim: int, options: dict[str, Any] | None = None) -> 
     c = CODES[code]
     opts = dict(c.options if options is None else options)
     if c.per:
-        if int(dim) % c.per:
+        if not fits_dim(code, dim):
             raise ValueError(f"code {code!r} needs a dim that is a multiple of {c.per}, got {dim}")
         opts["spec"] = opts["spec"].format(m=int(dim) // c.per)
     return opts
