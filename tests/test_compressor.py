@@ -690,6 +690,29 @@ def test_every_stage_keeps_the_candidate_with_the_best_held_out_score(synth, syn
             assert r["candidates"][r["choice"]] == max(r["candidates"].values()) and r["tolerance"] == 0
 
 
+@pytest.mark.parametrize("supervised", [False, True])
+def test_with_labels_the_from_full_candidate_trains_as_search_adaptor_does(synth, synth_supervised, supervised,
+                                                                          monkeypatch):
+    """With labels, a stage's ``from-full`` candidate is the search-adaptor recipe (in-batch similarity pairs,
+    no S-XBM); every other training of the fit, and ``from-full`` without labels, keeps the fit's S-XBM."""
+    from smec_index.compressor import api
+
+    seen: dict[str, bool] = {}
+    real = api.train_stage
+
+    def spy(model, data, cfg, seed, progress=False, desc="stage"):
+        seen[desc] = cfg.xbm
+        return real(model, data, cfg, seed, progress, desc)
+
+    monkeypatch.setattr(api, "train_stage", spy)
+    Q, pairs = synth_supervised
+    SMEC((16, 8), "smec", seed=0, **FAST).fit(synth, *((Q, pairs) if supervised else ()))
+    raw = {desc for desc in seen if desc.endswith("(raw)")}
+    assert raw == ({"smec 48->16 (raw)", "smec 48->8 (raw)"} if supervised else {"smec 48->8 (raw)"})
+    assert all(seen[desc] is (not supervised) for desc in raw)
+    assert all(seen[desc] is True for desc in set(seen) - raw) and len(seen) > len(raw)
+
+
 def test_with_labels_the_first_listed_candidate_within_one_standard_error_of_the_best_is_kept(monkeypatch):
     """Held-out queries cannot see what labels teach about the training documents, so with labels a candidate
     listed earlier (the trained chain first) is kept unless the best beats it by more than the standard error

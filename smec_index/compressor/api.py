@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -563,6 +563,7 @@ class _Trainer:
         # the rows held-out scores rank (None: all): with a sample, it and the held-out queries' judged and mined
         # documents, so the top of each held-out ranking is the one the whole corpus gives
         self.eval_rows: np.ndarray | None = None
+        self._eval_X: np.ndarray | None = None
         self._ident = Projection.identity(X.shape[1])
         # what depends only on a teacher (its neighbour lists, validation truth), per teacher tensor held above
         self._teacher_caches: dict[int, dict] = {}
@@ -616,8 +617,11 @@ class _Trainer:
                 model.adapter.linear.bias.copy_(torch.as_tensor(-(mu @ R), dtype=torch.float32))
         return model
 
-    def _train(self, model: StageModel, data: TrainData, desc: str, reports: list[StageReport], offset: int):
-        reports.append(train_stage(model, data, self.cfg, self.smec.seed + offset, self.smec.progress, desc))
+    def _train(self, model: StageModel, data: TrainData, desc: str, reports: list[StageReport], offset: int,
+               xbm: bool | None = None):
+        """``xbm`` overrides the fit's cross-batch memory for this training (None: the fit's own)."""
+        cfg = self.cfg if xbm is None or xbm == self.cfg.xbm else replace(self.cfg, xbm=xbm)
+        reports.append(train_stage(model, data, cfg, self.smec.seed + offset, self.smec.progress, desc))
 
     def _compose(self, model: StageModel, proj_in: Projection, out: dict[int, Projection], sel: dict[int, np.ndarray]):
         A, b = model.adapter.affine()
@@ -667,7 +671,8 @@ class _Trainer:
         frozen D -> D stage). A stage is also trained straight from the raw full vector (``from-full``), in
         case the chain lost what it needs: the ``last`` (smallest) stage always, every stage with labels (the
         adapted vector is then the chain's root, and stages rooted there lost on debian's held-out queries
-        where they won on SciFact's; see docs/method.md)."""
+        where they won on SciFact's; see docs/method.md). With labels that candidate trains as search-adaptor
+        does, without S-XBM."""
         D = self.X.shape[1]
         teacher = self._stage_teacher(projections)
         candidates: dict = {}
@@ -676,8 +681,10 @@ class _Trainer:
         report = reports[-1]
         extra: list[StageReport] = []
         if self.sup is not None or (last and src != D):
+            # with labels this is the search-adaptor recipe (in-batch similarity pairs, no S-XBM): on debian's
+            # held-out training queries it beat the same stage trained with S-XBM (docs/method.md)
             candidates["from-full"] = self._trained(self._ident, D, d, self.X_t, True, f"smec {D}->{d} (raw)",
-                                                    offset, extra)
+                                                    offset, extra, xbm=False if self.sup is not None else None)
         if self.sup is not None:
             # the same stage without the rank loss: kept when the labels do not help on held-out queries
             candidates["unsupervised"] = self._trained(projections[src], src, d, teacher, False,
@@ -689,12 +696,13 @@ class _Trainer:
         self._choose(report, d, candidates, projections, selections)
 
     def _trained(self, proj_in: Projection, src: int, d: int, teacher: torch.Tensor, supervised: bool, desc: str,
-                 offset: int, reports: list[StageReport]) -> tuple[Projection, np.ndarray | None]:
+                 offset: int, reports: list[StageReport], xbm: bool | None = None
+                 ) -> tuple[Projection, np.ndarray | None]:
         """A src -> d stage trained on ``proj_in``'s output (with the rank loss when ``supervised`` and the fit
         has labels), as (projection from the raw input, ADS selection or None)."""
         data = self._data(proj_in, teacher, supervised)
         model = self._model(src, (d,), self.ads, proj_in)
-        self._train(model, data, desc, reports, offset)
+        self._train(model, data, desc, reports, offset, xbm)
         return self._composed(model, proj_in, d)
 
     def _composed(self, model: StageModel, proj_in: Projection, d: int) -> tuple[Projection, np.ndarray | None]:
@@ -738,8 +746,9 @@ class _Trainer:
         data = TrainData(teacher=self.X_t, inputs=self.X_t, train_rows=self.train_rows, val_rows=self.val_rows,
                          eval_rows=self.eval_rows)
         data.share_teacher_cache(self._teacher_caches.setdefault(id(self.X_t), {}))
-        corpus = {d: torch.as_tensor(proj(self.X if self.eval_rows is None else self.X[self.eval_rows]),
-                                     device=self.device)}
+        if self._eval_X is None:  # the rows every candidate is scored on, gathered once per fit
+            self._eval_X = self.X if self.eval_rows is None else self.X[self.eval_rows]
+        corpus = {d: torch.as_tensor(proj(self._eval_X), device=self.device)}
         q_out = None
         if self.sup is not None:
             data.positives, data.val_q = self.sup["positives"], self.sup["val_q"]
