@@ -13,7 +13,8 @@ For each data set and engine (Flat, HNSW32 efSearch 64, IVF256,Flat nprobe 16, S
   numpy's), and the recall@10 of all three against exact full-dim search;
 - search time of the native index without refine (``SMEC64,<engine>``, raw queries in) against the same FAISS
   engine on pre-projected vectors (queries projected beforehand, outside the clock; and with numpy's projection
-  inside it), at batch 1 (one call per query, one thread) and batch 1000 (one call). Median of ``--repeats``.
+  inside it), at batch 1 (one call per query, one thread) and batch 1000 (one call): the fastest of ``--repeats``
+  rounds, the three interleaved in each round.
 
 Timings mean something only on a quiet machine: the JSON records the load average, the threads and the commit.
 Writes ``benchmarks/results/faiss-native.json``.
@@ -46,35 +47,48 @@ def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
 
 
-def _median_s(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def _best_s(fns: list, repeats: int) -> list[float]:
+    """Seconds of one call of each of ``fns``: the fastest of ``repeats`` rounds, the functions interleaved in
+    every round. Consecutive timings of one function on this shared 2-core VM drift by 10-20%; interleaving puts
+    the compared functions under the same drift, and the minimum drops the rounds a neighbour slowed."""
+    for fn in fns:
+        fn()  # warm-up
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best
 
 
-def _per_query_ms(index: faiss.Index, Q: np.ndarray, repeats: int, project=None) -> float:
-    """Milliseconds per query, one ``search`` call per query on one FAISS thread."""
-    rows = [Q[i : i + 1] for i in range(Q.shape[0])]
-    prev = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        if project is None:
-            s = _median_s(lambda: [index.search(r, 10) for r in rows], repeats)
-        else:
-            s = _median_s(lambda: [index.search(project(r), 10) for r in rows], repeats)
-    finally:
-        faiss.omp_set_num_threads(prev)
-    return 1e3 * s / len(rows)
+def _one_thread(fn):
+    """``fn`` run with FAISS on one OpenMP thread (single-query search, as the FAISS note advises)."""
+    def run():
+        prev = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            fn()
+        finally:
+            faiss.omp_set_num_threads(prev)
+    return run
 
 
-def _batch_ms(index: faiss.Index, Q: np.ndarray, repeats: int, project=None) -> float:
-    if project is None:
-        return 1e3 * _median_s(lambda: index.search(Q, 10), repeats)
-    return 1e3 * _median_s(lambda: index.search(project(Q), 10), repeats)
+def _timings(native: faiss.Index, pre: faiss.Index, Q: np.ndarray, Qp: np.ndarray, project, n_single: int,
+             repeats: int) -> tuple[dict, dict]:
+    """(ms per query at batch 1, one call per query on one FAISS thread; ms per call at batch 1000) of the native
+    index on raw queries, the plain engine on pre-projected queries, and the plain engine with numpy's projection
+    inside the clock."""
+    rows, rows_p = [Q[i : i + 1] for i in range(n_single)], [Qp[i : i + 1] for i in range(n_single)]
+    b1 = _best_s([_one_thread(lambda: [native.search(r, 10) for r in rows]),
+                  _one_thread(lambda: [pre.search(r, 10) for r in rows_p]),
+                  _one_thread(lambda: [pre.search(project(r), 10) for r in rows])], repeats)
+    Qb = np.ascontiguousarray(np.resize(Q, (1000, Q.shape[1])))
+    Qbp = np.ascontiguousarray(np.resize(Qp, (1000, Qp.shape[1])))  # the same rows, projected
+    bb = _best_s([lambda: native.search(Qb, 10), lambda: pre.search(Qbp, 10),
+                  lambda: pre.search(project(Qb), 10)], repeats)
+    keys = ("native", "pre_projected", "pre_projected_with_numpy_projection")
+    return ({k: 1e3 * t / n_single for k, t in zip(keys, b1)}, {k: 1e3 * t for k, t in zip(keys, bb)})
 
 
 def run(name: str, method: str, dim: int, candidates: int, n_single: int, repeats: int) -> list[dict]:
@@ -114,28 +128,17 @@ def run(name: str, method: str, dim: int, candidates: int, n_single: int, repeat
             for key, value in params.items():
                 ps.set_index_parameter(ix, key, value)
         Qp = smec.transform(Q, dim)
-        project = smec.projection(dim)
-        Qb = np.ascontiguousarray(np.resize(Q, (1000, Q.shape[1])))
-        Qbp = smec.transform(Qb, dim)
-        single = Q[:n_single]
+        P = smec.projection(dim)
+        b1, bb = _timings(plain, pre, Q, Qp, lambda r: P(r / np.linalg.norm(r, axis=1, keepdims=True)),
+                          min(n_single, Q.shape[0]), repeats)
         rec = {
             "data": name, "model": model, "n": int(X.shape[0]), "queries": int(Q.shape[0]), "engine": engine,
             "params": params, "dim": dim, "candidates": candidates, "method": method, "fit_s": round(fit_s, 2),
             "overlap10_to_faiss": recall(Ih, Ic), "overlap10_index_factory": recall(Ib, Ic),
             "recall10_vs_exact": {"compressed_index": recall(Ic, truth), "to_faiss": recall(Ih, truth),
                                   "index_factory": recall(Ib, truth)},
-            "ms_per_query_batch1": {
-                "native": _per_query_ms(plain, single, repeats),
-                "pre_projected": _per_query_ms(pre, Qp[:n_single], repeats),
-                "pre_projected_with_numpy_projection": _per_query_ms(
-                    pre, single, repeats, lambda r: project(r / np.linalg.norm(r, axis=1, keepdims=True))),
-            },
-            "ms_batch1000": {
-                "native": _batch_ms(plain, Qb, repeats),
-                "pre_projected": _batch_ms(pre, Qbp, repeats),
-                "pre_projected_with_numpy_projection": _batch_ms(
-                    pre, Qb, repeats, lambda r: project(r / np.linalg.norm(r, axis=1, keepdims=True))),
-            },
+            "ms_per_query_batch1": b1,
+            "ms_batch1000": bb,
             "load_avg": load_avg(),
         }
         print(f"{name:8s} {engine:12s} overlap@10 to_faiss {rec['overlap10_to_faiss']:.4f} index_factory "
