@@ -714,9 +714,10 @@ def test_with_labels_the_from_full_candidate_trains_as_search_adaptor_does(synth
 
 
 def test_with_labels_the_first_listed_candidate_within_one_standard_error_of_the_best_is_kept(monkeypatch):
-    """Held-out queries cannot see what labels teach about the training documents, so with labels a candidate
-    listed earlier (the trained chain first) is kept unless the best beats it by more than the standard error
-    of their per-query difference; without labels the best is kept."""
+    """Held-out queries cannot see what labels teach about the training documents, so with labels whose judged
+    documents recur a candidate listed earlier (the trained chain first) is kept unless the best beats it by
+    more than the standard error of their per-query difference; without labels, or with labels whose documents
+    never recur, the best is kept."""
     from smec_index.compressor import api
     from smec_index.compressor.train import StageReport
 
@@ -725,9 +726,9 @@ def test_with_labels_the_first_listed_candidate_within_one_standard_error_of_the
     noisy = base + rng.normal(0, 0.05, 400)  # same mean as base +- noise: not distinguishable
     per_item = {"trained": base, "from-full": noisy + 0.002, "pca-input": base + 0.05}
 
-    def choose(sup, names):
+    def choose(sup, names, recurrence=0.5):
         trainer = api._Trainer.__new__(api._Trainer)
-        trainer.sup = {} if sup else None
+        trainer.sup = {"recurrence": recurrence} if sup else None
         monkeypatch.setattr(api._Trainer, "_score", lambda self, proj, d: per_item[proj])
         report, projections = StageReport((8,)), {}
         trainer._choose(report, 8, {n: (n, None) for n in names}, projections, {})
@@ -736,10 +737,38 @@ def test_with_labels_the_first_listed_candidate_within_one_standard_error_of_the
     # from-full scores higher on average but not by more than its standard error: the chain is kept
     r = choose(True, ["trained", "from-full"])
     assert r.candidates["from-full"] > r.candidates["trained"] and r.choice == "trained" and r.tolerance > 0
-    assert choose(False, ["trained", "from-full"]).choice == "from-full"
+    assert (r.rule, r.recurrence) == ("one-se", 0.5)
+    r = choose(False, ["trained", "from-full"])
+    assert (r.choice, r.rule, r.recurrence) == ("from-full", "best", None)
+    # labels whose judged documents recur in fewer than RECURRENCE_MIN of the queries: the best mean is kept
+    r = choose(True, ["trained", "from-full"], recurrence=api.RECURRENCE_MIN / 2)
+    assert (r.choice, r.rule, r.tolerance) == ("from-full", "best", 0.0)
     # a clear winner (5 points on every query) is taken, with labels too
     r = choose(True, ["trained", "from-full", "pca-input"])
     assert r.choice == "pca-input" and r.tolerance == 0
+
+
+def test_label_recurrence_is_the_share_of_queries_sharing_a_judged_document():
+    from smec_index.compressor.api import label_recurrence
+
+    assert label_recurrence({}) == 0.0
+    assert label_recurrence({0: [(1, 1.0)], 1: [(2, 1.0)], 2: [(3, 1.0)]}) == 0.0  # one document a query
+    # queries 0 and 1 share document 5; query 2 judges 5 twice (a duplicate pair is not a second query)
+    shared = {0: [(5, 1.0), (6, 1.0)], 1: [(5, 2.0)], 2: [(7, 1.0), (7, 1.0)], 3: [(8, 1.0)]}
+    assert label_recurrence(shared) == 0.5
+
+
+def test_a_supervised_fit_records_its_selection_rule(synth, synth_supervised):
+    """synth_supervised labels each query with its own row: nothing recurs, so every stage keeps its best."""
+    Q, pairs = synth_supervised
+    smec = SMEC((16, 8), "smec", seed=0, **FAST).fit(synth, Q, pairs)
+    assert {(r["rule"], r["recurrence"]) for r in smec.reports_} == {("best", 0.0)}
+    for r in smec.reports_:
+        assert r["candidates"][r["choice"]] == max(r["candidates"].values()) and r["tolerance"] == 0
+    # queries 0, 2, ..., 8 also judge the rows of queries 1, 3, ..., 9: 10 of 80 queries share a document
+    again = pairs + [(i, pairs[i + 1][1], 1.0) for i in range(0, 10, 2)]
+    smec = SMEC((16, 8), "smec", seed=0, **FAST).fit(synth, Q, again)
+    assert {(r["rule"], r["recurrence"]) for r in smec.reports_} == {("one-se", 10 / 80)}
 
 
 def test_neighbour_memory_sample_draws_uniformly_from_the_in_memory_top_pool():

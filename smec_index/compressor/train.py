@@ -156,6 +156,11 @@ class StageReport:
     # with labels a candidate listed earlier is kept within one standard error of the best: that error (0 when
     # the best itself is kept)
     tolerance: float = 0.0
+    # how the candidate was kept: "best" (the best held-out mean) or "one-se" (the first listed within one
+    # standard error of the best), and with labels the share of labelled queries sharing a judged document with
+    # another one, which decides between the two (``_Trainer._choose``)
+    rule: str = "best"
+    recurrence: float | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -167,6 +172,8 @@ class StageReport:
             "choice": self.choice,
             "candidates": {k: round(v, 6) for k, v in self.candidates.items()},
             "tolerance": round(self.tolerance, 6),
+            "rule": self.rule,
+            "recurrence": None if self.recurrence is None else round(self.recurrence, 6),
         }
 
 
