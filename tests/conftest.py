@@ -6,6 +6,9 @@ from pathlib import Path
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -50,6 +53,16 @@ def _require_data() -> Path:
     if not (DATA_DIR / "emb").is_dir():
         pytest.skip(f"{MISSING_DATA} {DATA_DIR}")
     return DATA_DIR
+
+
+def run_benchmark(script: str, *args: object, timeout: int = 600) -> None:
+    """Run ``benchmarks/<script>`` with ``args`` in its own process on one passive OpenMP thread, as its
+    real-data test needs it; skipped when the real data is absent."""
+    _require_data()
+    cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / script), *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    subprocess.run(cmd, check=True, env=env, cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                   timeout=timeout)
 
 
 def realdata_notice(skip_reasons: list[str], data_dir: Path) -> str | None:

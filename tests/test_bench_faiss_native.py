@@ -4,27 +4,15 @@ cost table says, per engine and batch, the native time over the plain engine's o
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_benchmark
 
 
 @pytest.mark.realdata
 def test_faiss_native_benchmark_small_run(tmp_path):
-    from smec_index.datasets import default_data_dir
-
-    if not (default_data_dir() / "emb").is_dir():
-        pytest.skip("real data not found")
     out = tmp_path / "native.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "faiss_native.py"), "--data", "scifact", "--single", "20",
-           "--repeats", "1", "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    subprocess.run(cmd, check=True, env=env, cwd=ROOT, capture_output=True, timeout=600)
+    run_benchmark("faiss_native.py", "--data", "scifact", "--single", "20", "--repeats", "1", "--out", out)
     payload = json.loads(out.read_text())
     assert payload["commit"] and payload["threads"]["OMP_NUM_THREADS"] == "1"
     records = payload["records"]

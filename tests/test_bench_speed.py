@@ -5,27 +5,15 @@ does not (HNSW32)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_benchmark
 
 
 @pytest.mark.realdata
 def test_speed_benchmark_small_run(tmp_path):
-    from smec_index.datasets import default_data_dir
-
-    if not (default_data_dir() / "emb").is_dir():
-        pytest.skip("real data not found")
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--n", "3000", "--configs",
-           "Flat@64,HNSW16-SQ8@64,HNSW32@64", "--skip-scifact", "--b1-queries", "20", "--runs", "1",
-           "--method", "pca", "--out", str(tmp_path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    subprocess.run(cmd, check=True, env=env, cwd=ROOT, capture_output=True, timeout=600)
+    run_benchmark("speed.py", "--n", "3000", "--configs", "Flat@64,HNSW16-SQ8@64,HNSW32@64", "--skip-scifact",
+                  "--b1-queries", "20", "--runs", "1", "--method", "pca", "--out", tmp_path)
     payload = json.loads((tmp_path / "speed-3000.json").read_text())
     assert {p.name for p in tmp_path.iterdir()} == {"speed-3000.json", "speed-3000.md", "speed-3000.png"}
     recs = payload["result"]["records"]

@@ -9,28 +9,17 @@ and of the search processes <= 2.5 x the reduced index in RAM + 1 GiB; a load mu
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_benchmark
 
 
 @pytest.mark.realdata
 def test_scale_100k_meets_the_memory_bound(tmp_path):
-    from smec_index.datasets import default_data_dir
-
-    if not (default_data_dir() / "emb").is_dir():
-        pytest.skip("real data not found")
     out = tmp_path / "scale.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--n", "100000", "--compressor", "pca",
-           "--train-rows", "20000", "--engines", "Flat", "--dims", "64", "--stores", "mmap,disk", "--queries", "300",
-           "--b1-queries", "50", "--runs", "1", "--work", str(tmp_path / "work"), "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    subprocess.run(cmd, check=True, env=env, cwd=ROOT, capture_output=True, timeout=600)
+    run_benchmark("scale.py", "--n", "100000", "--compressor", "pca", "--train-rows", "20000", "--engines", "Flat",
+                  "--dims", "64", "--stores", "mmap,disk", "--queries", "300", "--b1-queries", "50", "--runs", "1",
+                  "--work", tmp_path / "work", "--out", out)
     res = json.loads(out.read_text())
     (config,) = res["configs"]
     assert config["build"]["ntotal"] == 100_000
