@@ -56,7 +56,11 @@ from smec_index.quality import default_dims  # noqa: E402
 
 K = 10
 CANDIDATES = (0, 20, 50, 100)  # 0: no rerank
-STAGE_CODES = ("float32", "sq8", "sq4", "rabitq1", "rabitq2", "rabitq4", "pq1", "pq2", "pq4", "opq2", "binary")
+STAGE_CODES = ("float32", "sq8", "sq4", "rabitq1", "rabitq2", "rabitq4", "pq1", "pq2", "pq4", "opq2", "rq1", "rq2", "rq4",
+               "binary")
+# codes the full first stage skips: a residual quantizer of the whole vector (D/8 to D/2 codebooks of D dims)
+# beam-encodes for tens of minutes on debian's 64k rows, where a reduced stage's takes about a minute
+FULL_SKIP = ("rq1", "rq2", "rq4")
 PEERS = {"RaBitQ": "RaBitQ", "RaBitQ4": "RaBitQ4", "ITQ256,LSHt": "ITQ256,LSHt", "PCAR128,RaBitQ": "PCAR128,RaBitQ"}
 DEFAULT_CACHE = Path("/tmp/smec-bytes-cache")
 
@@ -237,7 +241,12 @@ def run_default(data: str, model: str, dims: tuple[int, ...] | None, seed: int, 
 
 
 def run(data: str, model: str, dims: tuple[int, ...] | None, seed: int, cache: Path, n_qps: int,
-        max_queries: int | None = None, progress: bool = True) -> dict:
+        max_queries: int | None = None, progress: bool = True, codes: tuple[str, ...] | None = None) -> dict:
+    """Every row of the table; ``codes`` (default ``STAGE_CODES``) the stage codes measured."""
+    codes = tuple(STAGE_CODES if codes is None else codes)
+    unknown = sorted(set(codes) - set(STAGE_CODES))
+    if unknown:
+        raise ValueError(f"codes must be among {STAGE_CODES}, got {unknown}")
     ds = load_beir(data, model)
     X = ds.corpus
     D = X.shape[1]
@@ -245,11 +254,13 @@ def run(data: str, model: str, dims: tuple[int, ...] | None, seed: int, cache: P
     r = Run(ds, n_qps, max_queries)
     say = print if progress else (lambda *a, **k: None)
     t0 = time.perf_counter()
-    for code in STAGE_CODES:
+    skipped = [f"full {code}: see FULL_SKIP" for code in codes if code in FULL_SKIP]
+    for code in codes:
+        if code in FULL_SKIP:
+            continue
         c = CODES[code]
         say(f"[{time.perf_counter() - t0:6.0f} s] full {code}")
         r.raw("full", code, c.backend, code_options(code, D), code_bytes(code, D), "ip", False)
-    skipped = []
     # a FAISS user's product quantizer on the raw vector, at half a bit a dim (MiniLM 24 B, mpnet 48 B)
     m = D // 16
     peers = {**PEERS, **({f"OPQ{m},PQ{m}": f"OPQ{m},PQ{m}np"} if D % 16 == 0 and X.shape[0] >= 256 else {})}
@@ -269,9 +280,11 @@ def run(data: str, model: str, dims: tuple[int, ...] | None, seed: int, cache: P
     say(f"[{time.perf_counter() - t0:6.0f} s] fitting compressors (cached under {cache})")
     stages = _first_stages(X, dims, seed, cache, f"{Path(data).name}-{model}")
     for name in FIRST_STAGES[1:]:
-        base, codes = stages[name]
+        base, stage_codes = stages[name]
         for dim in dims:
-            for stage_code, (override, code) in codes.items():
+            for stage_code, (override, code) in stage_codes.items():
+                if stage_code not in codes:
+                    continue
                 say(f"[{time.perf_counter() - t0:6.0f} s] {name}-{dim} {code}")
                 r.compressed(name, override or base, dim, code)
     say(f"[{time.perf_counter() - t0:6.0f} s] the default CompressedIndex(smec)")
@@ -455,9 +468,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"compressor cache (default {DEFAULT_CACHE})")
     p.add_argument("--default-only", action="store_true", help="measure only the default CompressedIndex(smec)")
     p.add_argument("--tile", type=int, metavar="N", help="with --default-only: the corpus tiled to N rows")
+    p.add_argument("--codes", type=lambda t: tuple(t.split(",")), help=f"stage codes, comma-separated (default: "
+                   f"all of {','.join(STAGE_CODES)})")
     p.add_argument("--json", metavar="OUT.json")
     p.add_argument("--plot", metavar="OUT.png")
     a = p.parse_args(argv)
+    if a.codes and not set(a.codes) <= set(STAGE_CODES):
+        p.error(f"--codes: expected names among {','.join(STAGE_CODES)}, got {','.join(a.codes)}")
     info = machine_info()
     load_before = load_avg()
     git = _git()  # the code as it was when the run started
@@ -466,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if a.tile:
             p.error("--tile goes with --default-only")
-        payload = run(a.data, a.model, a.dims, a.seed, a.cache, a.qps_queries, a.max_queries)
+        payload = run(a.data, a.model, a.dims, a.seed, a.cache, a.qps_queries, a.max_queries, codes=a.codes)
     payload = {**payload, **git, "command": " ".join(["python", "benchmarks/bytes.py",
                                                           *(argv if argv is not None else sys.argv[1:])]),
                "threads": {"faiss_omp": faiss.omp_get_max_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),

@@ -144,6 +144,44 @@ def test_product_quantizer_codes_size_their_sub_quantizers_by_the_dim(synth, tmp
     np.testing.assert_array_equal(loaded.search(synth[:20], 10)[1], hits)
 
 
+def test_residual_quantizer_codes_match_pq_bytes_and_keep_more_neighbours(synth, tmp_path, monkeypatch):
+    """rq1 / rq2 / rq4: FAISS RQ<m>x8 with the bytes of pq1 / pq2 / pq4 at the same dim, look-up-table search
+    without norms (inner product), 256 training rows needed, a seeded sample of AQ_TRAIN_ROWS rows trained on,
+    saved and loaded with the resolved spec; on clustered data the stage's own top 10 (no rerank) keeps more of
+    the exact answer than pq at the same bytes."""
+    import smec_index.index.backends.faiss as fb
+    from smec_index.index.backends.codes import code_options
+
+    assert [code_bytes(f"rq{b}", 112) for b in (1, 2, 4)] == [code_bytes(f"pq{b}", 112) for b in (1, 2, 4)] == \
+        [14, 28, 56]
+    assert code_options("rq2", 112) == {"spec": "RQ28x8"}
+    with pytest.raises(ValueError, match="multiple of 4, got 30"):
+        code_options("rq2", 30)
+    rq = make_backend("faiss", 32, "ip", code_options("rq2", 32))
+    inner = faiss.downcast_index(rq._inner)
+    assert inner.rq.search_type == faiss.AdditiveQuantizer.ST_LUT_nonorm and rq.min_train_rows == 256
+    with pytest.raises(ValueError, match="training 'RQ8x8' on 100 rows failed"):
+        rq.train(synth[:100, :32].copy())
+    seen = []
+    monkeypatch.setattr(fb, "AQ_TRAIN_ROWS", 300)
+    real = fb._training_rows
+    monkeypatch.setattr(fb, "_training_rows", lambda index, X: seen.append(real(index, X).shape) or real(index, X))
+    stage = SMEC((32,), "pca").fit(synth)
+    recall = {}
+    for code in ("pq2", "rq2"):
+        index = CompressedIndex(stage, dims=32, code=code, candidates=50)
+        index.train(synth)
+        index.add(synth)
+        hits = index.search(synth[:100], 10, rerank="none")[1]
+        recall[code] = np.mean([len(set(a) & set(b)) for a, b in zip(hits, _exact(synth[:100], synth, 10))])
+    assert seen == [(600, 32), (300, 32)]  # pq trains on every row, rq on the sample
+    assert recall["rq2"] > recall["pq2"]
+    index.save(tmp_path / "ix")
+    loaded = CompressedIndex.load(tmp_path / "ix")
+    assert loaded.code == "rq2" and loaded.backends[32].options()["spec"] == "RQ8x8"
+    np.testing.assert_array_equal(loaded.search(synth[:20], 10)[1], index.search(synth[:20], 10)[1])
+
+
 def test_default_first_stage_fits_the_budget():
     assert default_first_stage(768, (256, 128, 64, 32)) == (256, "rabitq4")
     assert default_first_stage(384, (128, 64, 32)) == (128, "rabitq4")
@@ -298,6 +336,25 @@ def test_bytes_benchmark_writes_records_and_plot(tmp_path, monkeypatch):
     assert list((tmp_path / "cache").iterdir())  # the compressors were cached
     default = payload["default_build"]
     assert default["full_store"] == "disk" and default["raw_bytes_per_vector"] == 128 and default["recall@10"] > 0
+
+
+def test_bytes_benchmark_codes_option_and_full_stage_skips(tmp_path, capsys):
+    """--codes limits the stage codes; the full first stage skips the residual quantizers and says so."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import bytes as bench
+
+    data = write_toy_beir(tmp_path / "beir", n_docs=300, n_queries=12, dim=32)
+    out = tmp_path / "b.json"
+    assert bench.main(["--data", str(data), "--model", "toy", "--dims", "16", "--qps-queries", "3", "--codes",
+                       "float32,rq1", "--cache", str(tmp_path / "cache"), "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    stages = {(r["first_stage"], r["code"]) for r in payload["records"] if r["first_stage"] != "faiss"}
+    assert stages == {("full", "float32"), ("pca", "float32"), ("pca", "rq1"), ("smec", "float32"), ("smec", "rq1")}
+    assert "full rq1: see FULL_SKIP" in payload["skipped"]
+    assert "--codes float32,rq1" in payload["command"]
+    with pytest.raises(SystemExit):
+        bench.main(["--data", str(data), "--model", "toy", "--codes", "float32,pq3"])
+    assert "--codes: expected names among" in capsys.readouterr().err
 
 
 def test_itq_rotation_keeps_float_scores(pca, synth):

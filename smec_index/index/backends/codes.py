@@ -7,7 +7,10 @@ size of one code in RAM, without the 8-byte label every engine keeps beside it.
 RaBitQ codes run with 8-bit query quantization (``qb=8``; FAISS's default for ``IndexRaBitQ`` is 4). The
 product quantizer codes (``pq1``, ``pq2``, ``pq4``: FAISS ``PQ<m>np``, 8-bit sub-codes, ``m`` = dim / 8, 4 or 2, so
 1, 2 or 4 bits a dim; ``opq2``: an OPQ rotation first) learn their codebooks on the stage vectors; their
-sub-quantizer count depends on the dim (``code_options``). The Qdrant codes keep float32 originals on disk beside
+sub-quantizer count depends on the dim (``code_options``). The residual quantizer codes (``rq1``, ``rq2``,
+``rq4``: FAISS ``RQ<m>x8``, the same bytes as ``pq<b>``) code the whole stage vector with ``m`` codebooks of 256,
+each quantizing what the previous ones left (beam search), and score a query with look-up tables, no norms
+(inner product); they train slower and keep more neighbours per byte. The Qdrant codes keep float32 originals on disk beside
 the codes (Qdrant re-scores with them).
 """
 
@@ -53,12 +56,19 @@ def _pq(bits: int, opq: bool = False) -> Code:
                 per)
 
 
+def _rq(bits: int) -> Code:
+    per = 8 // bits
+    return Code(f"rq{bits}", "faiss", {"spec": "RQ{m}x8"},
+                f"FAISS residual quantizer, {bits} bit(s) a dim in 8-bit codebooks, look-up-table search", per)
+
+
 CODES: dict[str, Code] = {c.name: c for c in (
     Code("float32", "faiss", {"spec": "Flat"}, "FAISS IndexFlat, exact at the stage"),
     Code("sq8", "faiss", {"spec": "SQ8"}, "FAISS 8-bit scalar quantizer"),
     Code("sq4", "faiss", {"spec": "SQ4"}, "FAISS 4-bit scalar quantizer"),
     _rabitq(1), _rabitq(2), _rabitq(4),
     _pq(1), _pq(2), _pq(4), _pq(2, opq=True),
+    _rq(1), _rq(2), _rq(4),
     Code("binary", "faiss-binary", {}, "sign bits, Hamming distance (IndexBinaryFlat)"),
     Code("binary-itq", "faiss-binary", {"itq": True}, "sign bits after an ITQ rotation, Hamming distance"),
     Code("qdrant-int8", "qdrant-edge", {"quantization": "int8", "oversampling": 1.0}, "Qdrant scalar int8"),
@@ -76,7 +86,8 @@ _QDRANT_BYTES = {"qdrant-int8": lambda d: d + 4, "qdrant-binary": lambda d: -(-d
 
 
 def fits_dim(code: str, dim: int) -> bool:
-    """Whether ``dim`` can hold ``code`` (a product quantizer needs a multiple of its sub-vector's dims)."""
+    """Whether ``dim`` can hold ``code`` (a product quantizer needs a multiple of its sub-vector's dims; a
+    residual quantizer, sized the same way, a multiple of the dims one byte codes)."""
     per = CODES[code].per
     return per == 0 or int(dim) % per == 0
 

@@ -75,7 +75,8 @@ def _first_line(e: Exception) -> str:
 
 
 def _min_train_rows(index: faiss.Index) -> int:
-    """Training rows FAISS needs for this index: one per IVF list, 2**nbits per PQ codebook, else 1."""
+    """Training rows FAISS needs for this index: one per IVF list, 2**nbits per PQ or additive-quantizer
+    codebook, else 1."""
     if index.is_trained:
         return 0
     need = 1
@@ -88,7 +89,24 @@ def _min_train_rows(index: faiss.Index) -> int:
         pq = getattr(part, "pq", None)
         if pq is not None:
             need = max(need, int(pq.ksub))
+        aq = getattr(part, "aq", None)
+        if aq is not None:
+            need = max(need, 2 ** int(faiss.vector_to_array(aq.nbits).max()))
     return need
+
+
+# rows an additive quantizer (``RQ``) trains on: FAISS's k-means samples 256 rows a centroid by itself, but the
+# residual quantizer also beam-encodes every training row at each of its codebooks (64k x 112 at 28 codebooks:
+# about a minute on one core), so a larger training set costs time in proportion and buys nothing
+AQ_TRAIN_ROWS = 65_536
+
+
+def _training_rows(index: faiss.Index, X: np.ndarray) -> np.ndarray:
+    """``X``, or for an additive quantizer a seeded sample of ``AQ_TRAIN_ROWS`` of its rows."""
+    if getattr(faiss.downcast_index(index), "aq", None) is None or X.shape[0] <= AQ_TRAIN_ROWS:
+        return X
+    rows = np.sort(np.random.default_rng(0).choice(X.shape[0], AQ_TRAIN_ROWS, replace=False))
+    return np.ascontiguousarray(X[rows])
 
 
 def _can_remove(index: faiss.Index) -> bool:
@@ -215,7 +233,7 @@ class FaissBackend(Tombstones):
         if not self.index.is_trained:
             with faiss_threads(X.shape[0]):
                 try:
-                    self.index.train(X)
+                    self.index.train(_training_rows(self._inner, X))
                 except RuntimeError as e:  # e.g. a product quantizer's 256 centroids from fewer rows
                     raise ValueError(f"faiss backend: training {self.spec!r} on {X.shape[0]} rows failed: "
                                      f"{_first_line(e)}") from None
