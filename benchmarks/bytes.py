@@ -1,7 +1,8 @@
 """The bytes frontier: recall@10 of a coded first stage, then exact rerank, against its RAM bytes per vector.
 
 For every first stage (the full vector, PCA-d, SMEC-d unsupervised, SMEC-d quantization-aware) and every code
-(float32, sq8, sq4, rabitq 1/2/4 bit, product quantizers pq 1/2/4 bit and opq 2 bit, binary), and for FAISS
+(float32, sq8, sq4, rabitq 1/2/4 bit, product quantizers pq 1/2/4 bit and opq 2 bit, residual quantizers
+rq 1/2/4 bit, binary; ``--codes`` a subset, the full stage without rq: ``FULL_SKIP``), and for FAISS
 peers on the raw vectors (``RaBitQ``, ``RaBitQ4``, ``ITQ256,LSHt``, ``PCAR128,RaBitQ``, ``OPQ<D/16>,PQ<D/16>``),
 it measures on the test queries of a BEIR-layout set:
 
@@ -59,7 +60,7 @@ CANDIDATES = (0, 20, 50, 100)  # 0: no rerank
 STAGE_CODES = ("float32", "sq8", "sq4", "rabitq1", "rabitq2", "rabitq4", "pq1", "pq2", "pq4", "opq2", "rq1", "rq2", "rq4",
                "binary")
 # codes the full first stage skips: a residual quantizer of the whole vector (D/8 to D/2 codebooks of D dims)
-# beam-encodes for tens of minutes on debian's 64k rows, where a reduced stage's takes about a minute
+# beam-encodes for tens of minutes on debian's 64k rows, where a reduced stage's takes one to three minutes
 FULL_SKIP = ("rq1", "rq2", "rq4")
 PEERS = {"RaBitQ": "RaBitQ", "RaBitQ4": "RaBitQ4", "ITQ256,LSHt": "ITQ256,LSHt", "PCAR128,RaBitQ": "PCAR128,RaBitQ"}
 DEFAULT_CACHE = Path("/tmp/smec-bytes-cache")
