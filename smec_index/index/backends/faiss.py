@@ -97,7 +97,7 @@ def _min_train_rows(index: faiss.Index) -> int:
 
 # rows an additive quantizer (``RQ``) trains on: FAISS's k-means samples 256 rows a centroid by itself, but the
 # residual quantizer also beam-encodes every training row at each of its codebooks (64k x 112 at 28 codebooks:
-# about 100 s on one core), so a larger training set costs time in proportion and buys nothing
+# about 100 s on one core), so it trains on as many rows as that k-means would keep (256 x 256)
 AQ_TRAIN_ROWS = 65_536
 
 
