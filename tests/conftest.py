@@ -17,6 +17,11 @@ from smec_index.datasets import default_data_dir, load_beir
 
 DATA_DIR = default_data_dir()
 
+# fits choose their torch threads from the machine's load (``_threads.choose_threads``); a thread count that
+# changes between two fits changes float sums in the last bits, and tests compare fits exactly: pin it (a test of
+# the choice itself removes the variable), unless the caller set it
+os.environ.setdefault("SMEC_INDEX_THREADS", "1")
+
 
 def _clustered(n: int, D: int, seed: int, n_clusters: int = 20) -> np.ndarray:
     rng = np.random.default_rng(seed)
