@@ -102,8 +102,9 @@ AQ_TRAIN_ROWS = 65_536
 
 
 def _training_rows(index: faiss.Index, X: np.ndarray) -> np.ndarray:
-    """``X``, or for an additive quantizer a seeded sample of ``AQ_TRAIN_ROWS`` of its rows."""
-    if getattr(faiss.downcast_index(index), "aq", None) is None or X.shape[0] <= AQ_TRAIN_ROWS:
+    """``X``, or for an additive quantizer (``index``: the backend's ``_inner``, already downcast) a seeded sample
+    of ``AQ_TRAIN_ROWS`` of its rows."""
+    if getattr(index, "aq", None) is None or X.shape[0] <= AQ_TRAIN_ROWS:
         return X
     rows = np.sort(np.random.default_rng(0).choice(X.shape[0], AQ_TRAIN_ROWS, replace=False))
     return np.ascontiguousarray(X[rows])
