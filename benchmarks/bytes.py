@@ -16,10 +16,11 @@ it measures on the test queries of a BEIR-layout set:
   full-vector stages and the peers (``qps_via`` says which).
 
 Searches at the first stage are exhaustive (no graph): the numbers are about the codes, not about an ANN
-engine. "smec-qa" is, for now, SMEC's stage followed by an ITQ rotation fitted on the corpus stage outputs:
-folded into the stage's affine map for the RaBitQ codes, and the ``binary-itq`` code (centring, rotation,
-sign) for binary. The first stages live in ``FIRST_STAGES``: a trained quantization-aware variant is one more
-entry. Compressors are trained once and cached under ``--cache`` (default /tmp/smec-bytes-cache).
+engine. "smec-qa" is quantization-aware SMEC: one fit per code of ``QA_CODES`` with ``SMEC(code=...)``, whose
+every stage keeps the candidate map (trained, or PCA of its input or of the full vector) whose *codes* keep the
+most of held-out corpus rows' full-dim top-10 among 100 candidates, and for binary the ``binary-itq`` code (a
+learned ITQ rotation before the sign bits). The first stages live in ``FIRST_STAGES``. Compressors are trained
+once and cached under ``--cache`` (default /tmp/smec-bytes-cache).
 
     python benchmarks/bytes.py --data ../shared/data/scifact --model all-MiniLM-L6-v2 \\
         --json benchmarks/results/bytes-scifact-all-MiniLM-L6-v2.json --plot benchmarks/results/bytes-scifact-all-MiniLM-L6-v2.png
@@ -63,56 +64,41 @@ STAGE_CODES = ("float32", "sq8", "sq4", "rabitq1", "rabitq2", "rabitq4", "pq1", 
 # beam-encodes for tens of minutes on debian's 64k rows, where a reduced stage's takes one to three minutes
 FULL_SKIP = ("rq1", "rq2", "rq4")
 PEERS = {"RaBitQ": "RaBitQ", "RaBitQ4": "RaBitQ4", "ITQ256,LSHt": "ITQ256,LSHt", "PCAR128,RaBitQ": "PCAR128,RaBitQ"}
+# the stage codes smec-qa is fitted for, and the code its index runs (binary: sign bits after a learned ITQ rotation)
+QA_CODES = {"rabitq1": "rabitq1", "rabitq2": "rabitq2", "rabitq4": "rabitq4", "pq1": "pq1", "pq2": "pq2",
+            "pq4": "pq4", "binary": "binary-itq"}
 DEFAULT_CACHE = Path("/tmp/smec-bytes-cache")
 
 
 # --------------------------------------------------------------------- first stages
-def _fit_cached(method: str, X: np.ndarray, dims: tuple[int, ...], seed: int, cache: Path, tag: str) -> SMEC:
-    """``SMEC(dims, method, seed)`` fitted on X, loaded from ``cache`` when an identical fit (same data, same
-    compressor source code) was saved there."""
+def _fit_cached(method: str, X: np.ndarray, dims: tuple[int, ...], seed: int, cache: Path, tag: str,
+                code: str | None = None) -> SMEC:
+    """``SMEC(dims, method, code=code, seed=seed)`` fitted on X, loaded from ``cache`` when an identical fit (same
+    data, same compressor and code source) was saved there."""
     h = hashlib.sha256(X[:: max(1, X.shape[0] // 1000)].tobytes())
-    for src in sorted((Path(__file__).resolve().parent.parent / "smec_index" / "compressor").glob("*.py")):
+    root = Path(__file__).resolve().parent.parent / "smec_index"
+    for src in [*sorted((root / "compressor").glob("*.py")), root / "index" / "backends" / "codes.py"]:
         h.update(src.read_bytes())  # a fit by other compressor code is another model
     key = h.hexdigest()[:12]
-    path = cache / f"{tag}-{method}-{'-'.join(map(str, dims))}-seed{seed}-{X.shape[0]}x{X.shape[1]}-{key}"
+    name = method if code is None else f"{method}-{code}"
+    path = cache / f"{tag}-{name}-{'-'.join(map(str, dims))}-seed{seed}-{X.shape[0]}x{X.shape[1]}-{key}"
     if (path / "config.json").is_file():
         return SMEC.load(path)
-    smec = SMEC(dims, method, seed=seed, progress=False).fit(X)
+    smec = SMEC(dims, method, code=code, seed=seed, progress=False).fit(X)
     cache.mkdir(parents=True, exist_ok=True)
     smec.save(path)
     return smec
 
 
-def itq_rotated(smec: SMEC, X: np.ndarray, seed: int) -> SMEC:
-    """A copy of ``smec`` whose every stage is followed by an ITQ rotation fitted on the corpus stage outputs.
+def _first_stages(X: np.ndarray, dims: tuple[int, ...], seed: int, cache: Path, tag: str,
+                  codes: tuple[str, ...]) -> dict[str, Any]:
+    """Every reduced first stage by name: its compressor, and the code each of ``codes`` runs as.
 
-    The rotation is orthogonal, so float scores are unchanged; only the codes of the rotated vectors change.
-    It is folded into the stage's affine map (``Projection.then``), so query time stays one matmul."""
-    out = SMEC.__new__(SMEC)
-    out.__dict__.update(smec.__dict__)
-    projections = dict(smec.projections_)
-    rng = np.random.default_rng(seed)
-    rows = rng.choice(X.shape[0], min(X.shape[0], 20_000), replace=False)
-    for dim in smec.dims_:
-        Z = smec.transform(X[rows], dim)
-        itq = faiss.ITQMatrix(dim)
-        itq.seed = seed
-        itq.train(np.ascontiguousarray(Z - Z.mean(axis=0), dtype=np.float32))
-        A = faiss.vector_to_array(itq.A).reshape(dim, dim)  # y = A x
-        projections[dim] = projections[dim].then(A.T.astype(np.float32), np.zeros(dim, np.float32), slice(None))
-    out.projections_ = projections
-    return out
-
-
-def _first_stages(X: np.ndarray, dims: tuple[int, ...], seed: int, cache: Path, tag: str) -> dict[str, Any]:
-    """Every reduced first stage by name: its compressor, and the code each of ``STAGE_CODES`` runs as.
-
-    The one place first stages are listed: a trained quantization-aware SMEC is one more entry."""
+    The one place first stages are listed; "smec-qa" is fitted once per code of ``QA_CODES`` in ``codes``."""
     pca = _fit_cached("pca", X, dims, seed, cache, tag)
     smec = _fit_cached("smec", X, dims, seed, cache, tag)
-    rotated = itq_rotated(smec, X, seed)
     same = {c: (None, c) for c in STAGE_CODES}  # (compressor override, code)
-    qa = {"binary": (None, "binary-itq"), **{c: (rotated, c) for c in ("rabitq1", "rabitq2", "rabitq4")}}
+    qa = {c: (_fit_cached("smec", X, dims, seed, cache, tag, QA_CODES[c]), QA_CODES[c]) for c in QA_CODES if c in codes}
     return {"pca": (pca, same), "smec": (smec, same), "smec-qa": (smec, qa)}
 
 
@@ -279,7 +265,7 @@ def run(data: str, model: str, dims: tuple[int, ...] | None, seed: int, cache: P
         nbytes = int(faiss.index_factory(D, spec, 1 if metric == "l2" else 0).sa_code_size())
         r.raw("faiss", label, "faiss", {"spec": spec, "params": params}, nbytes, metric, True)
     say(f"[{time.perf_counter() - t0:6.0f} s] fitting compressors (cached under {cache})")
-    stages = _first_stages(X, dims, seed, cache, f"{Path(data).name}-{model}")
+    stages = _first_stages(X, dims, seed, cache, f"{Path(data).name}-{model}", codes)
     for name in FIRST_STAGES[1:]:
         base, stage_codes = stages[name]
         for dim in dims:

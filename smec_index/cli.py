@@ -320,7 +320,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     dims = args.dims or default_dims(X.shape[1])
     if max(dims) >= X.shape[1]:
         raise CliError(f"--dims: {','.join(map(str, dims))} must all be below the input dim {X.shape[1]}")
-    smec = SMEC(dims, args.method, seed=args.seed, progress=_progress(args), **_training_options(args))
+    try:
+        smec = SMEC(dims, args.method, code=args.code, seed=args.seed, progress=_progress(args),
+                    **_training_options(args))
+    except ValueError as e:
+        raise CliError(f"--code: {e}") from None
+    if args.code and Q is not None:
+        raise CliError("--code chooses stages on held-out corpus rows, which needs unsupervised training; drop "
+                       "--code or the queries and qrels")
     if args.corpus and not args.queries:
         from .index.stream import take_rows
 
@@ -838,6 +845,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --data: supervised trains on the train split's judgements (default unsupervised)")
     s.add_argument("--dims", type=_dims, help="target dims, largest first (default 256,128,64,32 below 2/3 of D)")
     s.add_argument("--method", choices=METHODS, default="smec", help="compressor (default smec)")
+    s.add_argument("--code", metavar="CODE", help="quantization-aware: keep each stage's map whose codes of this "
+                   "stage code (e.g. rabitq1, pq2, binary-itq) keep the most neighbours on held-out rows; build "
+                   "then defaults to it (unsupervised smec only)")
     s.add_argument("--out", required=True, metavar="MODEL_DIR", help="directory to save the compressor to")
     s.add_argument("--force", action="store_true", help="replace --out when it holds an earlier saved model")
     s.set_defaults(func=cmd_train)

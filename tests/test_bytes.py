@@ -268,6 +268,13 @@ def test_budget_and_explicit_arguments_choose_the_stage(wide):
     assert CompressedIndex(smec, spec="HNSW32").dims == (128,)  # backend options without a code: the smallest dim
 
 
+def test_a_compressor_fitted_for_a_code_indexes_with_it_by_default(synth):
+    smec = SMEC((16, 8), "smec", code="rabitq2", max_epochs=2, patience=1, progress=False).fit(synth)
+    index = CompressedIndex(smec)
+    assert index.code == "rabitq2" and index.dims == (8,)  # nothing fits 48 / 4 B: the smallest dim
+    assert CompressedIndex(smec, code="sq8").code == "sq8"  # an explicit code still wins
+
+
 def test_memory_usage_of_an_empty_index(pca):
     u = CompressedIndex(pca).memory_usage()
     assert u["ntotal"] == 0 and u["ram_bytes_per_vector"] == 0.0 and u["raw_bytes_per_vector"] == 4 * 48
@@ -357,13 +364,16 @@ def test_bytes_benchmark_codes_option_and_full_stage_skips(tmp_path, capsys):
     assert "--codes: expected names among" in capsys.readouterr().err
 
 
-def test_itq_rotation_keeps_float_scores(pca, synth):
+def test_quantization_aware_first_stages_are_fitted_per_code(synth, tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     import bytes as bench
 
-    rotated = bench.itq_rotated(pca, synth, seed=0)
-    a, b = pca.transform(synth[:50], 16), rotated.transform(synth[:50], 16)
-    assert not np.allclose(a, b) and np.allclose(a @ a.T, b @ b.T, atol=1e-5)
+    stages = bench._first_stages(synth, (16, 8), 0, tmp_path, "t", ("float32", "rabitq1", "binary"))
+    qa = stages["smec-qa"][1]
+    assert set(qa) == {"rabitq1", "binary"}
+    assert (qa["rabitq1"][0].code, qa["rabitq1"][1]) == ("rabitq1", "rabitq1")
+    assert (qa["binary"][0].code, qa["binary"][1]) == ("binary-itq", "binary-itq")
+    assert stages["smec"][0].code is None and stages["pca"][0].method == "pca"
     assert bench.pareto([(8, 0.5), (16, 0.4), (24, 0.9), (32, 0.9)]) == [(8, 0.5), (24, 0.9)]
 
 

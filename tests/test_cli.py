@@ -101,6 +101,25 @@ def test_train_supervised_from_files(files, tmp_path, capsys):
     assert "(supervised)" in out and SMEC.load(tmp_path / "m").supervised_
 
 
+def test_train_with_a_code_and_build_with_it(files, tmp_path, capsys):
+    """--code fits a quantization-aware compressor; build then indexes with that code; bad uses are refused."""
+    code, out, err = run(["train", "--corpus", files / "X.npy", "--dims", "16,8", "--code", "rabitq1", "--out",
+                          tmp_path / "m", "--quiet", *TINY], capsys)
+    assert code == 0, err
+    assert SMEC.load(tmp_path / "m").code == "rabitq1"
+    code, out, err = run(["build", "--compressor", tmp_path / "m", "--corpus", files / "X.npy", "--out",
+                          tmp_path / "ix", "--quiet"], capsys)
+    assert code == 0, err
+    assert read_index(tmp_path / "ix").code == "rabitq1"
+    code, _, err = run(["train", "--corpus", files / "X.npy", "--dims", "8", "--code", "qdrant-int8", "--out",
+                        tmp_path / "bad", "--quiet", *TINY], capsys)
+    assert code == 1 and "--code: SMEC: code must be None or one of" in err and not (tmp_path / "bad").exists()
+    code, _, err = run(["train", "--corpus", files / "X.npy", "--queries", files / "Q.npy", "--qrels",
+                        files / "qrels.tsv", "--dims", "8", "--code", "rabitq1", "--out", tmp_path / "bad", "--quiet",
+                        *TINY], capsys)
+    assert code == 1 and "needs unsupervised training" in err and not (tmp_path / "bad").exists()
+
+
 def test_train_on_a_data_dir_and_bench(tmp_path, capsys):
     data = write_toy_beir(tmp_path / "beir", n_docs=40, n_queries=10, dim=16)
     code, out, err = run(["train", "--data", data, "--model", "toy", "--mode", "supervised", "--dims", "8,4",

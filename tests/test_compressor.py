@@ -884,3 +884,44 @@ def test_the_raw_full_vector_is_not_saved_as_a_matrix(tmp_path, synth, synth_sup
     sup.save(tmp_path / "s")
     assert "proj.48.M" in load_file(str(tmp_path / "s" / "weights.safetensors"))
     np.testing.assert_array_equal(SMEC.load(tmp_path / "s").projection(48).M, sup.projection(48).M)
+
+
+def test_a_code_aware_fit_scores_candidates_by_coded_recall(synth):
+    """``code=``: a candidate's score is the share of each held-out row's exact top-10 among the coded stage's
+    nearest ``code_candidates``. With float32 codes and 10 candidates that is the float fit's own score; with as
+    many candidates as training rows every candidate finds everything."""
+    plain = SMEC((16, 8), "smec", seed=3, **FAST).fit(synth)
+    coded = SMEC((16, 8), "smec", seed=3, code="float32", code_candidates=10, **FAST).fit(synth)
+    for a, b in zip(plain.reports_, coded.reports_):
+        assert set(a["candidates"]) == set(b["candidates"]) and a["candidates"]
+        for name in a["candidates"]:
+            assert b["candidates"][name] == pytest.approx(a["candidates"][name], abs=0.01)
+    every = SMEC((16, 8), "smec", seed=3, code="rabitq1", code_candidates=10_000, **FAST).fit(synth)
+    assert all(set(r["candidates"].values()) == {1.0} for r in every.reports_ if r["candidates"])
+    one_bit = SMEC((16, 8), "smec", seed=3, code="rabitq1", **FAST).fit(synth)
+    for r in one_bit.reports_:
+        if r["candidates"]:
+            assert r["candidates"][r["choice"]] == max(r["candidates"].values())
+            assert r["candidates"] != next(p for p in plain.reports_ if p["out_dims"] == r["out_dims"])["candidates"]
+
+
+def test_code_is_saved_and_checked(tmp_path, synth, synth_supervised):
+    smec = SMEC((16, 8), "smec", code="binary-itq", **FAST).fit(synth)
+    smec.save(tmp_path / "m")
+    back = SMEC.load(tmp_path / "m")
+    assert back.code == "binary-itq" and json.loads((tmp_path / "m" / "config.json").read_text())["code"] == "binary-itq"
+    np.testing.assert_array_equal(back.transform(synth[:5], 8), smec.transform(synth[:5], 8))
+    assert SMEC((8,), "smec").code is None
+    with pytest.raises(ValueError, match="code must be None or one of"):
+        SMEC((8,), code="qdrant-int8")
+    with pytest.raises(ValueError, match="code must be None or one of"):
+        SMEC((8,), code=1)
+    with pytest.raises(ValueError, match="only applies to method='smec'"):
+        SMEC((8,), "pca", code="rabitq1")
+    with pytest.raises(ValueError, match="multiples of 8"):
+        SMEC((12,), code="pq1")
+    Q, pairs = synth_supervised
+    with pytest.raises(ValueError, match="needs an unsupervised fit"):
+        SMEC((8,), code="rabitq1", **FAST).fit(synth, Q, pairs)
+    with pytest.raises(ValueError, match="trains on at least"):
+        SMEC((16,), code="pq2", **FAST).fit(synth[:200])

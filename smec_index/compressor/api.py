@@ -14,7 +14,7 @@ import torch
 from .._fsutil import atomic_directory, manifest_files, read_manifest, read_versioned_json, write_manifest
 from .._rows import normalise_rows
 from .._threads import training_threads
-from .baselines import pca_projections, pca_rotation, rotate_outputs, truncate_projections
+from .baselines import pca_projections, pca_rotation, random_rotation, rotate_outputs, truncate_projections
 from .model import Projection, StageModel
 from .train import StageReport, TrainConfig, TrainData, item_scores, train_stage
 
@@ -114,6 +114,12 @@ class SMEC:
     are candidates too (kept by the one-standard-error rule, the chain's stage first), and the adapted full
     vector must beat the raw one to be used. ``reports_`` records each stage's candidates, scores and ``choice``.
 
+    ``code`` (a stage code of ``index.backends.codes`` on a FAISS engine, e.g. ``"rabitq1"``; unsupervised smec
+    only) makes that choice quantization-aware: candidates are scored by how many of each held-out row's
+    full-dim top-10 the *coded* stage vectors find among their nearest ``code_candidates`` (100), i.e. recall@10
+    after the exact rerank of an index built with that code, so a map whose floats win but whose codes lose (the
+    trained maps against PCA with 1-bit codes at low dims) is not kept. Build the index with the same code.
+
     Example::
 
         smec = SMEC(dims=(128, 64), seed=0).fit(corpus)
@@ -130,6 +136,7 @@ class SMEC:
         xbm: bool | None = None,
         init: str = "auto",
         rotate: bool | None = None,
+        code: str | None = None,
         seed: int = 0,
         device: str | None = None,
         progress: bool = True,
@@ -162,6 +169,7 @@ class SMEC:
             except (RuntimeError, TypeError):
                 raise ValueError(f"SMEC: device must be None (CUDA when present, else CPU) or a torch device such as "
                                  f"'cpu' or 'cuda:0', got {device!r}") from None
+        self.code = self._check_code(code, method, self.dims)
         self.init = init
         self.rotate = method != "truncate" if rotate is None else rotate
         self.seed = int(seed)
@@ -189,6 +197,23 @@ class SMEC:
         if any(a <= b for a, b in zip(dims, dims[1:])):
             raise ValueError(f"SMEC: dims must be strictly decreasing, got {dims}")
         return tuple(int(d) for d in dims)
+
+    @staticmethod
+    def _check_code(code: Any, method: str, dims: tuple[int, ...]) -> str | None:
+        if code is None:
+            return None
+        from ..index.backends.codes import CODES, fits_dim
+
+        coded = sorted(n for n, c in CODES.items() if c.backend in ("faiss", "faiss-binary"))
+        if not isinstance(code, str) or code not in coded:
+            raise ValueError(f"SMEC: code must be None or one of {coded}, got {code!r}")
+        if method != "smec":
+            raise ValueError(f"SMEC: code only applies to method='smec' (it decides between a stage's "
+                             f"candidates), got method={method!r}")
+        bad = [d for d in dims if not fits_dim(code, d)]
+        if bad:
+            raise ValueError(f"SMEC: code {code!r} needs dims that are multiples of {CODES[code].per}, got {bad}")
+        return code
 
     def _check_fitted(self, where: str) -> None:
         if not hasattr(self, "projections_"):
@@ -221,6 +246,9 @@ class SMEC:
         """Learn the projections from corpus embeddings (n, D); with ``queries`` and ``qrels``
         (pairs of (query_row, doc_row, relevance)) also with the supervised rank loss."""
         X, Q, pairs = self._training_input(corpus, queries, qrels, "fit")
+        if self.code is not None and pairs is not None:
+            raise ValueError(f"SMEC.fit: code={self.code!r} scores stages on held-out corpus rows, which needs an "
+                             f"unsupervised fit; got queries and qrels (fit without them, or with code=None)")
         t0 = time.perf_counter()
         D = X.shape[1]
         projections: dict[int, Projection] = {D: Projection.identity(D)}
@@ -366,6 +394,7 @@ class SMEC:
             "xbm": self.xbm,
             "init": self.init,
             "rotate": self.rotate,
+            "code": self.code,
             "seed": self.seed,
             "train_options": self.train_options,
         }
@@ -430,7 +459,7 @@ class SMEC:
     def _from_saved(cls, cfg: dict, tensors: dict[str, np.ndarray], path: Path) -> "SMEC":
         flags = {k: cfg[k] for k in ("sequential", "ads", "xbm")} if cfg["method"] == "smec" else {}
         rotate = cfg.get("rotate", False)  # saves from before the option were not rotated
-        obj = cls(cfg["dims"], cfg["method"], init=cfg["init"], rotate=rotate, seed=cfg["seed"], **flags,
+        obj = cls(cfg["dims"], cfg["method"], init=cfg["init"], rotate=rotate, code=cfg.get("code"), seed=cfg["seed"], **flags,
                   **cfg["train_options"])
         fitted = cfg["fitted"]
         D = fitted["input_dim"]
@@ -582,6 +611,15 @@ class _Trainer:
         self._ident = Projection.identity(X.shape[1])
         # what depends only on a teacher (its neighbour lists, validation truth), per teacher tensor held above
         self._teacher_caches: dict[int, dict] = {}
+        if smec.code is not None:
+            from ..index.backends import make_backend
+            from ..index.backends.codes import CODES, code_options
+
+            for d in smec.dims:
+                need = make_backend(CODES[smec.code].backend, d, "ip", code_options(smec.code, d)).min_train_rows
+                if need > len(self.train_rows):
+                    raise ValueError(f"SMEC.fit: code={smec.code!r} at dim {d} trains on at least {need} rows; "
+                                     f"the corpus leaves {len(self.train_rows)} after holding out validation rows")
         self.sup = None
         if pairs is not None:
             positives: dict[int, list[tuple[int, float]]] = {}
@@ -763,12 +801,34 @@ class _Trainer:
         data.share_teacher_cache(self._teacher_caches.setdefault(id(self.X_t), {}))
         if self._eval_X is None:  # the rows every candidate is scored on, gathered once per fit
             self._eval_X = self.X if self.eval_rows is None else self.X[self.eval_rows]
+        if self.smec.code is not None:
+            return self._coded_score(proj, d, data)
         corpus = {d: torch.as_tensor(proj(self._eval_X), device=self.device)}
         q_out = None
         if self.sup is not None:
             data.positives, data.val_q = self.sup["positives"], self.sup["val_q"]
             q_out = {d: torch.as_tensor(proj(self.Q[self.sup["val_q"]]), device=self.device)}
         return item_scores(data, corpus, q_out)[0].double().cpu().numpy()
+
+    def _coded_score(self, proj: Projection, d: int, data: TrainData) -> np.ndarray:
+        """Each held-out corpus row's recall@10 after an exact rerank of the ``code_candidates`` nearest found by
+        the fit's ``code`` on the candidate's (finally rotated) stage vectors of the training rows."""
+        from ..index.backends import make_backend
+        from ..index.backends.codes import CODES, code_options
+
+        Z = proj(self._eval_X)
+        if self.smec.rotate:
+            Z = Z @ random_rotation(d, self.smec.seed).astype(np.float32)
+        train_pos, val_pos = data.eval_positions(data.train_rows), data.eval_positions(data.val_rows)
+        Zt = np.ascontiguousarray(Z[train_pos], dtype=np.float32)
+        engine = make_backend(CODES[self.smec.code].backend, d, "ip", code_options(self.smec.code, d))
+        if not engine.is_trained:
+            engine.train(Zt)
+        engine.add(np.arange(len(Zt), dtype=np.int64), Zt)
+        _, found = engine.search(np.ascontiguousarray(Z[val_pos], dtype=np.float32),
+                                 min(self.cfg.code_candidates, len(Zt)))
+        exact = data.val_exact().cpu().numpy()
+        return (found[:, :, None] == exact[:, None, :]).any(axis=1).mean(axis=1)
 
     def _choose(self, report: StageReport, d: int, candidates: dict, projections: dict, selections: dict) -> None:
         """Keep one candidate map for dim ``d`` by its mean held-out score.

@@ -58,6 +58,9 @@ class TrainConfig:
     # at 256 / 64: 8192 -> 154 s, 0.912 / 0.569; 16384 -> 213 s, 0.948 / 0.612; 32768 -> 421 s, 0.964 / 0.610
     # (shorter ticks let patience stop the D -> 256 stage while it was still improving)
     epoch_rows: int = 32768
+    # ``SMEC(code=...)``: a stage candidate's held-out score is the share of each held-out row's exact top-10
+    # found among this many nearest by the coded stage vectors (recall@10 after an exact rerank of them)
+    code_candidates: int = 100
     xbm: bool = True
 
 

@@ -104,8 +104,9 @@ class CompressedIndex:
             ``"rabitq1"``, ``"rabitq2"``, ``"rabitq4"``, ``"pq1"``, ``"pq2"``, ``"pq4"``, ``"opq2"`` (product
             quantizers of 1, 2, 4 bits a dim: the dim must be a multiple of 8, 4, 2), ``"binary"``,
             ``"binary-itq"``, ``"qdrant-int8"``,
-            ``"qdrant-binary"``, ``"qdrant-binary1.5"``, ``"qdrant-binary2"``. Default: chosen with the dim
-            by ``budget`` when neither dims, backend nor backend options are given.
+            ``"qdrant-binary"``, ``"qdrant-binary1.5"``, ``"qdrant-binary2"``, ``"rq1"``, ``"rq2"``, ``"rq4"``.
+            Default when neither dims, backend nor backend options are given: the compressor's own
+            (``SMEC(code=...)``, whose stages were chosen for it), else chosen with the dim by ``budget``.
         budget: RAM bytes a vector for the default first stage (its code plus 32 bytes of labels and ids).
             With an unfitted compressor and no ``d``, the default budget assumes the smallest possible input
             dim (largest dim + 1): pass ``d`` (or a fitted compressor) for a default sized to your vectors.
@@ -149,8 +150,9 @@ class CompressedIndex:
                                    or not budget > 0):
             raise ValueError(f"{where}: budget must be a positive number of RAM bytes per vector, got {budget!r}")
         if code is None and dims is None and backend is None and not backend_options:
-            code = default_first_stage(smec.input_dim_ if smec.is_fitted else int(d or max(available) + 1),
-                                       available, budget)[1]
+            # a compressor fitted for a code (``SMEC(code=...)``) chose its stages for that code
+            code = smec.code or default_first_stage(smec.input_dim_ if smec.is_fitted else int(d or max(available) + 1),
+                                                    available, budget)[1]
         if code is not None:
             backend, backend_options = self._code_options(code, backend, backend_options)
         backend = "faiss" if backend is None else backend
