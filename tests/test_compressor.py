@@ -925,3 +925,25 @@ def test_code_is_saved_and_checked(tmp_path, synth, synth_supervised):
         SMEC((8,), code="rabitq1", **FAST).fit(synth, Q, pairs)
     with pytest.raises(ValueError, match="trains on at least"):
         SMEC((16,), code="pq2", **FAST).fit(synth[:200])
+
+
+def test_subset_keeps_only_the_given_stages(tmp_path, synth, synth_supervised):
+    smec = SMEC((24, 16, 8), "smec", seed=1, **FAST).fit(synth)
+    sub = smec.subset([8, 24])
+    assert sub.dims_ == (24, 8) and sub.dims == (24, 8) and smec.dims_ == (24, 16, 8)
+    for d in (24, 8):
+        np.testing.assert_array_equal(sub.transform(synth[:7], d), smec.transform(synth[:7], d))
+    sub.save(tmp_path / "s")
+    assert SMEC.load(tmp_path / "s").dims_ == (24, 8)
+    assert smec.subset(16).dims_ == (16,)
+    with pytest.raises(ValueError, match=r"dims \[12\] are not trained"):
+        smec.subset((16, 12))
+    with pytest.raises(TypeError, match="dims must be an int or a sequence"):
+        smec.subset(None)
+    with pytest.raises(NotFittedError):
+        SMEC((8,)).subset(8)
+    Q, pairs = synth_supervised
+    sup = SMEC((16, 8), "search-adaptor", seed=1, **FAST).fit(synth, Q, pairs)
+    part = sup.subset(8)
+    assert set(part.projections_) == {48, 8} and part.supervised_
+    np.testing.assert_array_equal(part.projection(48).M, sup.projection(48).M)

@@ -194,3 +194,23 @@ def test_save_before_training_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not trained"):
         index.save(tmp_path / "ix")
     assert not (tmp_path / "ix").exists()
+
+
+def test_a_saved_index_keeps_only_the_compressor_stages_it_serves(synth, tmp_path):
+    smec = SMEC((32, 16, 8), "pca").fit(synth)
+    index = CompressedIndex(smec, dims=16, code="sq8")
+    index.train(synth)
+    index.add(synth)
+    index.save(tmp_path / "ix")
+    back = read_index(tmp_path / "ix")
+    assert back.smec.dims_ == (16,) and smec.dims_ == (32, 16, 8)  # the caller's compressor is untouched
+    np.testing.assert_array_equal(back.search(synth[:5], 10)[1], index.search(synth[:5], 10)[1])
+    whole = tmp_path / "whole"
+    smec.save(whole)
+    kept = sum(f.stat().st_size for f in (tmp_path / "ix" / "smec").iterdir())
+    assert kept < sum(f.stat().st_size for f in whole.iterdir())
+    cascade = CompressedIndex(smec, dims=(16, 8), code="float32")
+    cascade.train(synth)
+    cascade.add(synth)
+    cascade.save(tmp_path / "cx")
+    assert read_index(tmp_path / "cx").smec.dims_ == (16, 8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import fields, replace
@@ -381,6 +382,28 @@ class SMEC:
         self.dims = self.dims_
         self._data = (X, Q, pairs)
         return self
+
+    def subset(self, dims: int | Iterable[int]) -> "SMEC":
+        """A copy holding only the stages ``dims`` (and the full-dim map): what serving those dims needs. A saved
+        ``CompressedIndex`` keeps only its own stages this way, so that stages it never uses cost no disk. The
+        kept maps are the same arrays (identical transforms); ``reports_`` keeps the whole fit's history."""
+        self._check_fitted("subset")
+        if isinstance(dims, (int, np.integer)) and not isinstance(dims, bool):
+            dims = (int(dims),)
+        try:
+            wanted = sorted(set(dims), reverse=True)
+        except TypeError:
+            raise TypeError(f"subset: dims must be an int or a sequence of ints, got {dims!r}") from None
+        keep = self._check_dims(wanted)
+        missing = [d for d in keep if d not in self.dims_]
+        if missing:
+            raise ValueError(f"subset: dims {missing} are not trained; trained dims: {self.dims_}")
+        out = copy.copy(self)
+        out.dims = keep
+        out.train_options = dict(self.train_options)
+        out.projections_ = {d: p for d, p in self.projections_.items() if d == self.input_dim_ or d in keep}
+        out.selections_ = {d: idx for d, idx in self.selections_.items() if d in out.projections_}
+        return out
 
     # ----------------------------------------------------------------- persistence
     def get_config(self) -> dict:

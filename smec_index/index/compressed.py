@@ -841,7 +841,8 @@ class CompressedIndex:
         (replaced as a whole); any other existing directory is refused with a ValueError naming what is in the
         way. An index left inconsistent by a failed add that could not be undone is refused
         (``IndexStateError``) before the path is touched; a disk that fills is raised as ``StorageFullError``.
-        Runs concurrently with searches; waits for adds and removals.
+        Runs concurrently with searches; waits for adds and removals. The compressor is saved with only the
+        stages the index serves (``SMEC.subset``); save the compressor itself to keep its other dims.
         """
         self._require_trained("save")
         with self._lock.read():
@@ -861,7 +862,7 @@ class CompressedIndex:
 
     def _write(self, path: str | Path) -> None:
         with atomic_directory(path, saved_files, "a saved CompressedIndex") as tmp:
-            self.smec.save(tmp / "smec")
+            self.smec.subset(self.dims).save(tmp / "smec")  # only the stages this index serves
             np.save(tmp / "ids.npy", self._ids.slot_ids)
             for dim, b in self.backends.items():
                 (tmp / f"backend-{dim}").mkdir()
