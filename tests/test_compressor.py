@@ -947,3 +947,11 @@ def test_subset_keeps_only_the_given_stages(tmp_path, synth, synth_supervised):
     part = sup.subset(8)
     assert set(part.projections_) == {48, 8} and part.supervised_
     np.testing.assert_array_equal(part.projection(48).M, sup.projection(48).M)
+
+
+def test_extend_keeps_choosing_by_the_code(synth):
+    smec = SMEC((16,), "smec", code="pq1", seed=2, **FAST).fit(synth)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        smec.extend(12)
+    smec.extend(8)
+    assert smec.dims_ == (16, 8) and smec.reports_[-1]["candidates"]

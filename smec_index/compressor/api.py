@@ -353,6 +353,8 @@ class SMEC:
             raise ValueError(f"extend: dim must be in 1..{self.input_dim_ - 1}, got {dim}")
         if dim in self.projections_:
             raise ValueError(f"extend: dim {dim} is already trained; trained dims: {self.dims_}")
+        if self.code is not None:
+            self._check_code(self.code, self.method, (dim,))
         if self.method == "mrl" or (self.method == "smec" and not self.sequential):
             raise ValueError("extend: a jointly trained model (mrl, or smec with sequential=False) cannot add a dim "
                              "without retraining every dim; fit a new model, or use method='smec'")
@@ -482,8 +484,8 @@ class SMEC:
     def _from_saved(cls, cfg: dict, tensors: dict[str, np.ndarray], path: Path) -> "SMEC":
         flags = {k: cfg[k] for k in ("sequential", "ads", "xbm")} if cfg["method"] == "smec" else {}
         rotate = cfg.get("rotate", False)  # saves from before the option were not rotated
-        obj = cls(cfg["dims"], cfg["method"], init=cfg["init"], rotate=rotate, code=cfg.get("code"), seed=cfg["seed"], **flags,
-                  **cfg["train_options"])
+        obj = cls(cfg["dims"], cfg["method"], init=cfg["init"], rotate=rotate, code=cfg.get("code"), seed=cfg["seed"],
+                  **flags, **cfg["train_options"])
         fitted = cfg["fitted"]
         D = fitted["input_dim"]
         dims = cls._check_dims(fitted["dims"])
