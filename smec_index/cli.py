@@ -746,7 +746,8 @@ def cmd_info(args: argparse.Namespace) -> int:
                     + (f", code {m['code']}" if m.get("code") else "")),
         ("compressor", f"{smec_cfg['method']}, dims {', '.join(map(str, fitted.get('dims', [])))}, "
                        f"{'supervised' if fitted.get('supervised') else 'unsupervised'}, "
-                       f"trained in {fitted.get('train_s', 0):.1f} s"),
+                       + (f"stages chosen for code {smec_cfg['code']}, " if smec_cfg.get("code") else "")
+                       + f"trained in {fitted.get('train_s', 0):.1f} s"),
     ]
     lines += [(f"  {name}", f"{human_bytes(b)}{per(b)}") for name, b in sorted(groups.items())]
     lines.append(("on disk", f"{human_bytes(total)}{per(total)}"))

@@ -111,6 +111,8 @@ def test_train_with_a_code_and_build_with_it(files, tmp_path, capsys):
                           tmp_path / "ix", "--quiet"], capsys)
     assert code == 0, err
     assert read_index(tmp_path / "ix").code == "rabitq1"
+    code, out, err = run(["info", tmp_path / "ix"], capsys)
+    assert code == 0 and "code rabitq1" in out and "stages chosen for code rabitq1" in out
     code, _, err = run(["train", "--corpus", files / "X.npy", "--dims", "8", "--code", "qdrant-int8", "--out",
                         tmp_path / "bad", "--quiet", *TINY], capsys)
     assert code == 1 and "--code: SMEC: code must be None or one of" in err and not (tmp_path / "bad").exists()
