@@ -364,6 +364,16 @@ def test_bytes_benchmark_codes_option_and_full_stage_skips(tmp_path, capsys):
     assert "--codes: expected names among" in capsys.readouterr().err
 
 
+def test_the_default_dims_include_the_half_rabitq_bytes_stage():
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import bytes as bench
+
+    assert bench.half_rabitq_dim(384) == 224 and code_bytes("rq1", 224) * 2 == code_bytes("rabitq1", 384)
+    assert bench.half_rabitq_dim(768) == 416 and code_bytes("pq1", 416) * 2 == code_bytes("rabitq1", 768)
+    assert bench.bytes_dims(384) == (224, 128, 64, 32) and bench.bytes_dims(768) == (416, 256, 128, 64, 32)
+    assert bench.half_rabitq_dim(32) is None and bench.bytes_dims(32) == (16, 8, 4)
+
+
 def test_quantization_aware_first_stages_are_fitted_per_code(synth, tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     import bytes as bench
