@@ -343,6 +343,9 @@ def test_bytes_benchmark_writes_records_and_plot(tmp_path, monkeypatch):
     assert list((tmp_path / "cache").iterdir())  # the compressors were cached
     default = payload["default_build"]
     assert default["full_store"] == "disk" and default["raw_bytes_per_vector"] == 128 and default["recall@10"] > 0
+    # built from a compressor of the user's default dims (16, 8, 4 for 32-d), not the run's --dims 16: nothing fits
+    # raw / 16 = 8 B a vector there, so the smallest dim
+    assert default["dim"] == 4
 
 
 def test_bytes_benchmark_codes_option_and_full_stage_skips(tmp_path, capsys):
