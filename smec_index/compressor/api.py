@@ -637,11 +637,8 @@ class _Trainer:
         # what depends only on a teacher (its neighbour lists, validation truth), per teacher tensor held above
         self._teacher_caches: dict[int, dict] = {}
         if smec.code is not None:
-            from ..index.backends import make_backend
-            from ..index.backends.codes import CODES, code_options
-
             for d in smec.dims:
-                need = make_backend(CODES[smec.code].backend, d, "ip", code_options(smec.code, d)).min_train_rows
+                need = self._code_engine(d).min_train_rows
                 if need > len(self.train_rows):
                     raise ValueError(f"SMEC.fit: code={smec.code!r} at dim {d} trains on at least {need} rows; "
                                      f"the corpus leaves {len(self.train_rows)} after holding out validation rows")
@@ -835,18 +832,22 @@ class _Trainer:
             q_out = {d: torch.as_tensor(proj(self.Q[self.sup["val_q"]]), device=self.device)}
         return item_scores(data, corpus, q_out)[0].double().cpu().numpy()
 
-    def _coded_score(self, proj: Projection, d: int, data: TrainData) -> np.ndarray:
-        """Each held-out corpus row's recall@10 after an exact rerank of the ``code_candidates`` nearest found by
-        the fit's ``code`` on the candidate's (finally rotated) stage vectors of the training rows."""
+    def _code_engine(self, d: int):
+        """An empty engine of the fit's ``code`` at dim ``d``, as ``CompressedIndex`` builds it."""
         from ..index.backends import make_backend
         from ..index.backends.codes import CODES, code_options
 
+        return make_backend(CODES[self.smec.code].backend, d, "ip", code_options(self.smec.code, d))
+
+    def _coded_score(self, proj: Projection, d: int, data: TrainData) -> np.ndarray:
+        """Each held-out corpus row's recall@10 after an exact rerank of the ``code_candidates`` nearest found by
+        the fit's ``code`` on the candidate's (finally rotated) stage vectors of the training rows."""
         Z = proj(self._eval_X)
         if self.smec.rotate:
             Z = Z @ random_rotation(d, self.smec.seed).astype(np.float32)
         train_pos, val_pos = data.eval_positions(data.train_rows), data.eval_positions(data.val_rows)
         Zt = np.ascontiguousarray(Z[train_pos], dtype=np.float32)
-        engine = make_backend(CODES[self.smec.code].backend, d, "ip", code_options(self.smec.code, d))
+        engine = self._code_engine(d)
         if not engine.is_trained:
             engine.train(Zt)
         engine.add(np.arange(len(Zt), dtype=np.int64), Zt)
