@@ -11,6 +11,7 @@ import torch
 from smec_index import SMEC, NotFittedError
 from smec_index._fsutil import write_manifest
 from smec_index.compressor import FORMAT_VERSION
+from smec_index.compressor.api import candidate_ladder
 from smec_index.compressor.losses import RankLoss, SimilarityPreservationLoss
 from smec_index.compressor.memory import CrossBatchMemory
 from smec_index.compressor.model import DimensionSelector, Projection, StageModel, relaxed_topk
@@ -886,18 +887,38 @@ def test_the_raw_full_vector_is_not_saved_as_a_matrix(tmp_path, synth, synth_sup
     np.testing.assert_array_equal(SMEC.load(tmp_path / "s").projection(48).M, sup.projection(48).M)
 
 
+def test_candidate_ladder():
+    assert candidate_ladder(100) == (10, 20, 50, 100)
+    assert candidate_ladder(30) == (10, 20, 30)
+    assert candidate_ladder(10) == (10,) and candidate_ladder(3) == (3,)
+    for bad in (0, -5, 2.5, True, "100"):
+        with pytest.raises(ValueError, match="code_candidates must be a positive int"):
+            candidate_ladder(bad, "code_candidates")
+        with pytest.raises(ValueError, match="SMEC: code_candidates must be a positive int"):
+            SMEC((8,), code="rabitq1", code_candidates=bad)
+
+
 def test_a_code_aware_fit_scores_candidates_by_coded_recall(synth):
     """``code=``: a candidate's score is the share of each held-out row's exact top-10 among the coded stage's
-    nearest ``code_candidates``. With float32 codes and 10 candidates that is the float fit's own score; with as
-    many candidates as training rows every candidate finds everything."""
+    nearest c, averaged over ``candidate_ladder(code_candidates)``. With float32 codes and 10 candidates that is
+    the float fit's own score; adding a rung of 20 averages in a score at 20 that is between the one at 10 and
+    1; with as many candidates as training rows the top rung finds everything."""
     plain = SMEC((16, 8), "smec", seed=3, **FAST).fit(synth)
     coded = SMEC((16, 8), "smec", seed=3, code="float32", code_candidates=10, **FAST).fit(synth)
     for a, b in zip(plain.reports_, coded.reports_):
         assert set(a["candidates"]) == set(b["candidates"]) and a["candidates"]
         for name in a["candidates"]:
             assert b["candidates"][name] == pytest.approx(a["candidates"][name], abs=0.01)
-    every = SMEC((16, 8), "smec", seed=3, code="rabitq1", code_candidates=10_000, **FAST).fit(synth)
-    assert all(set(r["candidates"].values()) == {1.0} for r in every.reports_ if r["candidates"])
+    ten = SMEC((16,), "smec", seed=3, code="rabitq1", code_candidates=10, **FAST).fit(synth).reports_[-1]
+    twenty = SMEC((16,), "smec", seed=3, code="rabitq1", code_candidates=20, **FAST).fit(synth).reports_[-1]
+    assert set(ten["candidates"]) == set(twenty["candidates"])
+    for name, at10 in ten["candidates"].items():
+        at20 = 2 * twenty["candidates"][name] - at10
+        assert at10 - 1e-9 <= at20 <= 1 + 1e-9 and at10 < 1
+    fifty = SMEC((16,), "smec", seed=3, code="rabitq1", code_candidates=50, **FAST).fit(synth).reports_[-1]
+    every = SMEC((16,), "smec", seed=3, code="rabitq1", code_candidates=len(synth), **FAST).fit(synth).reports_[-1]
+    for name, below in fifty["candidates"].items():  # rungs 10, 20, 50, then every training row: all found
+        assert every["candidates"][name] == pytest.approx((3 * below + 1) / 4)
     one_bit = SMEC((16, 8), "smec", seed=3, code="rabitq1", **FAST).fit(synth)
     for r in one_bit.reports_:
         if r["candidates"]:

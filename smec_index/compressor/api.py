@@ -117,9 +117,10 @@ class SMEC:
 
     ``code`` (a stage code of ``index.backends.codes`` on a FAISS engine, e.g. ``"rabitq1"``; unsupervised smec
     only) makes that choice quantization-aware: candidates are scored by how many of each held-out row's
-    full-dim top-10 the *coded* stage vectors find among their nearest ``code_candidates`` (100), i.e. recall@10
-    after the exact rerank of an index built with that code, so a map whose floats win but whose codes lose (the
-    trained maps against PCA with 1-bit codes at low dims) is not kept. Build the index with the same code.
+    full-dim top-10 the *coded* stage vectors find among their nearest 10, 20, 50 and ``code_candidates`` (100)
+    (the mean of the four), i.e. recall@10 after the exact rerank of an index built with that code, so a map
+    whose floats win but whose codes lose (the trained maps against PCA with 1-bit codes at low dims) is not
+    kept. Build the index with the same code.
 
     Example::
 
@@ -158,6 +159,8 @@ class SMEC:
         unknown = sorted(set(train_options) - known)
         if unknown:
             raise TypeError(f"SMEC: unknown option(s) {unknown}; training options are {sorted(known)}")
+        if "code_candidates" in train_options:
+            candidate_ladder(train_options["code_candidates"], "SMEC: code_candidates")
         self.method = method
         defaults = _FLAG_DEFAULTS.get(method, dict(sequential=False, ads=False, xbm=False))
         self.sequential = bool(given.get("sequential", defaults["sequential"]))
@@ -538,6 +541,18 @@ class SMEC:
         return f"SMEC(method={self.method!r}, dims={self.dims}, {state})"
 
 
+CANDIDATE_RUNGS = (10, 20, 50)  # candidate counts a coded stage is scored at below ``code_candidates``
+
+
+def candidate_ladder(candidates: int, name: str = "candidates") -> tuple[int, ...]:
+    """The candidate counts a ``code=`` fit scores each stage candidate at: 10, 20, 50 below ``candidates``, then
+    ``candidates``. One count saturates: at 100 candidates 2- and 4-bit codes of every map find nearly all of the
+    held-out rows' neighbours, so the fewer-candidate rungs decide (and the index's candidates are the user's)."""
+    if isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)) or candidates < 1:
+        raise ValueError(f"{name} must be a positive int, got {candidates!r}")
+    return tuple(c for c in CANDIDATE_RUNGS if c < candidates) + (int(candidates),)
+
+
 def _is_identity(p: Projection) -> bool:
     D = p.M.shape[0]
     return p.M.shape == (D, D) and not p.c.any() and np.array_equal(p.M, np.eye(D, dtype=p.M.dtype))
@@ -840,8 +855,9 @@ class _Trainer:
         return make_backend(CODES[self.smec.code].backend, d, "ip", code_options(self.smec.code, d))
 
     def _coded_score(self, proj: Projection, d: int, data: TrainData) -> np.ndarray:
-        """Each held-out corpus row's recall@10 after an exact rerank of the ``code_candidates`` nearest found by
-        the fit's ``code`` on the candidate's (finally rotated) stage vectors of the training rows."""
+        """Each held-out corpus row's recall@10 after an exact rerank of its nearest found by the fit's ``code``
+        on the candidate's (finally rotated) stage vectors of the training rows, averaged over the candidate
+        counts of ``candidate_ladder(code_candidates)``."""
         Z = proj(self._eval_X)
         if self.smec.rotate:
             Z = Z @ random_rotation(d, self.smec.seed).astype(np.float32)
@@ -851,10 +867,11 @@ class _Trainer:
         if not engine.is_trained:
             engine.train(Zt)
         engine.add(np.arange(len(Zt), dtype=np.int64), Zt)
-        _, found = engine.search(np.ascontiguousarray(Z[val_pos], dtype=np.float32),
-                                 min(self.cfg.code_candidates, len(Zt)))
+        ladder = candidate_ladder(min(self.cfg.code_candidates, len(Zt)))
+        _, found = engine.search(np.ascontiguousarray(Z[val_pos], dtype=np.float32), ladder[-1])
         exact = data.val_exact().cpu().numpy()
-        return (found[:, :, None] == exact[:, None, :]).any(axis=1).mean(axis=1)
+        hit = found[:, :, None] == exact[:, None, :]
+        return np.mean([hit[:, :c].any(axis=1).mean(axis=1) for c in ladder], axis=0)
 
     def _choose(self, report: StageReport, d: int, candidates: dict, projections: dict, selections: dict) -> None:
         """Keep one candidate map for dim ``d`` by its mean held-out score.

@@ -59,7 +59,8 @@ class TrainConfig:
     # (shorter ticks let patience stop the D -> 256 stage while it was still improving)
     epoch_rows: int = 32768
     # ``SMEC(code=...)``: a stage candidate's held-out score is the share of each held-out row's exact top-10
-    # found among this many nearest by the coded stage vectors (recall@10 after an exact rerank of them)
+    # found among its nearest by the coded stage vectors (recall@10 after an exact rerank of them), averaged over
+    # 10, 20, 50 and this many candidates (``api.candidate_ladder``)
     code_candidates: int = 100
     xbm: bool = True
 
