@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,11 +11,12 @@ import torch
 
 from smec_index import SMEC, NotFittedError
 from smec_index._fsutil import write_manifest
-from smec_index.compressor import FORMAT_VERSION
+from smec_index.compressor import FORMAT_VERSION, api
 from smec_index.compressor.api import candidate_ladder
 from smec_index.compressor.losses import RankLoss, SimilarityPreservationLoss
 from smec_index.compressor.memory import CrossBatchMemory
 from smec_index.compressor.model import DimensionSelector, Projection, StageModel, relaxed_topk
+from smec_index.compressor.train import StageReport
 from smec_index.metrics import evaluate_embeddings
 
 FAST = dict(max_epochs=3, ads_epochs=2, patience=2, batch_size=64, memory_size=200, neighbour_pool=20, progress=False)
@@ -730,6 +732,7 @@ def test_with_labels_the_first_listed_candidate_within_one_standard_error_of_the
     def choose(sup, names, recurrence=0.5):
         trainer = api._Trainer.__new__(api._Trainer)
         trainer.sup = {"recurrence": recurrence} if sup else None
+        trainer.smec = SimpleNamespace(code=None)
         monkeypatch.setattr(api._Trainer, "_score", lambda self, proj, d: per_item[proj])
         report, projections = StageReport((8,)), {}
         trainer._choose(report, 8, {n: (n, None) for n in names}, projections, {})
@@ -903,12 +906,12 @@ def test_a_code_aware_fit_scores_candidates_by_coded_recall(synth):
     nearest c, averaged over ``candidate_ladder(code_candidates)``. With float32 codes and 10 candidates that is
     the float fit's own score; adding a rung of 20 averages in a score at 20 that is between the one at 10 and
     1; with as many candidates as training rows the top rung finds everything."""
-    plain = SMEC((16, 8), "smec", seed=3, **FAST).fit(synth)
-    coded = SMEC((16, 8), "smec", seed=3, code="float32", code_candidates=10, **FAST).fit(synth)
-    for a, b in zip(plain.reports_, coded.reports_):
-        assert set(a["candidates"]) == set(b["candidates"]) and a["candidates"]
-        for name in a["candidates"]:
-            assert b["candidates"][name] == pytest.approx(a["candidates"][name], abs=0.01)
+    plain = SMEC((16,), "smec", seed=3, **FAST).fit(synth)  # one stage: later ones follow each fit's own choice
+    coded = SMEC((16,), "smec", seed=3, code="float32", code_candidates=10, **FAST).fit(synth)
+    a, b = plain.reports_[-1], coded.reports_[-1]
+    assert set(a["candidates"]) == set(b["candidates"]) and a["candidates"]
+    for name in a["candidates"]:
+        assert b["candidates"][name] == pytest.approx(a["candidates"][name], abs=0.01)
     ten = SMEC((16,), "smec", seed=3, code="rabitq1", code_candidates=10, **FAST).fit(synth).reports_[-1]
     twenty = SMEC((16,), "smec", seed=3, code="rabitq1", code_candidates=20, **FAST).fit(synth).reports_[-1]
     assert set(ten["candidates"]) == set(twenty["candidates"])
@@ -922,8 +925,38 @@ def test_a_code_aware_fit_scores_candidates_by_coded_recall(synth):
     one_bit = SMEC((16, 8), "smec", seed=3, code="rabitq1", **FAST).fit(synth)
     for r in one_bit.reports_:
         if r["candidates"]:
-            assert r["candidates"][r["choice"]] == max(r["candidates"].values())
-            assert r["candidates"] != next(p for p in plain.reports_ if p["out_dims"] == r["out_dims"])["candidates"]
+            c = r["candidates"]
+            pca = "pca-full" if "pca-full" in c else "pca-input"
+            assert r["rule"] == "pca-2se" and r["choice"] in (max(c, key=c.get), pca)
+            assert max(c.values()) - c[r["choice"]] <= r["tolerance"] + 1e-6
+    assert one_bit.reports_[0]["out_dims"] == [16] and one_bit.reports_[0]["candidates"] != a["candidates"]
+
+
+def test_a_code_aware_choice_keeps_full_pca_unless_beaten_by_two_standard_errors():
+    """With a code the stage keeps PCA of the full vector unless the best candidate's mean per-row lead over it
+    exceeds two standard errors; at the first stage (no "pca-full") PCA of the input is that map."""
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.5, 1.0, 400)
+    noise = rng.normal(0, 0.05, 400)
+
+    def choose(items):
+        trainer = SimpleNamespace(smec=SimpleNamespace(code="rabitq1"), sup=None, _score=lambda proj, d: items[proj])
+        report, projections, selections = StageReport(out_dims=(8,)), {}, {}
+        cands = {name: (name, None) for name in items}
+        api._Trainer._choose(trainer, report, 8, cands, projections, selections)
+        assert projections == {8: report.choice}
+        return report
+
+    se = float(np.std(noise, ddof=1) / np.sqrt(400))
+    close = choose({"trained": base + noise + 1.5 * se - noise.mean(), "from-full": base, "pca-input": base - 0.01,
+                    "pca-full": base})
+    assert close.choice == "pca-full" and close.rule == "pca-2se" and close.tolerance == pytest.approx(2 * se, rel=0.01)
+    far = choose({"trained": base + noise + 3 * se - noise.mean(), "pca-input": base, "pca-full": base})
+    assert far.choice == "trained" and far.tolerance == 0
+    first = choose({"trained": base + noise + 1.5 * se - noise.mean(), "pca-input": base})
+    assert first.choice == "pca-input"
+    pca_best = choose({"trained": base - 0.02, "pca-input": base + 0.01, "pca-full": base})
+    assert pca_best.choice == "pca-input" and pca_best.tolerance == 0
 
 
 def test_code_is_saved_and_checked(tmp_path, synth, synth_supervised):

@@ -157,12 +157,13 @@ class StageReport:
     # "pca-input"), and every candidate's held-out score; empty when no comparison was made
     choice: str = "trained"
     candidates: dict[str, float] = field(default_factory=dict)
-    # with labels a candidate listed earlier is kept within one standard error of the best: that error (0 when
-    # the best itself is kept)
+    # the margin within which a preferred candidate was kept over the best (with labels one standard error, with
+    # a code two); 0 when the best itself is kept
     tolerance: float = 0.0
-    # how the candidate was kept: "best" (the best held-out mean) or "one-se" (the first listed within one
-    # standard error of the best), and with labels the share of labelled queries sharing a judged document with
-    # another one, which decides between the two (``_Trainer._choose``)
+    # how the candidate was kept: "best" (the best held-out mean), "one-se" (the first listed within one
+    # standard error of the best) or, with a ``code``, "pca-2se" (PCA of the full vector unless another is ahead
+    # by two standard errors), and with labels the share of labelled queries sharing a judged document with
+    # another one, which decides between the first two (``_Trainer._choose``)
     rule: str = "best"
     recurrence: float | None = None
 
