@@ -123,6 +123,17 @@ def _first_stages(X: np.ndarray, dims: tuple[int, ...], seed: int, cache: Path, 
 FIRST_STAGES = ("full", "pca", "smec", "smec-qa")
 
 
+def stage_choices(stages: dict[str, Any]) -> dict[str, Any]:
+    """Which map each SMEC stage kept and by which rule: for "smec", and for "smec-qa" per code."""
+    def kept(smec: SMEC) -> list[dict]:
+        return [{"out_dims": r["out_dims"], "choice": r["choice"], "rule": r["rule"],
+                 "tolerance": r["tolerance"], "candidates": r["candidates"]}
+                for r in smec.reports_ if r["candidates"]]
+
+    return {"smec": kept(stages["smec"][0]),
+            "smec-qa": {code: kept(fit) for code, (fit, _) in stages["smec-qa"][1].items()}}
+
+
 # --------------------------------------------------------------------- measuring
 def _ndcg(rows: np.ndarray, qids: list[str], doc_ids: list[str], qrels: dict) -> float:
     vals = [ndcg_at_k([doc_ids[j] for j in r if j >= 0], qrels[q], K) for q, r in zip(qids, rows) if q in qrels]
@@ -302,7 +313,7 @@ def run(data: str, model: str, dims: tuple[int, ...] | None, seed: int, cache: P
     return {"data": str(data), "dataset": ds.name, "model": model, "n_corpus": int(X.shape[0]), "dim": D,
             "n_queries": int(r.Q.shape[0]), "n_qps_queries": int(r.Qqps.shape[0]), "dims": list(dims), "k": K,
             "seed": seed, "wall_s": round(time.perf_counter() - t0, 1), "skipped": skipped, "default_build": default,
-            "records": r.records}
+            "stage_choices": stage_choices(stages), "records": r.records}
 
 
 # --------------------------------------------------------------------- report

@@ -337,6 +337,12 @@ def test_bytes_benchmark_writes_records_and_plot(tmp_path, monkeypatch):
     assert {("full", "float32"), ("pca", "rabitq1"), ("smec", "binary"), ("smec-qa", "binary-itq"),
             ("smec-qa", "rabitq1"), ("faiss", "RaBitQ")} <= stages
     assert any("ITQ256" in s for s in payload["skipped"])  # not defined on 32-dim vectors
+    choices = payload["stage_choices"]
+    assert set(choices["smec-qa"]) == {"rabitq1", "binary"} and choices["smec"]
+    for kept in [choices["smec"], *choices["smec-qa"].values()]:
+        assert all(c["choice"] in c["candidates"] for c in kept)
+    assert {c["rule"] for c in choices["smec-qa"]["rabitq1"]} == {"pca-2se"}
+    assert {c["rule"] for c in choices["smec"]} == {"best"}
     exact = [r for r in payload["records"] if (r["first_stage"], r["code"]) == ("full", "float32")]
     assert all(r["recall@10"] == 1.0 for r in exact) and {r["candidates"] for r in exact} == {0, 20, 50, 100}
     assert (tmp_path / "b.png").stat().st_size > 1000 and out.with_suffix(".md").is_file()
