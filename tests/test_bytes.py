@@ -14,6 +14,7 @@ from conftest import _clustered, write_toy_beir
 from test_cli import run as _run
 
 from smec_index import SMEC
+from smec_index.compressor import api
 from smec_index.index import CompressedIndex
 from smec_index.index.backends import make_backend
 from smec_index.index.backends.binary import BinaryBackend, binarize
@@ -409,3 +410,27 @@ def test_advise_command_prints_the_bytes_choice(synth, tmp_path, capsys):
     assert {o["code"] for o in payload["options"]} == {"sq8", "binary"}
     code, _, err = _run(["advise", "--corpus", tmp_path / "X.npy", "--codes", "qdrant-int8"], capsys)
     assert code == 2 and "expected comma-separated names" in err
+
+
+def test_code_choice_benchmark_scores_candidates_on_training_queries(tmp_path):
+    """benchmarks/code_choice.py: every stage candidate scored on held-out rows and on training queries; the
+    library's choice is its "full-2se" rule applied to the same scores; data without train queries is refused."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import code_choice as bench
+
+    data = write_toy_beir(tmp_path / "beir", n_docs=400, n_queries=12, dim=32)
+    out = tmp_path / "c.json"
+    assert bench.main(["--data", str(data), "--model", "toy", "--codes", "rabitq1,pq1", "--dims", "16,8",
+                       "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["n_train_queries"] == 2 and {"commit", "dirty", "command", "machine"} <= set(payload)
+    assert [(s["code"], s["dim"]) for s in payload["stages"]] == [("rabitq1", 16), ("rabitq1", 8), ("pq1", 16),
+                                                                    ("pq1", 8)]
+    for st in payload["stages"]:
+        assert st["library_choice"] == st["rules"]["full-2se"]
+        assert all(0 <= c["rows"] <= 1 and 0 <= c["queries_top"] <= 1 for c in st["candidates"].values())
+    assert set(payload["rules"]) == set(bench.RULES) and payload["rules"]["full-2se"]["stages"] == 4
+    assert api._Trainer._choose.__name__ == "_choose"  # the probe is removed after the run
+    no_train = write_toy_beir(tmp_path / "nt", with_train=False, n_docs=400, n_queries=12, dim=32)
+    with pytest.raises(ValueError, match="no train queries"):
+        bench.run(str(no_train), "toy", ("rabitq1",), (16,), 0, 100)
