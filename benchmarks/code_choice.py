@@ -160,13 +160,29 @@ def run(data: str, model: str, codes: tuple[str, ...], dims: tuple[int, ...], se
             "wall_s": round(time.perf_counter() - t0, 1), "rules": summarise(probe.stages), "stages": stages}
 
 
+RULE_TEXT = {"best": "best on held-out rows", "pca-1se": "best PCA map unless beaten by 1 SE",
+             "full-1se": "PCA of the full vector unless beaten by 1 SE",
+             "full-2se": "PCA of the full vector unless beaten by 2 SE (the library's)"}
+
+
 def table(payload: dict) -> str:
-    lines = ["| rule | stages | mean gain at 100 | behind | worst | mean gain, ladder | behind | worst |",
+    """Per rule: gain over PCA of the full vector on the training queries, at 100 candidates and on the ladder."""
+    lines = ["| rule | stages | gain at 100: mean | behind | worst | gain on the ladder: mean | behind | worst |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for rule, r in payload["rules"].items():
-        lines.append(f"| {rule} | {r['stages']} | {r['top_mean']:+.4f} | {r['top_behind']} | {r['top_worst']:+.4f} | "
-                     f"{r['ladder_mean']:+.4f} | {r['ladder_behind']} | {r['ladder_worst']:+.4f} |")
+        lines.append(f"| {RULE_TEXT[rule]} | {r['stages']} | {r['top_mean']:+.4f} | {r['top_behind']} | "
+                     f"{r['top_worst']:+.4f} | {r['ladder_mean']:+.4f} | {r['ladder_behind']} | "
+                     f"{r['ladder_worst']:+.4f} |")
     return "\n".join(lines)
+
+
+def report(payload: dict) -> str:
+    """The docs' block: what ran, on which commit, and the rules table."""
+    p = payload
+    return (f"`{p['command']}`: {p['dataset']} / {p['model']}, {p['n_corpus']:,} documents, "
+            f"{p['n_train_queries']:,} training queries (no test query is read); codes {', '.join(p['codes'])}, "
+            f"dims {', '.join(map(str, p['dims']))}; commit {p['commit'][:10]}{' (dirty)' if p['dirty'] else ''}; "
+            f"{p['wall_s']:,.0f} s; load average {p['load_avg_before']} -> {p['load_avg_after']}.\n\n{table(p)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -430,6 +430,8 @@ def test_code_choice_benchmark_scores_candidates_on_training_queries(tmp_path):
         assert st["library_choice"] == st["rules"]["full-2se"]
         assert all(0 <= c["rows"] <= 1 and 0 <= c["queries_top"] <= 1 for c in st["candidates"].values())
     assert set(payload["rules"]) == set(bench.RULES) and payload["rules"]["full-2se"]["stages"] == 4
+    text = bench.report(payload)
+    assert "PCA of the full vector unless beaten by 2 SE (the library's) | 4 |" in text and "--codes rabitq1,pq1" in text
     assert api._Trainer._choose.__name__ == "_choose"  # the probe is removed after the run
     no_train = write_toy_beir(tmp_path / "nt", with_train=False, n_docs=400, n_queries=12, dim=32)
     with pytest.raises(ValueError, match="no train queries"):

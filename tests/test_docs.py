@@ -170,10 +170,17 @@ def render_bytes(p: dict, rel: str) -> str:
     return report(p) + f"\n\nAll rows: [{Path(rel).with_suffix('.md').name}](../{Path(rel).with_suffix('.md').as_posix()})."
 
 
+def render_code_choice(p: dict, rel: str) -> str:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from code_choice import report
+
+    return report(p)
+
+
 RENDERERS: dict[str, Callable[[dict, str], str]] = {"demo": render_demo, "demo_summary": render_demo_summary,
                                                    "quality": render_quality, "speed": render_speed,
                                                    "qdrant": render_qdrant, "scale": render_scale,
-                                                   "bytes": render_bytes}
+                                                   "bytes": render_bytes, "code_choice": render_code_choice}
 
 
 def regenerate(text: str) -> str:
