@@ -33,7 +33,7 @@ from common import describe_machine, load_avg, machine_info, write_json  # noqa:
 
 from smec_index import SMEC  # noqa: E402
 from smec_index.compressor import api  # noqa: E402
-from smec_index.compressor.api import candidate_ladder, random_rotation  # noqa: E402
+from smec_index.compressor.api import candidate_ladder, difference_se, ladder_recall, random_rotation  # noqa: E402
 from smec_index.datasets import load_beir  # noqa: E402
 from smec_index.index.backends.codes import CODES  # noqa: E402
 
@@ -42,9 +42,8 @@ RULES = ("best", "pca-1se", "full-1se", "full-2se")
 
 def _recall(found: np.ndarray, exact: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per query: recall@10 averaged over the candidate ladder, and within all of ``found``'s columns."""
-    hit = found[:, :, None] == exact[:, None, :]
-    ladder = np.mean([hit[:, :c].any(axis=1).mean(axis=1) for c in candidate_ladder(found.shape[1])], axis=0)
-    return ladder, hit.any(axis=1).mean(axis=1)
+    top = found.shape[1]
+    return ladder_recall(found, exact, candidate_ladder(top)), ladder_recall(found, exact, (top,))
 
 
 class Probe:
@@ -53,7 +52,8 @@ class Probe:
 
     def __init__(self, queries: np.ndarray):
         self.Q = queries
-        self.engines: list = []
+        self.engine = None  # the engine the library's last coded score built (kept only until the next)
+        self._exact: tuple | None = None  # (trainer, the queries' exact top-10 among its training rows)
         self.scores: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.stages: list[dict] = []
 
@@ -65,20 +65,23 @@ class Probe:
 
         def engine(trainer, d):
             e = code_engine(trainer, d)
-            probe.engines.append(e)
+            probe.engine = e
             return e
 
         def coded_score(trainer, proj, d, data):
             rows = coded(trainer, proj, d, data)
-            e = probe.engines[-1]
+            e = probe.engine
             Zq = proj(probe.Q)
             if trainer.smec.rotate:
                 Zq = Zq @ random_rotation(d, trainer.smec.seed).astype(np.float32)
-            train = trainer._eval_X[data.eval_positions(data.train_rows)]
-            train = train / np.linalg.norm(train, axis=1, keepdims=True)
-            exact = np.argsort(-(probe.Q @ train.T), axis=1)[:, :10]
+            train_pos = data.eval_positions(data.train_rows)
+            if probe._exact is None or probe._exact[0] is not trainer:  # one fit's training rows never change
+                train = trainer._eval_X[train_pos]
+                train = train / np.linalg.norm(train, axis=1, keepdims=True)
+                probe._exact = (trainer, np.argsort(-(probe.Q @ train.T), axis=1)[:, :10])
             _, found = e.search(np.ascontiguousarray(Zq, dtype=np.float32), min(trainer.cfg.code_candidates,
-                                                                                   len(train)))
+                                                                                   len(train_pos)))
+            exact = probe._exact[1]
             probe.scores.append((rows, *_recall(found, exact)))
             return rows
 
@@ -96,8 +99,7 @@ class Probe:
 
 
 def _lead(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    diff = a - b
-    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+    return float((a - b).mean()), difference_se(a, b)
 
 
 def apply_rules(scores: dict[str, tuple]) -> tuple[str, dict[str, str]]:

@@ -557,6 +557,18 @@ def candidate_ladder(candidates: int, name: str = "candidates") -> tuple[int, ..
     return tuple(c for c in CANDIDATE_RUNGS if c < candidates) + (int(candidates),)
 
 
+def ladder_recall(found: np.ndarray, exact: np.ndarray, ladder: tuple[int, ...]) -> np.ndarray:
+    """Per query: the share of its ``exact`` top-10 among the first c of ``found``, averaged over ``ladder``."""
+    hit = found[:, :, None] == exact[:, None, :]
+    return np.mean([hit[:, :c].any(axis=1).mean(axis=1) for c in ladder], axis=0)
+
+
+def difference_se(a: np.ndarray, b: np.ndarray) -> float:
+    """The standard error of the mean of the per-item difference ``a - b`` (0 with one item)."""
+    diff = a - b
+    return float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+
+
 def _is_identity(p: Projection) -> bool:
     D = p.M.shape[0]
     return p.M.shape == (D, D) and not p.c.any() and np.array_equal(p.M, np.eye(D, dtype=p.M.dtype))
@@ -874,8 +886,7 @@ class _Trainer:
         ladder = candidate_ladder(min(self.cfg.code_candidates, len(Zt)))
         _, found = engine.search(np.ascontiguousarray(Z[val_pos], dtype=np.float32), ladder[-1])
         exact = data.val_exact().cpu().numpy()
-        hit = found[:, :, None] == exact[:, None, :]
-        return np.mean([hit[:, :c].any(axis=1).mean(axis=1) for c in ladder], axis=0)
+        return ladder_recall(found, exact, ladder)
 
     def _choose(self, report: StageReport, d: int, candidates: dict, projections: dict, selections: dict) -> None:
         """Keep one candidate map for dim ``d`` by its mean held-out score.
@@ -899,18 +910,18 @@ class _Trainer:
         best = max(names, key=lambda name: (scores[name], -names.index(name)))
         tolerance = 0.0
         report.recurrence = None if self.sup is None else self.sup["recurrence"]
-        report.rule = "one-se" if self.sup is not None and self.sup["recurrence"] >= RECURRENCE_MIN else "best"
         if self.smec.code is not None:
             report.rule = "pca-2se"
+        else:
+            report.rule = "one-se" if self.sup is not None and self.sup["recurrence"] >= RECURRENCE_MIN else "best"
+        if report.rule == "pca-2se":
             pca = "pca-full" if "pca-full" in items else "pca-input"
-            diff = items[best] - items[pca]
-            se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+            se = difference_se(items[best], items[pca])
             if best != pca and scores[best] - scores[pca] <= CODE_SE * se:
                 best, tolerance = pca, CODE_SE * se
         elif report.rule == "one-se":
             for name in names:
-                diff = items[best] - items[name]
-                se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+                se = difference_se(items[best], items[name])
                 if scores[best] - scores[name] <= se:
                     best, tolerance = name, se
                     break
