@@ -2,8 +2,8 @@
 
 In bytes: for every trained dim and stage code (``index.backends.codes``: float32, sq8, sq4, RaBitQ 4/2/1
 bit, binary), it measures recall@k of an exhaustive search of the code followed by the exact full-dim
-rerank of 1/5, 1/2 and all of ``candidates``, and prices each (dim, code) in RAM bytes a vector (the code
-plus the labels every index keeps). Given a RAM ``budget`` it picks the best recall within it; given only a
+rerank of 1/5, 1/2 and all of ``candidates``, and prices each (dim, code) in RAM bytes a vector (the code,
+the label every index keeps, and the compressor's map to that dim spread over ``n_vectors``). Given a RAM ``budget`` it picks the best recall within it; given only a
 ``target`` the fewest bytes that reach it: ``Advice.choice`` is (dim, code, candidates) with its measured
 recall, and ``CompressedIndex(smec, dims=dim, code=code, candidates=candidates)`` builds it.
 
@@ -20,6 +20,8 @@ and the queries per second of an exhaustive scan, measured here and scaled linea
 """
 
 from __future__ import annotations
+
+import math
 
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
@@ -62,7 +64,8 @@ class DimEstimate:
 
 @dataclass(frozen=True)
 class CodeEstimate:
-    """One (dim, code, candidates): RAM bytes a vector (code + labels) and recall@k after the full rerank."""
+    """One (dim, code, candidates): RAM bytes a vector (code + label + the compressor's map to ``dim`` spread over
+    the collection, rounded up) and recall@k after the full rerank."""
 
     dim: int
     code: str
@@ -138,12 +141,14 @@ class Advice:
         """Every measured (dim, code): RAM bytes a vector beside raw float32, recall@k at each candidates count."""
         counts = sorted({o.candidates for o in self.options})
         by: dict[tuple[int, str], dict[int, float]] = {}
+        ram_of: dict[tuple[int, str], int] = {}
         for o in self.options:
             by.setdefault((o.dim, o.code), {})[o.candidates] = o.recall
+            ram_of[(o.dim, o.code)] = o.ram_bytes_per_vector
         raw = 4 * self.input_dim
         rows = []
         for (dim, code), rec in sorted(by.items(), key=lambda kv: (code_bytes(kv[0][1], kv[0][0]), kv[0])):
-            ram = code_bytes(code, dim) + LABEL_BYTES
+            ram = ram_of[(dim, code)]
             picked = self.choice is not None and (self.choice.dim, self.choice.code) == (dim, code)
             rows.append([dim, code, ram, f"{ram / raw:.1%}", *[rec[c] for c in counts],
                          f"<- {self.choice.candidates}" if picked else ""])
@@ -320,7 +325,8 @@ def advise(
     counts = sorted({c for c in (candidates // 5, candidates // 2, candidates) if c >= k})
     for d in tqdm(sorted(dims), desc="advise", disable=tqdm_disable(progress), leave=False):
         Zc, Zq = smec.transform(X, d), smec.transform(Q, d)
-        options += _measure_codes(Zc, Zq, Fq, F, truth, int(d), codes, counts, k)
+        shared = math.ceil(smec.subset(int(d)).nbytes / N)  # the map to d, held once for the N vectors
+        options += _measure_codes(Zc, Zq, Fq, F, truth, int(d), codes, counts, k, shared)
         _, cand = exact_search(Zq, Zc, candidates)
         if rerank_s is None:
             rerank_s = best_time(lambda: _rerank(Fq, F, cand, k), _REPEATS) / Q.shape[0]
@@ -342,8 +348,9 @@ def advise(
 
 
 def _measure_codes(Zc: np.ndarray, Zq: np.ndarray, Fq: np.ndarray, F: np.ndarray, truth: np.ndarray, dim: int,
-                   codes: Sequence[str], counts: list[int], k: int) -> list[CodeEstimate]:
-    """recall@k of an exhaustive search of each code at ``dim``, its top ``c`` reranked at full dim, per count."""
+                   codes: Sequence[str], counts: list[int], k: int, shared: int = 0) -> list[CodeEstimate]:
+    """recall@k of an exhaustive search of each code at ``dim``, its top ``c`` reranked at full dim, per count;
+    RAM a vector: the code, the label and ``shared`` (the compressor's map spread over the vectors)."""
     out = []
     for code in codes:
         c = CODES[code]
@@ -354,7 +361,7 @@ def _measure_codes(Zc: np.ndarray, Zq: np.ndarray, Fq: np.ndarray, F: np.ndarray
             continue  # these rows cannot train (a product quantizer's 256 centroids need 256 rows)
         b.add(np.arange(Zc.shape[0], dtype=np.int64), Zc)
         _, cand = b.search(Zq, max(counts))
-        ram = code_bytes(code, dim) + LABEL_BYTES
+        ram = code_bytes(code, dim) + LABEL_BYTES + shared
         for m in counts:
             out.append(CodeEstimate(dim, code, m, code_bytes(code, dim), ram,
                                     _recall(_rerank(Fq, F, cand[:, :m], k), truth)))

@@ -439,7 +439,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     options = _backend_options(args, default_spec=None)
     try:
         index = CompressedIndex(smec, dims=args.dims, backend=args.backend, code=args.code, budget=args.budget,
-                                metric=args.metric, rerank=args.rerank, candidates=args.candidates,
+                                n_vectors=None if args.dims is not None else X.shape[0], metric=args.metric,
+                                rerank=args.rerank, candidates=args.candidates,
                                 full_store=None if args.full_store == "none" else args.full_store,
                                 store_dtype=args.store_dtype, **options)
     except (TypeError, ValueError) as e:
@@ -759,10 +760,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _saved_footprint(m: dict[str, Any], groups: dict[str, int], total: int) -> dict[str, Any]:
     """RAM and disk bytes of a saved index from its manifest, without loading it. RAM: what ``read_index``
-    holds per vector (the backends' files, the ids, and the stores when they are kept in memory); disk: every
-    file. The compressor (a fixed size, not per vector) is left out of RAM, as ``memory_usage`` does."""
+    holds per vector (the compressor, the backends' files, the ids, and the stores when they are kept in memory);
+    disk: every file."""
     n = m["ntotal"]
-    in_ram = [g for g in groups if g.startswith("backend-") or g in ("ids.npy", "ids.json")
+    in_ram = [g for g in groups if g.startswith("backend-") or g in ("smec", "ids.npy", "ids.json")
               or (g.startswith("store-") and m["full_store"] == "memory")]
     ram = sum(groups[g] for g in in_ram)
     return {"ram_bytes": ram, "disk_bytes": total, "ram_bytes_per_vector": ram / n if n else 0.0,

@@ -135,8 +135,10 @@ def test_product_quantizer_codes_size_their_sub_quantizers_by_the_dim(synth, tmp
     index = CompressedIndex(SMEC((32, 16), "pca").fit(synth), dims=32, code="opq2", candidates=50)
     index.train(synth)
     index.add(synth)
-    # 8 code bytes and 8 of label a vector, plus the codebooks (8 x 256 x 4 floats) shared by 600 vectors
-    assert index.memory_usage()["ram_bytes_per_vector"] == pytest.approx(16 + (8 * 256 * 4 + 32 * 32) * 4 / 600, abs=2)
+    # 8 code bytes and 8 of label a vector, plus the codebooks (8 x 256 x 4 floats) and the 48 -> 32 map shared
+    # by 600 vectors
+    assert index.memory_usage()["ram_bytes_per_vector"] == pytest.approx(
+        16 + (8 * 256 * 4 + 32 * 32 + 48 * 32 + 32) * 4 / 600, abs=2)
     hits = index.search(synth[:20], 10)[1]
     assert np.mean([len(set(a) & set(b)) for a, b in zip(hits, _exact(synth[:20], synth, 10))]) >= 9
     index.save(tmp_path / "ix")
@@ -241,31 +243,78 @@ def test_rabitq_query_bits_are_set_kept_and_checked(synth, tmp_path):
 # --------------------------------------------------------------------- the lean default
 def test_default_index_is_one_coded_stage_with_full_vectors_on_disk(wide):
     X, smec = wide
-    index = CompressedIndex(smec)
+    index = CompressedIndex(smec, n_vectors=100_000)  # the 256-d map is 8 B a vector of 100k
     assert index.dims == (256,) and index.code == "rabitq4" and index.full_store == "disk"
     index.train(X)
     index.add(X)
     u = index.memory_usage()
     assert u["raw_bytes_per_vector"] == 4 * 768 and u["ntotal"] == 600
-    assert u["ram_bytes_per_vector"] <= 4 * 768 / 16
+    assert u["compressor"] == (768 * 256 + 256) * 4 == smec.subset(256).nbytes
+    assert (u["ram_bytes"] - u["compressor"]) / 600 + u["compressor"] / 100_000 <= 4 * 768 / 16
     assert u["disk_bytes"] == 600 * 4 * 768 and u["full_store"] == 0 and u["cascade_stores"] == 0
-    assert u["ram_bytes"] == index.nbytes == sum(u[k] for k in ("backends", "ids", "cascade_stores", "full_store"))
+    assert u["ram_bytes"] == index.nbytes == sum(u[k] for k in ("compressor", "backends", "ids", "cascade_stores",
+                                                                "full_store"))
     D, I = index.search(X[:20], 10, candidates=600)
     np.testing.assert_array_equal(I, _exact(X[:20], X, 10))
 
 
+def test_a_small_corpus_gets_a_stage_whose_map_fits_the_budget_too(wide):
+    """The compressor's map is held once whatever the corpus: on 5,000 vectors the 256-d map alone is 158 B a
+    vector of the 192 B budget, so the default drops to 128 dims; on 600 nothing fits (the smallest dim at 1 bit);
+    by default the corpus is the compressor's fitted rows, and an index of that size stays within budget."""
+    X, smec = wide
+    assert smec.fit_rows_ == 600
+    assert CompressedIndex(smec, n_vectors=5_000).dims == (128,) and CompressedIndex(smec, n_vectors=5_000).code == "rabitq4"
+    small = CompressedIndex(smec)
+    assert (small.dims, small.code) == ((128,), "rabitq1")
+    rng = np.random.default_rng(0)
+    big = np.repeat(X, 9, axis=0) + rng.normal(scale=0.01, size=(5_400, 768)).astype(np.float32)
+    big /= np.linalg.norm(big, axis=1, keepdims=True)
+    fitted = SMEC((256, 128), "pca").fit(big)
+    index = CompressedIndex(fitted)
+    assert (index.dims, index.code) == ((128,), "rabitq4")
+    index.train(big)
+    index.add(big)
+    assert index.memory_usage()["ram_bytes_per_vector"] <= 4 * 768 / 16
+    unknown = SMEC((256, 128), "pca").fit(X)
+    unknown.fit_rows_ = None  # a compressor saved before fit_rows was recorded: the map is not counted
+    assert (CompressedIndex(unknown).dims, CompressedIndex(unknown).code) == ((256,), "rabitq4")
+    for bad in (0, -5, 2.5, "100", True):
+        with pytest.raises(ValueError, match="n_vectors must be a positive int"):
+            CompressedIndex(smec, n_vectors=bad)
+    with pytest.raises(ValueError, match="n_vectors sizes the default first stage"):
+        CompressedIndex(smec, dims=128, n_vectors=1000)
+
+
+def test_fit_rows_survive_a_save_and_older_saves_load_without_them(wide, tmp_path):
+    from safetensors.numpy import load_file
+
+    X, smec = wide
+    smec.save(tmp_path / "m")
+    assert SMEC.load(tmp_path / "m").fit_rows_ == 600 and smec.subset(128).fit_rows_ == 600
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    tensors = load_file(str(tmp_path / "m" / "weights.safetensors"))
+    del cfg["fitted"]["fit_rows"]  # as saved before 2026-12-05
+    assert SMEC._from_saved(cfg, tensors, tmp_path / "m").fit_rows_ is None
+    cfg["fitted"]["fit_rows"] = -3
+    with pytest.raises(ValueError, match="fit_rows=-3"):
+        SMEC._from_saved(cfg, tensors, tmp_path / "m")
+
+
 def test_budget_and_explicit_arguments_choose_the_stage(wide):
     X, smec = wide
-    assert CompressedIndex(smec, budget=1024 + LABEL_BYTES).code == "float32"
-    assert CompressedIndex(smec, budget=48).dims == (256,)  # 1-bit RaBitQ at 256: 40 B code + 8 B label
-    assert CompressedIndex(smec, budget=47).dims == (128,)
-    assert CompressedIndex(smec, code="sq8").dims == (128,)  # 256 B at 256 dims is over 192
+    many = {"n_vectors": 10**9}  # the map's share of a vector: under 0.001 B
+    assert CompressedIndex(smec, budget=1024 + LABEL_BYTES + 0.01, **many).code == "float32"
+    assert CompressedIndex(smec, budget=48.01, **many).dims == (256,)  # 1-bit RaBitQ at 256: 40 B code + 8 B label
+    assert CompressedIndex(smec, budget=47.99, **many).dims == (128,)
+    assert CompressedIndex(smec, code="sq8", **many).dims == (128,)  # 256 B at 256 dims is over 192
     old = CompressedIndex(smec, dims=smec.dims_, full_store="memory", spec="Flat")  # the old default, on request
     assert old.dims == (128, 256) and old.code is None
     old.train(X)
     old.add(X)
     u = old.memory_usage()
     assert u["disk_bytes"] == 0 and u["full_store"] == 600 * 4 * 768 and u["cascade_stores"] == 600 * 4 * 256
+    assert u["compressor"] == smec.nbytes == (768 * 384 + 384) * 4
     assert CompressedIndex(smec, spec="HNSW32").dims == (128,)  # backend options without a code: the smallest dim
 
 
@@ -295,21 +344,24 @@ def test_code_survives_save_and_load(pca, synth, tmp_path):
 def test_build_and_info_report_bytes_per_vector(wide, tmp_path, capsys):
     X, smec = wide
     smec.save(tmp_path / "m")
-    np.save(tmp_path / "X.npy", X)
+    rng = np.random.default_rng(0)  # 12,000 rows where the compressor was fitted on 600: build spreads its map
+    big = np.repeat(X, 20, axis=0) + rng.normal(scale=0.01, size=(12_000, 768)).astype(np.float32)
+    np.save(tmp_path / "X.npy", big / np.linalg.norm(big, axis=1, keepdims=True))
     code, out, err = _run(["build", "--compressor", tmp_path / "m", "--corpus", tmp_path / "X.npy", "--out",
                            tmp_path / "ix", "--quiet"], capsys)
     assert code == 0, err
-    assert "code='rabitq4'" in out and "raw float32 3,072 B/vector" in out and "RAM " in out
+    # 256 dims at 2 bits: 72 B of code, 8 of label, 66 of the 256-d map; on 600 vectors nothing would fit
+    assert "dims=(256,)" in out and "code='rabitq2'" in out and "raw float32 3,072 B/vector" in out and "RAM " in out
     code, out, err = _run(["info", tmp_path / "ix", "--json"], capsys)
     assert code == 0, err
     info = json.loads(out)
-    assert info["ntotal"] == 600 and info["raw_bytes_per_vector"] == 3072 and info["code"] == "rabitq4"
-    assert info["disk_bytes_per_vector"] == pytest.approx(info["total_bytes"] / 600)
-    assert info["ram_bytes_per_vector"] <= 3072 / 16
+    assert info["ntotal"] == 12_000 and info["raw_bytes_per_vector"] == 3072 and info["code"] == "rabitq2"
+    assert info["disk_bytes_per_vector"] == pytest.approx(info["total_bytes"] / 12_000)
+    assert info["ram_bytes_per_vector"] <= 3072 / 16 and info["disk_bytes_per_vector"] <= 1.1 * 3072
     assert info["ram_bytes_per_vector"] == pytest.approx(
-        (info["bytes"]["backend-256"] + info["bytes"]["ids.npy"]) / 600)
+        (info["bytes"]["backend-256"] + info["bytes"]["ids.npy"] + info["bytes"]["smec"]) / 12_000)
     code, out, _ = _run(["info", tmp_path / "ix"], capsys)
-    assert "per vector" in out and "of raw" in out and "code rabitq4" in out
+    assert "per vector" in out and "of raw" in out and "code rabitq2" in out
     code, out, err = _run(["build", "--compressor", tmp_path / "m", "--corpus", tmp_path / "X.npy", "--code", "sq8",
                            "--full-store", "memory", "--out", tmp_path / "ix2", "--quiet"], capsys)
     assert code == 0, err

@@ -275,6 +275,7 @@ class SMEC:
         self.selections_ = selections
         self.reports_ = [r.to_dict() for r in reports]
         self.train_s_ = time.perf_counter() - t0
+        self.fit_rows_ = int(X.shape[0])
         self._data = (X, Q, pairs)
         return self
 
@@ -411,6 +412,26 @@ class SMEC:
         out.selections_ = {d: idx for d, idx in self.selections_.items() if d in out.projections_}
         return out
 
+    def _tensors(self) -> dict[str, np.ndarray]:
+        """The arrays a save writes: every map (the full-dim one only when it is not the identity) and the ADS
+        selections."""
+        tensors = {}
+        for d, p in self.projections_.items():
+            if d == self.input_dim_ and _is_identity(p):
+                continue  # the raw full vector (no labels, or labels that did not help): D x D floats saved for nothing
+            tensors[f"proj.{d}.M"] = p.M
+            tensors[f"proj.{d}.c"] = p.c
+        for d, idx in self.selections_.items():
+            tensors[f"ads.{d}"] = idx
+        return tensors
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the maps a save writes and a load holds (``subset(dims).nbytes``: what serving ``dims``
+        needs). A fixed size, whatever the corpus: an index counts it spread over its vectors."""
+        self._check_fitted("nbytes")
+        return int(sum(a.nbytes for a in self._tensors().values()))
+
     # ----------------------------------------------------------------- persistence
     def get_config(self) -> dict:
         return {
@@ -444,16 +465,10 @@ class SMEC:
             "supervised": self.supervised_,
             "selected": sorted(self.selections_),
             "train_s": self.train_s_,
+            "fit_rows": self.fit_rows_,
             "reports": self.reports_,
         }
-        tensors = {}
-        for d, p in self.projections_.items():
-            if d == self.input_dim_ and _is_identity(p):
-                continue  # the raw full vector (no labels, or labels that did not help): D x D floats saved for nothing
-            tensors[f"proj.{d}.M"] = p.M
-            tensors[f"proj.{d}.c"] = p.c
-        for d, idx in self.selections_.items():
-            tensors[f"ads.{d}"] = idx
+        tensors = self._tensors()
         with atomic_directory(path, saved_smec_files, "a saved SMEC model") as tmp:
             (tmp / _CONFIG).write_text(json.dumps(cfg, indent=2))
             save_file(tensors, str(tmp / _WEIGHTS))
@@ -525,6 +540,10 @@ class SMEC:
             raise ValueError(f"{_WEIGHTS} holds {sorted(set(tensors) - expected)} beyond the config's tensors")
         obj.reports_ = fitted["reports"]
         obj.train_s_ = fitted["train_s"]
+        fit_rows = fitted.get("fit_rows")  # saves from before 2026-12-05 did not record it
+        if fit_rows is not None and (not isinstance(fit_rows, int) or isinstance(fit_rows, bool) or fit_rows < 1):
+            raise ValueError(f"fit_rows={fit_rows!r}; expected a positive int or null")
+        obj.fit_rows_ = fit_rows
         return obj
 
     def to_sentence_transformers(self, model: Any, dim: int, portable: bool = True) -> Any:

@@ -107,9 +107,14 @@ class CompressedIndex:
             ``"qdrant-binary"``, ``"qdrant-binary1.5"``, ``"qdrant-binary2"``, ``"rq1"``, ``"rq2"``, ``"rq4"``.
             Default when neither dims, backend nor backend options are given: the compressor's own
             (``SMEC(code=...)``, whose stages were chosen for it), else chosen with the dim by ``budget``.
-        budget: RAM bytes a vector for the default first stage (its code plus 32 bytes of labels and ids).
+        budget: RAM bytes a vector for the default first stage: its code, the engine's 8-byte label and the
+            compressor's map of that dim spread over ``n_vectors``.
             With an unfitted compressor and no ``d``, the default budget assumes the smallest possible input
             dim (largest dim + 1): pass ``d`` (or a fitted compressor) for a default sized to your vectors.
+        n_vectors: how many vectors the index will hold, for the default first stage only: the compressor's map
+            is held once whatever the corpus, so on a small corpus it is a large share of each vector's bytes and
+            a smaller dim fits the budget. Default: the rows the compressor was fitted on (the corpus it is
+            usually fitted on); unknown for compressors saved before 2026-12-05 or not fitted (then not counted).
         metric: ``"ip"`` (inner product) or ``"l2"`` (squared L2), or ``faiss.METRIC_*``.
         rerank: default for ``search``: ``"full"`` (cascade, then exact full dim), ``"cascade"`` (exact at
             each larger configured dim only) or ``"none"`` (the backend's answer at the searched dim).
@@ -131,6 +136,7 @@ class CompressedIndex:
         *,
         code: str | None = None,
         budget: float | None = None,
+        n_vectors: int | None = None,
         metric: str | int = "ip",
         rerank: str = "full",
         candidates: int | Sequence[int] = 100,
@@ -149,10 +155,16 @@ class CompressedIndex:
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float, np.number))
                                    or not budget > 0):
             raise ValueError(f"{where}: budget must be a positive number of RAM bytes per vector, got {budget!r}")
+        if n_vectors is not None and (not is_int(n_vectors) or n_vectors < 1):
+            raise ValueError(f"{where}: n_vectors must be a positive int (the vectors the index will hold), got "
+                             f"{n_vectors!r}")
+        if n_vectors is not None and dims is not None:
+            raise ValueError(f"{where}: n_vectors sizes the default first stage; it cannot apply with dims={dims!r}")
+        shared = self._shared_bytes(smec, available, n_vectors)
         if code is None and dims is None and backend is None and not backend_options:
             # a compressor fitted for a code (``SMEC(code=...)``) chose its stages for that code
             code = smec.code or default_first_stage(smec.input_dim_ if smec.is_fitted else int(d or max(available) + 1),
-                                                    available, budget)[1]
+                                                    available, budget, shared)[1]
         if code is not None:
             backend, backend_options = self._code_options(code, backend, backend_options)
         backend = "faiss" if backend is None else backend
@@ -160,7 +172,7 @@ class CompressedIndex:
             raise ValueError(f"{where}: budget chooses the dim of a code; it cannot apply with dims={dims!r} or "
                              f"with backend options and no code (pass dims, or budget with or without a code)")
         if dims is None:
-            dims = self._default_dim(code, available, budget, smec, d)
+            dims = self._default_dim(code, available, budget, smec, d, shared)
         dims = self._check_dims(dims, available)
         if full_store not in STORE_KINDS and full_store is not None:
             raise ValueError(f"{where}: full_store must be one of {STORE_KINDS} or None, got {full_store!r}")
@@ -205,16 +217,26 @@ class CompressedIndex:
         return c.backend, merged
 
     @staticmethod
+    def _shared_bytes(smec: SMEC, available: Sequence[int], n_vectors: int | None) -> dict[int, float]:
+        """Per trained dim, the bytes a vector of the compressor's map that serving it holds, spread over
+        ``n_vectors`` (default: the compressor's fitted rows); empty when that is unknown."""
+        n = n_vectors if n_vectors is not None else getattr(smec, "fit_rows_", None) if smec.is_fitted else None
+        if not n:
+            return {}
+        return {int(dim): smec.subset(dim).nbytes / n for dim in available}
+
+    @staticmethod
     def _default_dim(code: str | None, available: Sequence[int], budget: float | None, smec: SMEC,
-                     d: int | None) -> int:
-        """One first stage: the largest trained dim whose ``code`` fits the RAM budget per vector (raw float32
-        / 16 by default); the smallest trained dim when the code is unknown (backend options without a code)."""
+                     d: int | None, shared: dict[int, float]) -> int:
+        """One first stage: the largest trained dim whose ``code`` (plus label and compressor share) fits the
+        RAM budget per vector (raw float32 / 16 by default); the smallest trained dim when the code is unknown
+        (backend options without a code)."""
         if code is None:
             return int(min(available))
         D = smec.input_dim_ if smec.is_fitted else int(d or max(available) + 1)
         room = (4 * D / RAM_SHARE if budget is None else float(budget)) - LABEL_BYTES
         fits = [dim for dim in available if fits_dim(code, dim)]
-        fits = [dim for dim in fits if code_bytes(code, dim) <= room]
+        fits = [dim for dim in fits if code_bytes(code, dim) + shared.get(dim, 0.0) <= room]
         return int(max(fits) if fits else min(available))
 
     def _configure(self, smec: SMEC, dims: tuple[int, ...], backend: str, metric: str, rerank: str,
@@ -310,14 +332,16 @@ class CompressedIndex:
     def memory_usage(self) -> dict[str, Any]:
         """Bytes by part and per vector, beside raw float32.
 
-        RAM by part: ``backends``, ``ids``, ``cascade_stores`` (intermediate dims), ``full_store`` (stores kept
-        in memory; file-backed ones count 0), totalled in ``ram_bytes``. ``disk_bytes``: the rows of the
-        file-backed stores. Per live vector: ``ram_bytes_per_vector``, ``disk_bytes_per_vector`` and
-        ``raw_bytes_per_vector`` (4 d, the float32 vectors as given), with ``ntotal``. The compressor's own
-        matrices (a fixed size, not per vector) are not counted.
+        RAM by part: ``compressor`` (the maps of this index's dims, what a saved index loads: a fixed size,
+        whatever the corpus), ``backends``, ``ids``, ``cascade_stores`` (intermediate dims), ``full_store``
+        (stores kept in memory; file-backed ones count 0), totalled in ``ram_bytes``. ``disk_bytes``: the rows
+        of the file-backed stores. Per live vector: ``ram_bytes_per_vector``, ``disk_bytes_per_vector`` and
+        ``raw_bytes_per_vector`` (4 d, the float32 vectors as given), with ``ntotal``.
         """
+        compressor = self.smec.subset(self.dims).nbytes if self.smec.is_fitted else 0
         with self._lock.read():  # FAISS serialises the index to count it: not while an add changes it
-            parts = {"backends": sum(b.nbytes for b in self.backends.values()), "ids": self._ids.nbytes,
+            parts = {"compressor": compressor, "backends": sum(b.nbytes for b in self.backends.values()),
+                     "ids": self._ids.nbytes,
                      "cascade_stores": sum(s.nbytes for key, s in self._stores.items() if key != FULL),
                      "full_store": self._stores[FULL].nbytes if FULL in self._stores else 0}
             disk = sum(s.n * s.row_bytes for s in self._stores.values() if s.kind != "memory")
@@ -329,7 +353,8 @@ class CompressedIndex:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held in RAM: every backend, the id map, and the stores kept in memory (not mapped ones)."""
+        """Bytes held in RAM: the compressor's maps, every backend, the id map, and the stores kept in memory
+        (not mapped ones)."""
         return int(self.memory_usage()["ram_bytes"])
 
     def __repr__(self) -> str:

@@ -17,7 +17,7 @@ the codes (Qdrant re-scores with them).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import faiss
 
@@ -123,16 +123,19 @@ def code_bytes(code: str, dim: int) -> int:
 _DEFAULT_CODES = ("float32", "sq8", "rabitq4", "rabitq2", "rabitq1")
 
 
-def default_first_stage(D: int, dims: Sequence[int], budget: float | None = None) -> tuple[int, str]:
+def default_first_stage(D: int, dims: Sequence[int], budget: float | None = None,
+                        shared: Mapping[int, float] | None = None) -> tuple[int, str]:
     """The (dim, code) of the default first stage: the largest dim, at the finest code of ``float32``, ``sq8``,
-    ``rabitq4``, ``rabitq2``, ``rabitq1``, whose code plus ``LABEL_BYTES`` fits ``budget`` bytes a vector
-    (default: raw float32 / ``RAM_SHARE``, i.e. ``D / 4``). A larger dim with a coarser code is preferred
-    because recall after rerank is lost to dimension reduction faster than to quantization (issue 16's
+    ``rabitq4``, ``rabitq2``, ``rabitq1``, whose code plus ``LABEL_BYTES`` plus ``shared[dim]`` (the bytes a
+    vector of what serving that dim holds once, the compressor's map spread over the corpus) fits ``budget``
+    bytes a vector (default: raw float32 / ``RAM_SHARE``, i.e. ``D / 4``). A larger dim with a coarser code is
+    preferred because recall after rerank is lost to dimension reduction faster than to quantization (issue 16's
     table: smec 128 float32 0.996 vs smec 64 float32 0.909 at 100 candidates). When nothing fits, the smallest
     dim at 1 bit."""
     budget = 4 * D / RAM_SHARE if budget is None else float(budget)
+    shared = shared or {}
     for dim in sorted(dims, reverse=True):
         for code in _DEFAULT_CODES:
-            if code_bytes(code, dim) + LABEL_BYTES <= budget:
+            if code_bytes(code, dim) + LABEL_BYTES + shared.get(dim, 0.0) <= budget:
                 return int(dim), code
     return int(min(dims)), "rabitq1"
