@@ -292,6 +292,8 @@ def test_fit_rows_survive_a_save_and_older_saves_load_without_them(wide, tmp_pat
     X, smec = wide
     smec.save(tmp_path / "m")
     assert SMEC.load(tmp_path / "m").fit_rows_ == 600 and smec.subset(128).fit_rows_ == 600
+    sampled = SMEC((16, 8), "pca", max_train_rows=200).fit(X[:, :48])
+    assert sampled.fit_rows_ == 600  # the corpus, not the 200 rows it trained on
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     tensors = load_file(str(tmp_path / "m" / "weights.safetensors"))
     del cfg["fitted"]["fit_rows"]  # as saved before 2026-12-05

@@ -275,7 +275,7 @@ class SMEC:
         self.selections_ = selections
         self.reports_ = [r.to_dict() for r in reports]
         self.train_s_ = time.perf_counter() - t0
-        self.fit_rows_ = int(X.shape[0])
+        self.fit_rows_ = len(corpus)  # the corpus, not the training sample drawn from it
         self._data = (X, Q, pairs)
         return self
 
