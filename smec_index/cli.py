@@ -745,7 +745,8 @@ def cmd_info(args: argparse.Namespace) -> int:
                  f"candidates {', '.join(map(str, m['candidates']))}"),
         ("backend", f"{m['backend']} ({opts}), metric {m['metric']}"
                     + (f", code {m['code']}" if m.get("code") else "")),
-        ("compressor", f"{smec_cfg['method']}, dims {', '.join(map(str, fitted.get('dims', [])))}, "
+        ("compressor", f"{smec_cfg['method']}, dims "
+                       f"{', '.join(map(str, fitted.get('dims', []))) or 'none kept (the index codes the full vector)'}, "
                        f"{'supervised' if fitted.get('supervised') else 'unsupervised'}, "
                        + (f"stages chosen for code {smec_cfg['code']}, " if smec_cfg.get("code") else "")
                        + f"trained in {fitted.get('train_s', 0):.1f} s"),

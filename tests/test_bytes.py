@@ -259,23 +259,31 @@ def test_default_index_is_one_coded_stage_with_full_vectors_on_disk(wide):
 
 
 def test_a_small_corpus_gets_a_stage_whose_map_fits_the_budget_too(wide):
-    """The compressor's map is held once whatever the corpus: on 5,000 vectors the 256-d map alone is 158 B a
-    vector of the 192 B budget, so the default drops to 128 dims; on 600 nothing fits (the smallest dim at 1 bit);
-    by default the corpus is the compressor's fitted rows, and an index of that size stays within budget."""
+    """The compressor's map is held once whatever the corpus: on 100,000 vectors the 256-d map is 8 B a vector
+    and 256 dims at RaBitQ 4 bit fit 192 B; on 5,000 it is 158 B, nothing of 4 bits fits at 256 (D / 3) and the
+    full vector at 1 bit (no map to hold) is the default; by default the corpus is the compressor's fitted rows;
+    an index of that size stays within budget."""
     X, smec = wide
     assert smec.fit_rows_ == 600
-    assert CompressedIndex(smec, n_vectors=5_000).dims == (128,) and CompressedIndex(smec, n_vectors=5_000).code == "rabitq4"
+    assert (CompressedIndex(smec, n_vectors=100_000).dims, CompressedIndex(smec, n_vectors=100_000).code) == \
+        ((256,), "rabitq4")
+    assert (CompressedIndex(smec, n_vectors=5_000).dims, CompressedIndex(smec, n_vectors=5_000).code) == \
+        ((768,), "rabitq1")
     small = CompressedIndex(smec)
-    assert (small.dims, small.code) == ((128,), "rabitq1")
+    assert (small.dims, small.code) == ((768,), "rabitq1")
+    tight = CompressedIndex(smec, n_vectors=5_000, budget=100)  # nothing fits: the smallest dim at 1 bit
+    assert (tight.dims, tight.code) == ((128,), "rabitq1")
     rng = np.random.default_rng(0)
     big = np.repeat(X, 9, axis=0) + rng.normal(scale=0.01, size=(5_400, 768)).astype(np.float32)
     big /= np.linalg.norm(big, axis=1, keepdims=True)
-    fitted = SMEC((256, 128), "pca").fit(big)
-    index = CompressedIndex(fitted)
-    assert (index.dims, index.code) == ((128,), "rabitq4")
+    index = CompressedIndex(SMEC((256, 128), "pca").fit(big))
+    assert (index.dims, index.code) == ((768,), "rabitq1")
     index.train(big)
     index.add(big)
-    assert index.memory_usage()["ram_bytes_per_vector"] <= 4 * 768 / 16
+    u = index.memory_usage()
+    assert u["compressor"] == 0 and u["ram_bytes_per_vector"] <= 4 * 768 / 16  # the identity map is not held
+    hits = index.search(big[:20], 10)[1]
+    assert np.mean([len(set(a) & set(b)) for a, b in zip(hits, _exact(big[:20], big, 10))]) >= 9
     unknown = SMEC((256, 128), "pca").fit(X)
     unknown.fit_rows_ = None  # a compressor saved before fit_rows was recorded: the map is not counted
     assert (CompressedIndex(unknown).dims, CompressedIndex(unknown).code) == ((256,), "rabitq4")
@@ -284,6 +292,31 @@ def test_a_small_corpus_gets_a_stage_whose_map_fits_the_budget_too(wide):
             CompressedIndex(smec, n_vectors=bad)
     with pytest.raises(ValueError, match="n_vectors sizes the default first stage"):
         CompressedIndex(smec, dims=128, n_vectors=1000)
+
+
+def test_the_full_vector_is_a_first_stage_of_its_own(synth, tmp_path):
+    """dims=D codes the (normalised) full vector itself: search, save, load, removal and adds after loading work
+    as for a reduced dim; D beside another dim is refused."""
+    smec = SMEC((32, 16), "pca").fit(synth)
+    index = CompressedIndex(smec, dims=48, code="sq8")
+    index.train(synth)
+    index.add(synth)
+    np.testing.assert_array_equal(index.search(synth[:10], 5)[1], _exact(synth[:10], synth, 5))
+    np.testing.assert_allclose(index.project(synth[:3], 48), synth[:3])
+    assert index.memory_usage()["compressor"] == 0 and smec.subset(48).dims_ == ()
+    index.save(tmp_path / "ix")
+    loaded = CompressedIndex.load(tmp_path / "ix")
+    assert loaded.dims == (48,) and loaded.code == "sq8" and loaded.smec.dims_ == ()
+    np.testing.assert_array_equal(loaded.search(synth[:10], 5)[1], index.search(synth[:10], 5)[1])
+    assert loaded.remove_ids(np.array([0, 1])) == 2 and loaded.ntotal == 598
+    assert loaded.search(synth[2:3], 1)[1][0, 0] == 0  # sequential ids compact, as in FAISS
+    loaded.add(synth[:3])
+    loaded.save(tmp_path / "ix2")
+    assert CompressedIndex.load(tmp_path / "ix2").ntotal == 601
+    with pytest.raises(ValueError, match="the full dim 48 is a first stage of its own"):
+        CompressedIndex(smec, dims=(16, 48), code="sq8")
+    with pytest.raises(ValueError, match="dims \\[40\\] are not dims of the compressor"):
+        CompressedIndex(smec, dims=40, code="sq8")
 
 
 def test_fit_rows_survive_a_save_and_older_saves_load_without_them(wide, tmp_path):
@@ -352,18 +385,18 @@ def test_build_and_info_report_bytes_per_vector(wide, tmp_path, capsys):
     code, out, err = _run(["build", "--compressor", tmp_path / "m", "--corpus", tmp_path / "X.npy", "--out",
                            tmp_path / "ix", "--quiet"], capsys)
     assert code == 0, err
-    # 256 dims at 2 bits: 72 B of code, 8 of label, 66 of the 256-d map; on 600 vectors nothing would fit
-    assert "dims=(256,)" in out and "code='rabitq2'" in out and "raw float32 3,072 B/vector" in out and "RAM " in out
+    # the 256-d map is 66 B a vector of 12,000: no 4-bit code fits beside it, the full vector at 1 bit does
+    assert "dims=(768,)" in out and "code='rabitq1'" in out and "raw float32 3,072 B/vector" in out and "RAM " in out
     code, out, err = _run(["info", tmp_path / "ix", "--json"], capsys)
     assert code == 0, err
     info = json.loads(out)
-    assert info["ntotal"] == 12_000 and info["raw_bytes_per_vector"] == 3072 and info["code"] == "rabitq2"
+    assert info["ntotal"] == 12_000 and info["raw_bytes_per_vector"] == 3072 and info["code"] == "rabitq1"
     assert info["disk_bytes_per_vector"] == pytest.approx(info["total_bytes"] / 12_000)
     assert info["ram_bytes_per_vector"] <= 3072 / 16 and info["disk_bytes_per_vector"] <= 1.1 * 3072
     assert info["ram_bytes_per_vector"] == pytest.approx(
-        (info["bytes"]["backend-256"] + info["bytes"]["ids.npy"] + info["bytes"]["smec"]) / 12_000)
+        (info["bytes"]["backend-768"] + info["bytes"]["ids.npy"] + info["bytes"]["smec"]) / 12_000)
     code, out, _ = _run(["info", tmp_path / "ix"], capsys)
-    assert "per vector" in out and "of raw" in out and "code rabitq2" in out
+    assert "per vector" in out and "of raw" in out and "code rabitq1" in out and "dims none kept" in out
     code, out, err = _run(["build", "--compressor", tmp_path / "m", "--corpus", tmp_path / "X.npy", "--code", "sq8",
                            "--full-store", "memory", "--out", tmp_path / "ix2", "--quiet"], capsys)
     assert code == 0, err
@@ -490,3 +523,21 @@ def test_code_choice_benchmark_scores_candidates_on_training_queries(tmp_path):
     no_train = write_toy_beir(tmp_path / "nt", with_train=False, n_docs=400, n_queries=12, dim=32)
     with pytest.raises(ValueError, match="no train queries"):
         bench.run(str(no_train), "toy", ("rabitq1",), (16,), 0, 100)
+
+
+def test_default_stage_benchmark_scores_every_option_within_the_budget(tmp_path):
+    """benchmarks/default_stage.py: every (dim, code) within the default budget, the full vector included, scored
+    on training queries; the library's pick is among them, and the report marks it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import default_stage as bench
+
+    data = write_toy_beir(tmp_path / "beir", n_docs=1200, n_queries=12, dim=384)
+    out = tmp_path / "d.json"
+    assert bench.main(["--data", str(data), "--model", "toy", "--samples", "600,0", "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert [s["n_corpus"] for s in payload["sets"]] == [600, 1200] and {"commit", "dirty", "command"} <= set(payload)
+    for one in payload["sets"]:
+        assert all(o["ram_bytes_per_vector"] <= 96 for o in one["options"])
+        assert any(o["dim"] == 384 and o["code"] == "rabitq1" for o in one["options"])
+        assert (one["picked"]["dim"], one["picked"]["code"]) in {(o["dim"], o["code"]) for o in one["options"]}
+    assert "picked" in bench.report(payload) and "600 documents" in bench.report(payload)

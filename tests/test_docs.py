@@ -177,10 +177,18 @@ def render_code_choice(p: dict, rel: str) -> str:
     return report(p)
 
 
+def render_default_stage(p: dict, rel: str) -> str:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from default_stage import report
+
+    return report(p)
+
+
 RENDERERS: dict[str, Callable[[dict, str], str]] = {"demo": render_demo, "demo_summary": render_demo_summary,
                                                    "quality": render_quality, "speed": render_speed,
                                                    "qdrant": render_qdrant, "scale": render_scale,
-                                                   "bytes": render_bytes, "code_choice": render_code_choice}
+                                                   "bytes": render_bytes, "code_choice": render_code_choice,
+                                                   "default_stage": render_default_stage}
 
 
 def regenerate(text: str) -> str:

@@ -393,7 +393,8 @@ class SMEC:
     def subset(self, dims: int | Iterable[int]) -> "SMEC":
         """A copy holding only the stages ``dims`` (and the full-dim map): what serving those dims needs. A saved
         ``CompressedIndex`` keeps only its own stages this way, so that stages it never uses cost no disk. The
-        kept maps are the same arrays (identical transforms); ``reports_`` keeps the whole fit's history."""
+        kept maps are the same arrays (identical transforms); ``reports_`` keeps the whole fit's history.
+        ``dims`` may name the input dim: ``subset(input_dim_)`` keeps the full-dim map alone (no reduced dim)."""
         self._check_fitted("subset")
         if isinstance(dims, (int, np.integer)) and not isinstance(dims, bool):
             dims = (int(dims),)
@@ -402,11 +403,13 @@ class SMEC:
         except TypeError:
             raise TypeError(f"subset: dims must be an int or a sequence of ints, got {dims!r}") from None
         keep = self._check_dims(wanted)
-        missing = [d for d in keep if d not in self.dims_]
+        missing = [d for d in keep if d not in self.dims_ and d != self.input_dim_]
         if missing:
-            raise ValueError(f"subset: dims {missing} are not trained; trained dims: {self.dims_}")
+            raise ValueError(f"subset: dims {missing} are not trained; trained dims: {self.dims_} (and "
+                             f"{self.input_dim_} = full)")
+        keep = tuple(d for d in keep if d != self.input_dim_)
         out = copy.copy(self)
-        out.dims = keep
+        out.dims = keep or self.dims  # only the full-dim map: the settings keep the dims it was fitted for
         out.train_options = dict(self.train_options)
         out.projections_ = {d: p for d, p in self.projections_.items() if d == self.input_dim_ or d in keep}
         out.selections_ = {d: idx for d, idx in self.selections_.items() if d in out.projections_}
@@ -507,9 +510,9 @@ class SMEC:
                   **flags, **cfg["train_options"])
         fitted = cfg["fitted"]
         D = fitted["input_dim"]
-        dims = cls._check_dims(fitted["dims"])
-        if not isinstance(D, int) or isinstance(D, bool) or D <= dims[0]:
-            raise ValueError(f"input_dim={D!r}; expected an int above the largest dim {dims[0]}")
+        dims = cls._check_dims(fitted["dims"]) if fitted["dims"] != [] else ()  # []: the full-dim map alone (subset)
+        if not isinstance(D, int) or isinstance(D, bool) or D <= (dims[0] if dims else 0):
+            raise ValueError(f"input_dim={D!r}; expected an int above the largest dim {dims[0] if dims else 0}")
         if not isinstance(fitted["supervised"], bool):
             raise ValueError(f"supervised={fitted['supervised']!r}; expected true or false")
         raw_full = f"proj.{D}.M" not in tensors and f"proj.{D}.c" not in tensors  # saved as the identity

@@ -88,13 +88,17 @@ class CompressedIndex:
     """A drop-in for a FAISS index that searches SMEC-compressed vectors, then reranks exactly.
 
     Lean by default: ``CompressedIndex(smec)`` indexes ONE first stage, the (dim, code) that fits ``budget``
-    (default raw float32 / 16, i.e. ``d / 4`` bytes a vector, see ``backends/codes.py``), and keeps the
-    full vectors on disk (``full_store="disk"``) for the exact rerank. Pass several ``dims`` for a cascade.
+    (default raw float32 / 16, i.e. ``d / 4`` bytes a vector, the compressor's map included; see
+    ``backends/codes.py``), and keeps the full vectors on disk (``full_store="disk"``) for the exact rerank.
+    Pass several ``dims`` for a cascade.
 
     Args:
         smec: the compressor; ``train`` fits it when it is not fitted yet.
-        dims: the reduced dim(s) to index, each its own backend (default: one, the largest whose ``code``
-            fits ``budget``; the smallest trained dim when backend options are given without a code).
+        dims: the reduced dim(s) to index, each its own backend, or a fitted compressor's input dim alone (the
+            full vector coded, no map to hold). Default: one stage, chosen with the code by ``budget``
+            (``backends.codes.default_first_stage``): a dim of at least a third of the input's at a code of 4
+            bits or more, else the full vector at 1-bit RaBitQ; with a ``code``, the largest dim whose code fits
+            ``budget``; the smallest trained dim when backend options are given without a code.
         backend: ``"faiss"`` (option ``spec``: any ``index_factory`` string, ``params``: search-time
             parameters such as ``{"efSearch": 64}``, or ``{"qb": 8}`` for RaBitQ's query bits; default spec
             ``"Flat"``), ``"faiss-binary"`` (sign codes by Hamming distance; options ``itq``, ``hnsw_m``,
@@ -161,10 +165,13 @@ class CompressedIndex:
         if n_vectors is not None and dims is not None:
             raise ValueError(f"{where}: n_vectors sizes the default first stage; it cannot apply with dims={dims!r}")
         shared = self._shared_bytes(smec, available, n_vectors)
+        chosen = None  # the default (dim, code)'s dim
         if code is None and dims is None and backend is None and not backend_options:
-            # a compressor fitted for a code (``SMEC(code=...)``) chose its stages for that code
-            code = smec.code or default_first_stage(smec.input_dim_ if smec.is_fitted else int(d or max(available) + 1),
-                                                    available, budget, shared)[1]
+            if smec.code is not None:  # a compressor fitted for a code (``SMEC(code=...)``) chose its stages for it
+                code = smec.code
+            else:
+                chosen, code = default_first_stage(smec.input_dim_ if smec.is_fitted else int(d or max(available) + 1),
+                                                   available, budget, shared, full=smec.is_fitted)
         if code is not None:
             backend, backend_options = self._code_options(code, backend, backend_options)
         backend = "faiss" if backend is None else backend
@@ -172,8 +179,8 @@ class CompressedIndex:
             raise ValueError(f"{where}: budget chooses the dim of a code; it cannot apply with dims={dims!r} or "
                              f"with backend options and no code (pass dims, or budget with or without a code)")
         if dims is None:
-            dims = self._default_dim(code, available, budget, smec, d, shared)
-        dims = self._check_dims(dims, available)
+            dims = chosen if chosen is not None else self._default_dim(code, available, budget, smec, d, shared)
+        dims = self._check_dims(dims, available, smec.input_dim_ if smec.is_fitted else None)
         if full_store not in STORE_KINDS and full_store is not None:
             raise ValueError(f"{where}: full_store must be one of {STORE_KINDS} or None, got {full_store!r}")
         if store_dtype not in STORE_DTYPES:
@@ -223,7 +230,7 @@ class CompressedIndex:
         n = n_vectors if n_vectors is not None else getattr(smec, "fit_rows_", None) if smec.is_fitted else None
         if not n:
             return {}
-        return {int(dim): smec.subset(dim).nbytes / n for dim in available}
+        return {int(dim): smec.subset(dim).nbytes / n for dim in (*available, smec.input_dim_)}
 
     @staticmethod
     def _default_dim(code: str | None, available: Sequence[int], budget: float | None, smec: SMEC,
@@ -271,7 +278,9 @@ class CompressedIndex:
         return metric
 
     @staticmethod
-    def _check_dims(dims: Any, available: Sequence[int]) -> tuple[int, ...]:
+    def _check_dims(dims: Any, available: Sequence[int], full: int | None = None) -> tuple[int, ...]:
+        """``dims`` as a sorted tuple of the compressor's dims; ``full`` (a fitted compressor's input dim) may be
+        the one and only dim: a first stage that codes the full vector itself."""
         where = "CompressedIndex"
         if is_int(dims):
             dims = (dims,)
@@ -281,9 +290,12 @@ class CompressedIndex:
             raise TypeError(f"{where}: dims must be a sequence of ints, got {type(dims).__name__}") from None
         if not dims or not all(is_int(x) for x in dims):
             raise ValueError(f"{where}: dims must be a non-empty sequence of ints, got {dims!r}")
-        missing = sorted(set(int(x) for x in dims) - set(available))
+        if full is not None and full in dims and len(dims) > 1:
+            raise ValueError(f"{where}: the full dim {full} is a first stage of its own (dims={full}); got {dims!r}")
+        missing = sorted(set(int(x) for x in dims) - set(available) - ({full} if full is not None else set()))
         if missing:
-            raise ValueError(f"{where}: dims {missing} are not dims of the compressor; it has {tuple(available)}")
+            raise ValueError(f"{where}: dims {missing} are not dims of the compressor; it has {tuple(available)}"
+                             + (f" (and {full}, the full vector alone)" if full is not None else ""))
         if len(set(dims)) != len(dims):
             raise ValueError(f"{where}: dims repeat: {dims}")
         return tuple(sorted(int(x) for x in dims))
@@ -625,6 +637,8 @@ class CompressedIndex:
             if not self.smec.supervised_:
                 return X
             stage = self._d
+        elif stage == self._d and not self.smec.supervised_:  # a first stage coding the full vector: normalised
+            return X * inv
         P = self.smec.projections_[stage]
         Y = X @ P.M
         Y *= inv
@@ -920,7 +934,7 @@ class CompressedIndex:
                              f"cannot add one")
         smec = SMEC.load(path / "smec")
         dims = tuple(m["dims"])
-        if smec.input_dim_ != m["d"] or not set(dims) <= set(smec.dims_):
+        if smec.input_dim_ != m["d"] or not set(dims) <= set(smec.dims_) | {smec.input_dim_}:
             raise ValueError(f"read_index: the saved compressor (D={smec.input_dim_}, dims={smec.dims_}) does not "
                              f"match the manifest (d={m['d']}, dims={dims})")
         if m.get("full_vectors") != ("adapted" if smec.supervised_ else "raw"):
@@ -978,9 +992,9 @@ def _check_settings(m: dict[str, Any], path: Path) -> dict[str, Any]:
     if not (is_int(m.get("d")) and m["d"] > 0):
         raise bad("d", "a positive int")
     dims = m.get("dims")
-    if not (isinstance(dims, list) and dims and all(is_int(x) and 0 < x < m["d"] for x in dims)
-            and dims == sorted(set(dims))):
-        raise bad("dims", f"increasing ints in 1..{m['d'] - 1}")
+    if not (isinstance(dims, list) and dims and all(is_int(x) and 0 < x <= m["d"] for x in dims)
+            and dims == sorted(set(dims)) and (dims[-1] < m["d"] or dims == [m["d"]])):
+        raise bad("dims", f"increasing ints in 1..{m['d'] - 1}, or [{m['d']}] (the full vector coded)")
     checks = {"backend": (lambda v: isinstance(v, str) and v in BACKENDS, f"one of {sorted(BACKENDS)}"),
               "metric": (lambda v: v in METRICS, f"one of {METRICS}"),
               "rerank": (lambda v: v in RERANK, f"one of {RERANK}"),
