@@ -91,7 +91,8 @@ def table(one: dict) -> str:
         mark = ("picked" if (o["dim"], o["code"]) == (one["picked"]["dim"], one["picked"]["code"]) else "")
         if o[f"recall@10 C={CANDIDATES[-1]}"] == best:
             mark = (mark + ", " if mark else "") + "best at C=100"
-        rows.append([o["dim"], o["code"], o["ram_bytes_per_vector"], *[o[f"recall@10 C={c}"] for c in CANDIDATES], mark])
+        rows.append([o["dim"], o["code"], f"{o['ram_bytes_per_vector']:.1f}", *[o[f"recall@10 C={c}"] for c in CANDIDATES],
+                     mark])
     return markdown_table(["dim", "code", "RAM B/vector", *[f"recall@10 C={c}" for c in CANDIDATES], ""], rows, ".4f")
 
 

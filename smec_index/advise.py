@@ -2,9 +2,9 @@
 
 In bytes: for every trained dim and stage code (``index.backends.codes``: float32, sq8, sq4, RaBitQ 4/2/1
 bit, binary), it measures recall@k of an exhaustive search of the code followed by the exact full-dim
-rerank of 1/5, 1/2 and all of ``candidates``, and prices each (dim, code) in RAM bytes a vector (the code,
-the label every index keeps, and the compressor's map to that dim spread over ``n_vectors``). Given a RAM ``budget`` it picks the best recall within it; given only a
-``target`` the fewest bytes that reach it: ``Advice.choice`` is (dim, code, candidates) with its measured
+rerank of 1/5, 1/2 and all of ``candidates`` (the full vector coded included), and prices each (dim, code) in
+RAM bytes a vector (the code, the label every index keeps, and the compressor's map to that dim spread over
+``n_vectors``). Given a RAM ``budget`` it picks the best recall within it; given only a ``target`` the fewest bytes that reach it: ``Advice.choice`` is (dim, code, candidates) with its measured
 recall, and ``CompressedIndex(smec, dims=dim, code=code, candidates=candidates)`` builds it.
 
 The float32 dims table below is the original advice, kept as is:
@@ -334,6 +334,8 @@ def advise(
         scan = _scan_seconds_per_vector(Zq, Zc, k)
         rows.append(DimEstimate(int(d), 4 * int(d), _recall(cand[:, :k], truth), _recall(found, truth),
                                 1.0 / (scan * N), 1.0 / (scan * N + rerank_s)))
+    # the full vector itself coded (``CompressedIndex(smec, dims=D, code=...)``): no reduced map to hold
+    options += _measure_codes(F, Fq, Fq, F, truth, D, codes, counts, k, math.ceil(smec.subset(D).nbytes / N))
     full_qps = 1.0 / (_scan_seconds_per_vector(Q, X, k) * N)
     dim, rerank = None, False
     for r in rows:

@@ -116,13 +116,14 @@ def test_summary_states_memory_and_qps():
 # --------------------------------------------------------------------- in bytes
 def test_bytes_options_cover_every_code_dim_and_candidates(synth):
     a = advise(synth, method="pca", dims=(32, 16), target=0.9, k=10, candidates=100, holdout=100, progress=False)
-    assert {(o.dim, o.code) for o in a.options} == {(d, c) for d in (32, 16) for c in DEFAULT_CODES}
+    assert {(o.dim, o.code) for o in a.options} == {(d, c) for d in (48, 32, 16) for c in DEFAULT_CODES}
     assert {o.candidates for o in a.options} == {20, 50, 100}
     smec = SMEC((32, 16), "pca").fit(synth)
     for o in a.options:  # the 48 -> dim map, held once, spread over the 500 searched vectors
         shared = math.ceil(smec.subset(o.dim).nbytes / 500)
         assert o.ram_bytes_per_vector == code_bytes(o.code, o.dim) + LABEL_BYTES + shared and 0 <= o.recall <= 1
-    f32 = {o.dim: o.recall for o in a.options if o.code == "float32" and o.candidates == 100}
+    assert all(o.recall == 1.0 for o in a.options if (o.dim, o.code) == (48, "float32"))  # the exact search itself
+    f32 = {o.dim: o.recall for o in a.options if o.code == "float32" and o.candidates == 100 and o.dim < 48}
     assert f32 == {r.dim: pytest.approx(r.recall_rerank) for r in a.rows}  # the same exact search, twice
     meeting = [o for o in a.options if o.recall >= 0.9]
     assert a.choice_meets and a.choice.ram_bytes_per_vector == min(o.ram_bytes_per_vector for o in meeting)
@@ -130,7 +131,8 @@ def test_bytes_options_cover_every_code_dim_and_candidates(synth):
     assert "<-" in a.bytes_table() and a.to_dict()["choice"]["code"] == a.choice.code
     many = advise(synth, method="pca", dims=(32,), codes=("rabitq1",), k=10, candidates=100, holdout=100,
                   n_vectors=10**7, progress=False)  # the same map over 10M vectors: under a byte, rounded up
-    assert {o.ram_bytes_per_vector for o in many.options} == {code_bytes("rabitq1", 32) + LABEL_BYTES + 1}
+    assert {o.ram_bytes_per_vector for o in many.options if o.dim == 32} == {code_bytes("rabitq1", 32) + LABEL_BYTES + 1}
+    assert {o.ram_bytes_per_vector for o in many.options if o.dim == 48} == {code_bytes("rabitq1", 48) + LABEL_BYTES}
 
 
 def test_a_budget_picks_the_best_recall_within_it(synth):
