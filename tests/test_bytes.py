@@ -271,8 +271,11 @@ def test_a_small_corpus_gets_a_stage_whose_map_fits_the_budget_too(wide):
         ((768,), "rabitq1")
     small = CompressedIndex(smec)
     assert (small.dims, small.code) == ((768,), "rabitq1")
-    tight = CompressedIndex(smec, n_vectors=5_000, budget=100)  # nothing fits: the smallest dim at 1 bit
-    assert (tight.dims, tight.code) == ((128,), "rabitq1")
+    # nothing fits 100 B with its map (128 dims at 1 bit: 32 + 79); the order again without maps: 256 at 2 bits
+    tight = CompressedIndex(smec, n_vectors=5_000, budget=100)
+    assert (tight.dims, tight.code) == ((256,), "rabitq2")
+    assert (CompressedIndex(smec, n_vectors=5_000, budget=20).dims, CompressedIndex(smec, budget=20).code) == \
+        ((128,), "rabitq1")  # nothing fits even without: the smallest dim at 1 bit
     rng = np.random.default_rng(0)
     big = np.repeat(X, 9, axis=0) + rng.normal(scale=0.01, size=(5_400, 768)).astype(np.float32)
     big /= np.linalg.norm(big, axis=1, keepdims=True)

@@ -137,8 +137,10 @@ def default_first_stage(D: int, dims: Sequence[int], budget: float | None = None
     1. the largest dim of at least ``D / 3`` at the finest code of 4 bits a dim or more (``float32``, ``sq8``,
        ``rabitq4``, ``sq4``) that fits;
     2. with ``full`` (a fitted compressor: ``D`` is a first stage of its own), the full vector at 1-bit RaBitQ;
-    3. the largest dim at the finest of ``float32``, ``sq8``, ``rabitq4``, ``rabitq2``, ``rabitq1`` that fits,
-       and when nothing fits the smallest dim at 1 bit.
+    3. the largest dim at the finest of ``float32``, ``sq8``, ``rabitq4``, ``rabitq2``, ``rabitq1`` that fits.
+
+    When nothing fits because of the shared bytes (a supervised compressor's D x D map on a small corpus: it is
+    held whatever the stage), the same order without them; when nothing fits even so, the smallest dim at 1 bit.
 
     Measured on the development sets' training queries (recall@10 after reranking 100 candidates; method.md):
     a reduced stage coded with 4 bits or more at D / 3 beats the full vector at 1 bit (Debian, 63,904 x 384:
@@ -147,21 +149,20 @@ def default_first_stage(D: int, dims: Sequence[int], budget: float | None = None
     against 0.996), and on a small corpus the maps' share leaves the reduced stages little (1,400 rows: at most
     0.969 against 0.999)."""
     budget = 4 * D / RAM_SHARE if budget is None else float(budget)
-    shared = shared or {}
+    for share in (shared or {}), {}:
+        def fits(code: str, dim: int) -> bool:
+            return code_bytes(code, dim) + LABEL_BYTES + share.get(dim, 0.0) <= budget
 
-    def fits(code: str, dim: int) -> bool:
-        return code_bytes(code, dim) + LABEL_BYTES + shared.get(dim, 0.0) <= budget
-
-    for dim in sorted(dims, reverse=True):
-        if dim * FULL_SHARE < D:
-            break
-        for code in _FINE_CODES:
-            if fits(code, dim):
-                return int(dim), code
-    if full and fits(FULL_CODE, D):
-        return int(D), FULL_CODE
-    for dim in sorted(dims, reverse=True):
-        for code in _DEFAULT_CODES:
-            if fits(code, dim):
-                return int(dim), code
+        for dim in sorted(dims, reverse=True):
+            if dim * FULL_SHARE < D:
+                break
+            for code in _FINE_CODES:
+                if fits(code, dim):
+                    return int(dim), code
+        if full and fits(FULL_CODE, D):
+            return int(D), FULL_CODE
+        for dim in sorted(dims, reverse=True):
+            for code in _DEFAULT_CODES:
+                if fits(code, dim):
+                    return int(dim), code
     return int(min(dims)), "rabitq1"
