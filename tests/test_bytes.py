@@ -316,6 +316,12 @@ def test_the_full_vector_is_a_first_stage_of_its_own(synth, tmp_path):
     loaded.add(synth[:3])
     loaded.save(tmp_path / "ix2")
     assert CompressedIndex.load(tmp_path / "ix2").ntotal == 601
+    for kw in ({"backend": "hnswlib"}, {"code": "binary"}):  # any engine holds it
+        other = CompressedIndex(smec, dims=48, **kw)
+        other.train(synth)
+        other.add(synth)
+        assert (other.search(synth[:5], 1)[1][:, 0] == np.arange(5)).all()
+    assert (index.to_faiss().search(synth[:5], 1)[1][:, 0] == np.arange(5)).all()  # and FAISS natively
     with pytest.raises(ValueError, match="the full dim 48 is a first stage of its own"):
         CompressedIndex(smec, dims=(16, 48), code="sq8")
     with pytest.raises(ValueError, match="dims \\[40\\] are not dims of the compressor"):
