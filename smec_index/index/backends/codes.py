@@ -142,12 +142,12 @@ def default_first_stage(D: int, dims: Sequence[int], budget: float | None = None
     When nothing fits because of the shared bytes (a supervised compressor's D x D map on a small corpus: it is
     held whatever the stage), the same order without them; when nothing fits even so, the smallest dim at 1 bit.
 
-    Measured on the development sets' training queries (recall@10 after reranking 100 candidates; method.md):
-    a reduced stage coded with 4 bits or more at D / 3 beats the full vector at 1 bit (Debian, 63,904 x 384:
-    128 dims at RaBitQ 4 bit 0.998 against 0.994), fewer bits there or fewer dims lose to it (128 dims at 2
-    bits 0.990; SciFact MiniLM, 5,183 rows, where the 128-d map costs 38 B a vector: 64 dims at SQ8 0.983
-    against 0.996), and on a small corpus the maps' share leaves the reduced stages little (1,400 rows: at most
-    0.969 against 0.999)."""
+    Measured on the development sets' training queries (``benchmarks/default_stage.py``, recall@10 after
+    reranking 100 candidates): a reduced stage coded with 4 bits or more at D / 3 beats the full vector at 1 bit
+    (Debian, 63,904 x 384: 128 dims at RaBitQ 4 bit 0.9976 against 0.9945, and 0.947 against 0.888 at 20
+    candidates), fewer bits there or fewer dims lose to it (128 dims at 2 bits 0.9898; SciFact MiniLM, 5,183
+    rows, where the 128-d map costs 38 B a vector: 64 dims at SQ8 0.9833 against 0.9962), and on a small corpus
+    the maps' share leaves the reduced stages little (1,400 rows: at most 0.969 against 0.999)."""
     budget = 4 * D / RAM_SHARE if budget is None else float(budget)
     for share in (shared or {}), {}:
         def fits(code: str, dim: int) -> bool:
