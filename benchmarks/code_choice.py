@@ -20,7 +20,6 @@ Each stage's candidates are those of the library's own chain, scored once; a rul
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import describe_machine, load_avg, machine_info, write_json  # noqa: E402
+from common import describe_machine, load_avg, machine_info, with_provenance, write_json  # noqa: E402
 
 from smec_index import SMEC  # noqa: E402
 from smec_index.compressor import api  # noqa: E402
@@ -204,11 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info, load_before, prov = machine_info(), load_avg(), provenance()  # the code as it was at the start
     payload = run(a.data, a.model, a.codes, a.dims, a.seed, a.max_queries)
-    payload = {**payload, "commit": prov["commit"], "dirty": prov["dirty"],
-               "command": " ".join(["python", "benchmarks/code_choice.py", *(argv if argv is not None else sys.argv[1:])]),
-               "threads": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-                           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "torch": info.get("torch_threads")},
-               "load_avg_before": load_before, "load_avg_after": load_avg(), "machine": info}
+    payload = with_provenance(payload, "code_choice.py", argv, info, load_before, prov)
     print(f"# code choice: {payload['dataset']} / {a.model}, {payload['n_train_queries']} training queries; "
           f"{describe_machine(info)}")
     for st in payload["stages"]:

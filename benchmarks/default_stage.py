@@ -15,7 +15,6 @@ after reranking 20, 50 and 100 candidates exactly (no labels, no test queries). 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import describe_machine, load_avg, machine_info, markdown_table, recall, write_json  # noqa: E402
+from common import (describe_machine, load_avg, machine_info, markdown_table, recall,  # noqa: E402
+                    with_provenance, write_json)
 
 from smec_index import SMEC, CompressedIndex  # noqa: E402
 from smec_index.datasets import load_beir  # noqa: E402
@@ -124,10 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info, load_before, prov = machine_info(), load_avg(), provenance()  # the code as it was at the start
     payload = run(a.data, a.model, a.samples, a.seed, a.max_queries)
-    payload = {**payload, "commit": prov["commit"], "dirty": prov["dirty"],
-               "command": " ".join(["python", "benchmarks/default_stage.py", *(argv if argv is not None else sys.argv[1:])]),
-               "threads": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "torch": info.get("torch_threads")},
-               "load_avg_before": load_before, "load_avg_after": load_avg(), "machine": info}
+    payload = with_provenance(payload, "default_stage.py", argv, info, load_before, prov)
     print(f"# default stage: {payload['dataset']} / {a.model}; {describe_machine(info)}")
     print(report(payload))
     if a.json:
