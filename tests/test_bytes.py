@@ -403,7 +403,17 @@ def test_build_and_info_report_bytes_per_vector(wide, tmp_path, capsys):
     assert info["disk_bytes_per_vector"] == pytest.approx(info["total_bytes"] / 12_000)
     assert info["ram_bytes_per_vector"] <= 3072 / 16 and info["disk_bytes_per_vector"] <= 1.1 * 3072
     assert info["ram_bytes_per_vector"] == pytest.approx(
-        (info["bytes"]["backend-768"] + info["bytes"]["ids.npy"] + info["bytes"]["smec"]) / 12_000)
+        (info["bytes"]["backend-768"] + info["bytes"]["smec"]) / 12_000)  # sequential ids: no id array in RAM
+    loaded = CompressedIndex.load(tmp_path / "ix").memory_usage()  # info reads the manifest as load holds it
+    assert info["ram_bytes_per_vector"] == pytest.approx(loaded["ram_bytes_per_vector"], abs=1)
+    (tmp_path / "ids.txt").write_text("".join(f"{7 * i + 3}\n" for i in range(12_000)))
+    code, _, err = _run(["build", "--compressor", tmp_path / "m", "--corpus", tmp_path / "X.npy", "--ids",
+                         tmp_path / "ids.txt", "--out", tmp_path / "ixid", "--quiet"], capsys)
+    assert code == 0, err
+    named = json.loads(_run(["info", tmp_path / "ixid", "--json"], capsys)[1])
+    held = CompressedIndex.load(tmp_path / "ixid").memory_usage()
+    assert held["ids"] == 24 * 12_000  # each slot's id, and the sorted id -> slot map
+    assert named["ram_bytes_per_vector"] == pytest.approx(held["ram_bytes_per_vector"], abs=1)
     code, out, _ = _run(["info", tmp_path / "ix"], capsys)
     assert "per vector" in out and "of raw" in out and "code rabitq1" in out and "dims none kept" in out
     code, out, err = _run(["build", "--compressor", tmp_path / "m", "--corpus", tmp_path / "X.npy", "--code", "sq8",
