@@ -297,6 +297,23 @@ def test_a_small_corpus_gets_a_stage_whose_map_fits_the_budget_too(wide):
         CompressedIndex(smec, dims=128, n_vectors=1000)
 
 
+def test_an_unfitted_compressor_gets_its_default_stage_when_train_fits_it(wide):
+    """Before the fit neither the input dim nor the corpus is known: the stage is provisional, and train chooses
+    it as a fitted compressor's would be (600 rows: the full vector at 1 bit; 100,000 expected: 256 at 4 bits)."""
+    X, _ = wide
+    index = CompressedIndex(SMEC((256, 128), "pca"))
+    index.train(X)
+    assert (index.dims, index.code, tuple(index.backends)) == ((768,), "rabitq1", (768,))
+    index.add(X)
+    assert (index.search(X[:5], 1)[1][:, 0] == np.arange(5)).all()
+    big = CompressedIndex(SMEC((256, 128), "pca"), n_vectors=100_000)
+    big.train(X)
+    assert (big.dims, big.code) == ((256,), "rabitq4")
+    kept = CompressedIndex(SMEC((256, 128), "pca"), code="sq8")  # a code the caller chose is not re-chosen
+    kept.train(X)
+    assert kept.code == "sq8"
+
+
 def test_the_full_vector_is_a_first_stage_of_its_own(synth, tmp_path):
     """dims=D codes the (normalised) full vector itself: search, save, load, removal and adds after loading work
     as for a reduced dim; D beside another dim is refused."""

@@ -112,9 +112,9 @@ class CompressedIndex:
             Default when neither dims, backend nor backend options are given: the compressor's own
             (``SMEC(code=...)``, whose stages were chosen for it), else chosen with the dim by ``budget``.
         budget: RAM bytes a vector for the default first stage: its code, the engine's 8-byte label and the
-            compressor's map of that dim spread over ``n_vectors``.
-            With an unfitted compressor and no ``d``, the default budget assumes the smallest possible input
-            dim (largest dim + 1): pass ``d`` (or a fitted compressor) for a default sized to your vectors.
+            compressor's map of that dim spread over ``n_vectors`` (default raw float32 / 16). With an unfitted
+            compressor the default stage is provisional until ``train`` fits the compressor and chooses it with
+            the real input dim and rows (``dims`` and ``code`` change then).
         n_vectors: how many vectors the index will hold, for the default first stage only: the compressor's map
             is held once whatever the corpus, so on a small corpus it is a large share of each vector's bytes and
             a smaller dim fits the budget. Default: the rows the compressor was fitted on (the corpus it is
@@ -200,7 +200,20 @@ class CompressedIndex:
                         full_store, store_dtype, backends, code)
         if d is not None:
             self._d = int(d)
+        # an unfitted compressor's default stage is provisional: ``train`` chooses it again once D and the rows are known
+        self._pending_default = (budget, n_vectors) if chosen is not None and not smec.is_fitted else None
         self._frozen = True
+
+    def _choose_default(self, budget: float | None, n_vectors: int | None) -> None:
+        """The default first stage again, now that ``train`` has fitted the compressor (its input dim and rows
+        known), with a fresh engine for it (write lock held, nothing added yet)."""
+        smec = self.smec
+        dim, code = default_first_stage(smec.input_dim_, smec.dims_, budget,
+                                        self._shared_bytes(smec, smec.dims_, n_vectors), full=True)
+        backend, options = self._code_options(code, None, {})
+        self.dims, self.code, self.backend = (dim,), code, backend
+        self.backends = {dim: make_backend(backend, dim, self.metric, code_options(code, dim, options))}
+        self._pending_default = None
 
     @staticmethod
     def _code_options(code: Any, backend: str | None, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -227,7 +240,9 @@ class CompressedIndex:
     def _shared_bytes(smec: SMEC, available: Sequence[int], n_vectors: int | None) -> dict[int, float]:
         """Per trained dim, the bytes a vector of the compressor's map that serving it holds, spread over
         ``n_vectors`` (default: the compressor's fitted rows); empty when that is unknown."""
-        n = n_vectors if n_vectors is not None else getattr(smec, "fit_rows_", None) if smec.is_fitted else None
+        if not smec.is_fitted:  # no maps yet: their size is known once fitted (``train`` chooses again then)
+            return {}
+        n = n_vectors if n_vectors is not None else getattr(smec, "fit_rows_", None)
         if not n:
             return {}
         return {int(dim): smec.subset(dim).nbytes / n for dim in (*available, smec.input_dim_)}
@@ -265,6 +280,7 @@ class CompressedIndex:
         self._stores: dict[int | str, VectorStore] = {}
         self._lock = _RWLock()
         self._broken: str | None = None  # why the index may not be saved (an add that could not be undone)
+        self._pending_default: tuple[float | None, int | None] | None = None  # see __init__
 
     # ----------------------------------------------------------------- argument checks
     @staticmethod
@@ -390,6 +406,8 @@ class CompressedIndex:
                                      f"dim {max(self.dims)}")
                 self.smec.fit(X)
                 self._d = self.smec.input_dim_
+                if self._pending_default is not None:
+                    self._choose_default(*self._pending_default)
             inv = inv_row_norms(X)
             for dim, b in self.backends.items():
                 if not b.is_trained:
