@@ -135,10 +135,10 @@ def test_product_quantizer_codes_size_their_sub_quantizers_by_the_dim(synth, tmp
     index = CompressedIndex(SMEC((32, 16), "pca").fit(synth), dims=32, code="opq2", candidates=50)
     index.train(synth)
     index.add(synth)
-    # 8 code bytes and 8 of label a vector, plus the codebooks (8 x 256 x 4 floats) and the 48 -> 32 map shared
-    # by 600 vectors
+    # 8 code bytes a vector (no label: FAISS's rows are the slots), plus the codebooks (8 x 256 x 4 floats) and
+    # the 48 -> 32 map shared by 600 vectors
     assert index.memory_usage()["ram_bytes_per_vector"] == pytest.approx(
-        16 + (8 * 256 * 4 + 32 * 32 + 48 * 32 + 32) * 4 / 600, abs=2)
+        8 + (8 * 256 * 4 + 32 * 32 + 48 * 32 + 32) * 4 / 600, abs=2)
     hits = index.search(synth[:20], 10)[1]
     assert np.mean([len(set(a) & set(b)) for a, b in zip(hits, _exact(synth[:20], synth, 10))]) >= 9
     index.save(tmp_path / "ix")

@@ -132,3 +132,40 @@ def test_faiss_threads_sets_and_restores_process_settings():
     assert inside == [BATCH_BLAS_THRESHOLD] * 2
     assert faiss.cvar.distance_compute_blas_threshold == before
     faiss.omp_set_num_threads(1)
+
+
+@pytest.mark.parametrize("spec", ["Flat", "SQ8", "RaBitQ4", "HNSW16"])
+def test_faiss_holds_no_labels_while_rows_are_the_slots(spec, unit, tmp_path):
+    """Slots come in order and are never reused, so FAISS's row numbers are the labels: no IndexIDMap (8 bytes
+    a vector) until a removal renumbers rows (engines that remove natively) or labels arrive out of order."""
+    def found(b, rows):  # each row among its own 10 nearest: the labels are the right ones
+        I = b.search(unit[rows], 10)[1]
+        return all(r in I[j] for j, r in enumerate(rows))
+
+    b = _backend(("faiss", {"spec": spec}), unit)
+    b.add(np.arange(300, dtype=np.int64), unit[:300])
+    b.add(np.arange(300, 600, dtype=np.int64), unit[300:])
+    assert not isinstance(b.index, faiss.IndexIDMap) and b.ntotal == 600 and found(b, [0, 1, 2, 599])
+    labelled = faiss.IndexIDMap(faiss.index_factory(16, spec, faiss.METRIC_INNER_PRODUCT))
+    labelled.train(unit)
+    labelled.add_with_ids(unit, np.arange(600, dtype=np.int64))
+    assert b.nbytes <= faiss.serialize_index(labelled).nbytes - 600 * 8 + 64
+    (tmp_path / "bare").mkdir()
+    b.save(tmp_path / "bare")
+    back = type(b).load(tmp_path / "bare")
+    np.testing.assert_array_equal(back.search(unit[:20], 5)[1], b.search(unit[:20], 5)[1])
+    assert b.remove(np.arange(0, 600, 2, dtype=np.int64)) == 300
+    assert isinstance(b.index, faiss.IndexIDMap) == (spec != "HNSW16")  # a graph keeps tombstones instead
+    I = b.search(unit[:6], 10)[1]
+    assert (I[I >= 0] % 2 == 1).all() and found(b, [1, 3, 5])
+    b.add(np.arange(600, 610, dtype=np.int64), unit[:10])  # the next slots after a removal
+    assert found(b, [1, 3]) and 600 in b.search(unit[:1], 10)[1][0]
+    (tmp_path / "labelled").mkdir()
+    b.save(tmp_path / "labelled")
+    back = type(b).load(tmp_path / "labelled")
+    np.testing.assert_array_equal(back.search(unit[:20], 5)[1], b.search(unit[:20], 5)[1])
+    engine, slots = b.compact_copy()
+    assert engine.ntotal == slots.size == 310 and (np.diff(slots) > 0).all() and slots[0] == 1
+    odd = _backend(("faiss", {"spec": spec}), unit)
+    odd.add(np.arange(5, 25, dtype=np.int64), unit[:20])  # labels that are not the rows: FAISS stores them
+    assert isinstance(odd.index, faiss.IndexIDMap) and 5 in odd.search(unit[:1], 10)[1][0]

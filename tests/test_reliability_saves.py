@@ -275,7 +275,7 @@ def test_full_disk_during_add_changes_nothing_and_the_old_save_survives(smec, sy
 
 
 def test_full_disk_during_save_keeps_the_previous_save(smec, synth, tmp_path):
-    X = np.tile(synth, (4, 1))
+    X = np.tile(synth, (6, 1))  # a save of 1.3 MB
     with tmpfs("1m") as mnt:
         small = make_index(smec, X[:200])
         small.save(mnt / "ix")

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..compressor import SMEC
 from ..compressor.model import Projection
+from .backends.faiss import with_ids
 from .checks import is_int
 from .ids import EXPLICIT
 
@@ -192,21 +193,6 @@ def index_factory(smec: SMEC, spec: str, metric: int = faiss.METRIC_INNER_PRODUC
     return index
 
 
-def _with_ids(index: faiss.Index, ids: np.ndarray) -> faiss.IndexIDMap2:
-    """``IndexIDMap2`` over an already filled index (FAISS's constructor wants it empty: its count is hidden
-    for the construction and the map filled directly)."""
-    n = index.ntotal
-    index.ntotal = 0
-    wrapper = faiss.IndexIDMap2(index)
-    index.ntotal = n
-    index.this.disown()
-    wrapper.own_fields = True
-    faiss.copy_array_to_vector(np.ascontiguousarray(ids, dtype=np.int64), wrapper.id_map)
-    wrapper.ntotal = n
-    wrapper.construct_rev_map()
-    return wrapper
-
-
 def from_compressed(ci: Any, k: int) -> faiss.Index:
     """The native equivalent of a FAISS-backed ``CompressedIndex`` holding the same vectors (its read lock
     held by the caller): the smallest dim's engine copied, each rescoring stage an ``IndexRefine`` over
@@ -231,5 +217,5 @@ def from_compressed(ci: Any, k: int) -> faiss.Index:
     live = ci._ids.live_slots()
     ids = ci._ids.slot_ids[slots]
     if ci._ids.mode == EXPLICIT or not np.array_equal(slots, live):
-        return _with_ids(index, ids)
+        return with_ids(index, ids)
     return index

@@ -1,8 +1,10 @@
 """FAISS backend: any ``index_factory`` spec ("Flat", "HNSW32", "IVF1024,Flat", "IVF256,PQ16", "SQ8", ...).
 
-The facade's slots are the FAISS labels. IVF indexes store labels natively (``add_with_ids``); every other
-index is wrapped in ``IndexIDMap``, which keeps labels stable when FAISS compacts storage on removal
-(Flat, PQ, SQ). ``IndexIDMap`` must not wrap an IVF: IVF removal does not renumber, IDMap assumes it does.
+The facade's slots are the FAISS labels. IVF indexes store labels natively (``add_with_ids``). Every other
+index starts bare: slots are handed out in order and never reused, so a row's number is its slot and FAISS
+needs no label (8 bytes a vector saved). The first removal from an engine that removes natively (Flat, PQ, SQ,
+RaBitQ) wraps it in ``IndexIDMap2`` first (labels = the rows then), which keeps labels stable when FAISS
+compacts storage. ``IndexIDMap`` must not wrap an IVF: IVF removal does not renumber, IDMap assumes it does.
 Indexes that cannot remove (HNSW, NSG) keep removed labels as tombstones and exclude them at search time
 with an ``IDSelector``, as hnswlib's ``mark_deleted`` does.
 
@@ -25,7 +27,7 @@ import numpy as np
 from ..._npy import load_npy
 from .base import METRIC_TYPE
 
-__all__ = ["FaissBackend", "faiss_threads"]
+__all__ = ["FaissBackend", "faiss_threads", "with_ids"]
 
 _CONFIG = "faiss.json"
 _INDEX = "index.faiss"
@@ -178,15 +180,21 @@ class FaissBackend(Tombstones):
             inner = faiss.index_factory(int(dim), spec, METRIC_TYPE[metric])
         except RuntimeError as e:
             raise ValueError(f"faiss backend: index_factory({dim}, {spec!r}) failed: {_first_line(e)}") from None
-        index = inner if faiss.try_extract_index_ivf(inner) is not None else faiss.IndexIDMap(inner)
-        self._setup(index, int(dim), metric, spec, dict(params or {}), np.empty(0, dtype=np.int64))
+        self._setup(inner, int(dim), metric, spec, dict(params or {}), np.empty(0, dtype=np.int64))
 
     def _setup(self, index: faiss.Index, dim: int, metric: str, spec: str, params: dict, deleted: np.ndarray) -> None:
         self.index, self.dim, self.metric, self.spec = index, dim, metric, spec
+        # a bare non-IVF index: row i is slot i (labels implicit) until a removal wraps it in IndexIDMap2
+        self._rows_are_labels = not isinstance(index, faiss.IndexIDMap) and faiss.try_extract_index_ivf(index) is None
         self.params: dict[str, Any] = {}
         self.set_params(**params)
         self._native_remove = _can_remove(index)
         self._set_tombstones(deleted)
+
+    def _label(self) -> None:
+        """Wrap the bare index in ``IndexIDMap2`` with its rows as labels (before a removal renumbers rows)."""
+        self.index = with_ids(self.index, np.arange(self.index.ntotal, dtype=np.int64))
+        self._rows_are_labels = False
 
     def set_params(self, **params: Any) -> None:
         """Set FAISS search-time parameters (``efSearch``, ``nprobe``, ...) by ``ParameterSpace`` name."""
@@ -240,8 +248,18 @@ class FaissBackend(Tombstones):
                                      f"{_first_line(e)}") from None
 
     def add(self, ids: np.ndarray, X: np.ndarray) -> None:
+        if self._rows_are_labels and not np.array_equal(ids, np.arange(self.index.ntotal, self.index.ntotal + len(ids))):
+            self._label()  # labels that are not the next rows: FAISS must store them
         with faiss_threads(X.shape[0]):
-            self.index.add_with_ids(X, ids)
+            if self._rows_are_labels:
+                self.index.add(X)
+            else:
+                self.index.add_with_ids(X, ids)
+
+    def remove(self, ids: np.ndarray) -> int:
+        if self._native_remove and self._rows_are_labels:
+            self._label()  # FAISS compacts the rows on removal: from now on they need their labels
+        return super().remove(ids)
 
     def search(self, Q: np.ndarray, k: int, sel: faiss.IDSelector | None = None,
                **overrides: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -266,9 +284,10 @@ class FaissBackend(Tombstones):
         """A copy of the engine without this backend's labels: rows 0..n-1 of the copy hold the live vectors,
         and ``slots[row]`` is the label each had (increasing). Tombstoned rows (HNSW, NSG) cannot be taken
         out of a graph: the copy is then rebuilt from the live rows' reconstructions (a new graph)."""
-        if isinstance(self.index, faiss.IndexIDMap):
+        if faiss.try_extract_index_ivf(self.index) is None:  # labels in an IndexIDMap, or the rows themselves
             inner = self._inner
-            slots = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+            slots = (faiss.vector_to_array(self.index.id_map).astype(np.int64) if isinstance(self.index, faiss.IndexIDMap)
+                     else np.arange(self.index.ntotal, dtype=np.int64))
             copy = faiss.deserialize_index(faiss.serialize_index(inner))
             if self._deleted.size:
                 keep = np.isin(slots, self._deleted, invert=True)
@@ -337,14 +356,28 @@ class FaissBackend(Tombstones):
     def load(cls, path: Path) -> "FaissBackend":
         cfg = json.loads((path / _CONFIG).read_text())
         index = faiss.read_index(str(path / _INDEX))  # already the concrete type; downcasting a temporary would free it
-        labelled = isinstance(index, faiss.IndexIDMap) or faiss.try_extract_index_ivf(index) is not None
-        if not labelled or index.d != cfg["dim"] or index.metric_type != METRIC_TYPE[cfg["metric"]]:
-            raise ValueError(f"read_index: {path / _INDEX} is not an IndexIDMap or IVF index of dim {cfg['dim']} "
-                             f"and metric {cfg['metric']!r}")
+        if index.d != cfg["dim"] or index.metric_type != METRIC_TYPE[cfg["metric"]]:
+            raise ValueError(f"read_index: {path / _INDEX} is not an index of dim {cfg['dim']} and metric "
+                             f"{cfg['metric']!r}")
         obj = cls.__new__(cls)
         obj._setup(index, int(cfg["dim"]), cfg["metric"], cfg["spec"], cfg["params"],
                    load_npy(path / _DELETED, "read_index", "the tombstones").astype(np.int64))
         return obj
+
+
+def with_ids(index: faiss.Index, ids: np.ndarray) -> faiss.IndexIDMap2:
+    """``IndexIDMap2`` over an already filled index (FAISS's constructor wants it empty: its count is hidden
+    for the construction and the map filled directly); the wrapper owns ``index`` from then on."""
+    n = index.ntotal
+    index.ntotal = 0
+    wrapper = faiss.IndexIDMap2(index)
+    index.ntotal = n
+    index.this.disown()
+    wrapper.own_fields = True
+    faiss.copy_array_to_vector(np.ascontiguousarray(ids, dtype=np.int64), wrapper.id_map)
+    wrapper.ntotal = n
+    wrapper.construct_rev_map()
+    return wrapper
 
 
 def _set_query_bits(index: faiss.Index, qb: Any) -> None:
