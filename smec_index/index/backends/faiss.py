@@ -3,7 +3,7 @@
 The facade's slots are the FAISS labels. IVF indexes store labels natively (``add_with_ids``). Every other
 index starts bare: slots are handed out in order and never reused, so a row's number is its slot and FAISS
 needs no label (8 bytes a vector saved). The first removal from an engine that removes natively (Flat, PQ, SQ,
-RaBitQ) wraps it in ``IndexIDMap2`` first (labels = the rows then), which keeps labels stable when FAISS
+RaBitQ) wraps it in ``IndexIDMap`` first (labels = the rows then), which keeps labels stable when FAISS
 compacts storage. ``IndexIDMap`` must not wrap an IVF: IVF removal does not renumber, IDMap assumes it does.
 Indexes that cannot remove (HNSW, NSG) keep removed labels as tombstones and exclude them at search time
 with an ``IDSelector``, as hnswlib's ``mark_deleted`` does.
@@ -184,7 +184,7 @@ class FaissBackend(Tombstones):
 
     def _setup(self, index: faiss.Index, dim: int, metric: str, spec: str, params: dict, deleted: np.ndarray) -> None:
         self.index, self.dim, self.metric, self.spec = index, dim, metric, spec
-        # a bare non-IVF index: row i is slot i (labels implicit) until a removal wraps it in IndexIDMap2
+        # a bare non-IVF index: row i is slot i (labels implicit) until a removal wraps it in IndexIDMap
         self._rows_are_labels = not isinstance(index, faiss.IndexIDMap) and faiss.try_extract_index_ivf(index) is None
         self.params: dict[str, Any] = {}
         self.set_params(**params)
@@ -192,8 +192,8 @@ class FaissBackend(Tombstones):
         self._set_tombstones(deleted)
 
     def _label(self) -> None:
-        """Wrap the bare index in ``IndexIDMap2`` with its rows as labels (before a removal renumbers rows)."""
-        self.index = with_ids(self.index, np.arange(self.index.ntotal, dtype=np.int64))
+        """Wrap the bare index in ``IndexIDMap`` with its rows as labels (before a removal renumbers rows)."""
+        self.index = with_ids(self.index, np.arange(self.index.ntotal, dtype=np.int64), faiss.IndexIDMap)
         self._rows_are_labels = False
 
     def set_params(self, **params: Any) -> None:
@@ -365,18 +365,20 @@ class FaissBackend(Tombstones):
         return obj
 
 
-def with_ids(index: faiss.Index, ids: np.ndarray) -> faiss.IndexIDMap2:
-    """``IndexIDMap2`` over an already filled index (FAISS's constructor wants it empty: its count is hidden
-    for the construction and the map filled directly); the wrapper owns ``index`` from then on."""
+def with_ids(index: faiss.Index, ids: np.ndarray, wrap: type = faiss.IndexIDMap2) -> faiss.IndexIDMap:
+    """``wrap`` (``IndexIDMap2``, or ``IndexIDMap``: no reverse map) over an already filled index (FAISS's
+    constructor wants it empty: its count is hidden for the construction and the map filled directly); the
+    wrapper owns ``index`` from then on."""
     n = index.ntotal
     index.ntotal = 0
-    wrapper = faiss.IndexIDMap2(index)
+    wrapper = wrap(index)
     index.ntotal = n
     index.this.disown()
     wrapper.own_fields = True
     faiss.copy_array_to_vector(np.ascontiguousarray(ids, dtype=np.int64), wrapper.id_map)
     wrapper.ntotal = n
-    wrapper.construct_rev_map()
+    if isinstance(wrapper, faiss.IndexIDMap2):
+        wrapper.construct_rev_map()
     return wrapper
 
 
