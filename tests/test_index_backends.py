@@ -169,3 +169,23 @@ def test_faiss_holds_no_labels_while_rows_are_the_slots(spec, unit, tmp_path):
     odd = _backend(("faiss", {"spec": spec}), unit)
     odd.add(np.arange(5, 25, dtype=np.int64), unit[:20])  # labels that are not the rows: FAISS stores them
     assert isinstance(odd.index, faiss.IndexIDMap) and 5 in odd.search(unit[:1], 10)[1][0]
+
+
+@pytest.mark.parametrize("hnsw_m", [None, 16])
+def test_sign_codes_hold_no_labels_while_rows_are_the_slots(hnsw_m, synth, tmp_path):
+    X = np.ascontiguousarray(synth[:, :32])
+    b = make_backend("faiss-binary", 32, "ip", {"hnsw_m": hnsw_m})
+    b.add(np.arange(600, dtype=np.int64), X)
+    assert not isinstance(b.index, faiss.IndexBinaryIDMap) and (hnsw_m or b.nbytes < 600 * (4 + 8))  # 4 B codes
+    I = b.search(X[:5], 10)[1]
+    assert all(i in I[i] for i in range(5))
+    (tmp_path / "bare").mkdir()
+    b.save(tmp_path / "bare")
+    np.testing.assert_array_equal(type(b).load(tmp_path / "bare").search(X[:20], 5)[1], b.search(X[:20], 5)[1])
+    assert b.remove(np.arange(0, 600, 2, dtype=np.int64)) == 300 and b.ntotal == 300
+    assert isinstance(b.index, faiss.IndexBinaryIDMap) == (hnsw_m is None)  # a graph keeps tombstones instead
+    I = b.search(X[:6], 10)[1]
+    assert (I[I >= 0] % 2 == 1).all() and all(i in I[i] for i in (1, 3, 5))
+    (tmp_path / "labelled").mkdir()
+    b.save(tmp_path / "labelled")
+    np.testing.assert_array_equal(type(b).load(tmp_path / "labelled").search(X[:20], 5)[1], b.search(X[:20], 5)[1])

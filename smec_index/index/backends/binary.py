@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 
 from .base import METRICS
-from .faiss import Tombstones, faiss_threads, serialized_size
+from .faiss import Tombstones, faiss_threads, serialized_size, with_ids
 
 __all__ = ["BinaryBackend", "binarize"]
 
@@ -38,7 +38,8 @@ def binarize(X: np.ndarray) -> np.ndarray:
 
 
 class BinaryBackend(Tombstones):
-    """Sign codes of the stage output under int64 labels (``IndexBinaryIDMap``).
+    """Sign codes of the stage output; labels are the rows (slots come in order, never reused) until a removal
+    from a flat index, which wraps it in ``IndexBinaryIDMap`` first (an 8-byte label a vector from then on).
 
     Options: ``itq`` (fit an ITQ rotation in ``train``; the backend then needs training),
     ``hnsw_m`` (None: exhaustive ``IndexBinaryFlat``; an int: ``IndexBinaryHNSW`` with that M) and
@@ -63,14 +64,19 @@ class BinaryBackend(Tombstones):
                                  f"got {v!r}")
         inner = faiss.IndexBinaryFlat(int(dim)) if hnsw_m is None else faiss.IndexBinaryHNSW(int(dim), int(hnsw_m))
         itq_t = faiss.ITQTransform(int(dim), int(dim), False) if itq else None
-        self._setup(faiss.IndexBinaryIDMap(inner), itq_t, int(dim), metric, hnsw_m, int(ef_search),
-                    np.empty(0, dtype=np.int64))
+        self._setup(inner, itq_t, int(dim), metric, hnsw_m, int(ef_search), np.empty(0, dtype=np.int64))
 
     def _setup(self, index: Any, itq: Any, dim: int, metric: str, hnsw_m: int | None, ef_search: int,
                deleted: np.ndarray) -> None:
         self.index, self._itq, self.dim, self.metric = index, itq, dim, metric
         self.hnsw_m, self.ef_search = hnsw_m, ef_search
+        self._rows_are_labels = not isinstance(index, faiss.IndexBinaryIDMap)
         self._set_tombstones(deleted)
+
+    def _label(self) -> None:
+        """Wrap the bare index in ``IndexBinaryIDMap`` with its rows as labels (before a removal renumbers rows)."""
+        self.index = with_ids(self.index, np.arange(self.index.ntotal, dtype=np.int64), faiss.IndexBinaryIDMap)
+        self._rows_are_labels = False
 
     # ----------------------------------------------------------------- protocol
     @property
@@ -108,7 +114,17 @@ class BinaryBackend(Tombstones):
                 self._itq.train(np.ascontiguousarray(X, dtype=np.float32))
 
     def add(self, ids: np.ndarray, X: np.ndarray) -> None:
-        self.index.add_with_ids(self.codes(X), np.ascontiguousarray(ids, dtype=np.int64))
+        if self._rows_are_labels and not np.array_equal(ids, np.arange(self.index.ntotal, self.index.ntotal + len(ids))):
+            self._label()  # labels that are not the next rows: FAISS must store them
+        if self._rows_are_labels:
+            self.index.add(self.codes(X))
+        else:
+            self.index.add_with_ids(self.codes(X), np.ascontiguousarray(ids, dtype=np.int64))
+
+    def remove(self, ids: np.ndarray) -> int:
+        if self._native_remove and self._rows_are_labels:
+            self._label()  # FAISS compacts the rows on removal: from now on they need their labels
+        return super().remove(ids)
 
     def search(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         params = self._search_params(k)
@@ -153,8 +169,10 @@ class BinaryBackend(Tombstones):
         path = Path(path)
         cfg = json.loads((path / _CONFIG).read_text())
         index = faiss.read_index_binary(str(path / _INDEX))
-        if not isinstance(index, faiss.IndexBinaryIDMap) or index.d != cfg["dim"]:
-            raise ValueError(f"read_index: {path / _INDEX} is not an IndexBinaryIDMap of {cfg['dim']} bits")
+        inner = index.index if isinstance(index, faiss.IndexBinaryIDMap) else index
+        kind = faiss.IndexBinaryFlat if cfg["hnsw_m"] is None else faiss.IndexBinaryHNSW
+        if index.d != cfg["dim"] or not isinstance(faiss.downcast_IndexBinary(inner), kind):
+            raise ValueError(f"read_index: {path / _INDEX} is not an {kind.__name__} of {cfg['dim']} bits")
         itq = None
         if cfg["itq"]:
             itq = faiss.read_VectorTransform(str(path / _ITQ))

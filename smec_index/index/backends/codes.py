@@ -23,8 +23,8 @@ import faiss
 
 __all__ = ["Code", "CODES", "code_bytes", "code_options", "fits_dim", "default_first_stage", "LABEL_BYTES", "RAM_SHARE"]
 
-# per vector beside the code, reserved for the engine's int64 label: FAISS engines hold none while their rows are
-# the slots (until a removal), hnswlib, Qdrant and the sign codes always do. Sequential ids (``add``) cost nothing
+# per vector beside the code, reserved for the engine's int64 label: FAISS engines (sign codes included) hold none
+# while their rows are the slots (until a removal); hnswlib and Qdrant always do. Sequential ids (``add``) cost nothing
 # more; ids from ``add_with_ids``, or any removal, add the facade's id map (3 int64 a vector: ``index.ids.IdMap``).
 LABEL_BYTES = 8
 RAM_SHARE = 16  # the default first stage keeps RAM per vector at most raw float32 / RAM_SHARE
