@@ -577,3 +577,20 @@ def test_default_stage_benchmark_scores_every_option_within_the_budget(tmp_path)
         assert any(o["dim"] == 384 and o["code"] == "rabitq1" for o in one["options"])
         assert (one["picked"]["dim"], one["picked"]["code"]) in {(o["dim"], o["code"]) for o in one["options"]}
     assert "picked" in bench.report(payload) and "600 documents" in bench.report(payload)
+
+
+def test_default_first_stage_order():
+    """The rule itself, on 384-d vectors and dims (128, 64, 32), the maps' bytes a vector given per dim."""
+    from smec_index.index.backends.codes import default_first_stage
+
+    dims = (128, 64, 32)
+    def share(n: int) -> dict[int, float]:  # a 384 x d float32 map and its bias over n vectors
+        return {d: (384 * d + d) * 4 / n for d in dims} | {384: 0.0}
+
+    assert default_first_stage(384, dims, shared=share(64_000), full=True) == (128, "rabitq4")  # 84 + 8 + 3 B
+    assert default_first_stage(384, dims, shared=share(5_000), full=True) == (384, "rabitq1")  # 128-d map: 39 B
+    assert default_first_stage(384, dims, shared=share(5_000)) == (128, "rabitq1")  # no full stage: step 3
+    assert default_first_stage(384, dims, budget=200, shared=share(5_000), full=True) == (128, "sq8")
+    assert default_first_stage(384, dims, budget=60, shared={d: 1e6 for d in (*dims, 384)}, full=True) == \
+        (384, "rabitq1")  # nothing fits with the maps: the order again without them
+    assert default_first_stage(384, dims, budget=10, full=True) == (32, "rabitq1")  # nothing fits at all

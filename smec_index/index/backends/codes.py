@@ -151,19 +151,28 @@ def default_first_stage(D: int, dims: Sequence[int], budget: float | None = None
     the maps' share leaves the reduced stages little (1,400 rows: at most 0.969 against 0.999)."""
     budget = 4 * D / RAM_SHARE if budget is None else float(budget)
     for share in (shared or {}), {}:
-        def fits(code: str, dim: int) -> bool:
-            return code_bytes(code, dim) + LABEL_BYTES + share.get(dim, 0.0) <= budget
-
-        for dim in sorted(dims, reverse=True):
-            if dim * FULL_SHARE < D:
-                break
-            for code in _FINE_CODES:
-                if fits(code, dim):
-                    return int(dim), code
-        if full and fits(FULL_CODE, D):
-            return int(D), FULL_CODE
-        for dim in sorted(dims, reverse=True):
-            for code in _DEFAULT_CODES:
-                if fits(code, dim):
-                    return int(dim), code
+        found = _first_fit(D, dims, budget, share, full)
+        if found is not None:
+            return found
     return int(min(dims)), "rabitq1"
+
+
+def _first_fit(D: int, dims: Sequence[int], budget: float, share: Mapping[int, float],
+               full: bool) -> tuple[int, str] | None:
+    """Steps 1-3 of ``default_first_stage`` with ``share`` bytes a vector for each dim; None when nothing fits."""
+    def fits(code: str, dim: int) -> bool:
+        return code_bytes(code, dim) + LABEL_BYTES + share.get(dim, 0.0) <= budget
+
+    for dim in sorted(dims, reverse=True):
+        if dim * FULL_SHARE < D:
+            break
+        for code in _FINE_CODES:
+            if fits(code, dim):
+                return int(dim), code
+    if full and fits(FULL_CODE, D):
+        return int(D), FULL_CODE
+    for dim in sorted(dims, reverse=True):
+        for code in _DEFAULT_CODES:
+            if fits(code, dim):
+                return int(dim), code
+    return None
