@@ -591,6 +591,6 @@ def test_default_first_stage_order():
     assert default_first_stage(384, dims, shared=share(5_000), full=True) == (384, "rabitq1")  # 128-d map: 39 B
     assert default_first_stage(384, dims, shared=share(5_000)) == (128, "rabitq1")  # no full stage: step 3
     assert default_first_stage(384, dims, budget=200, shared=share(5_000), full=True) == (128, "sq8")
-    assert default_first_stage(384, dims, budget=60, shared={d: 1e6 for d in (*dims, 384)}, full=True) == \
+    assert default_first_stage(384, dims, budget=64, shared={d: 1e6 for d in (*dims, 384)}, full=True) == \
         (384, "rabitq1")  # nothing fits with the maps: the order again without them
     assert default_first_stage(384, dims, budget=10, full=True) == (32, "rabitq1")  # nothing fits at all
