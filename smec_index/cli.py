@@ -474,6 +474,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         usage["ram_bytes_per_vector"] += (Path(out) / string_ids.IDS_FILE).stat().st_size / n if n else 0.0
         how = f" with string ids ({', '.join(repr(x) for x in names[:3])}{', ...' if n > 3 else ''})"
     print(f"built {index!r}{how} in {_fmt_s(time.perf_counter() - t0)}; saved to {out}\n{_footprint(usage)}")
+    if args.dims is None and index.dims == (smec.input_dim_,):
+        print(f"the first stage codes the full vector: on {n:,} vectors no reduced dim of at least a third of "
+              f"{smec.input_dim_} fits the RAM budget with a code of 4 bits or more beside its map (held once, "
+              f"whatever the corpus size); --dims chooses one")
     return 0
 
 

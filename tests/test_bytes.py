@@ -413,6 +413,7 @@ def test_build_and_info_report_bytes_per_vector(wide, tmp_path, capsys):
     assert code == 0, err
     # the 256-d map is 66 B a vector of 12,000: no 4-bit code fits beside it, the full vector at 1 bit does
     assert "dims=(768,)" in out and "code='rabitq1'" in out and "raw float32 3,072 B/vector" in out and "RAM " in out
+    assert "the first stage codes the full vector: on 12,000 vectors" in out
     code, out, err = _run(["info", tmp_path / "ix", "--json"], capsys)
     assert code == 0, err
     info = json.loads(out)
