@@ -186,8 +186,8 @@ def test_residual_quantizer_codes_match_pq_bytes_and_keep_more_neighbours(synth,
 
 
 def test_default_first_stage_fits_the_budget():
-    assert default_first_stage(768, (256, 128, 64, 32)) == (256, "rabitq4")
-    assert default_first_stage(384, (128, 64, 32)) == (128, "rabitq4")
+    assert default_first_stage(768, (256, 128, 64, 32)) == (256, "sq4")
+    assert default_first_stage(384, (128, 64, 32)) == (128, "sq4")
     dim, code = default_first_stage(768, (256, 128, 64), budget=1024 + LABEL_BYTES)
     assert (dim, code) == (256, "float32")
     for D, dims in ((768, (256, 128, 64, 32)), (384, (128, 64, 32)), (1024, (512, 256))):
@@ -244,7 +244,7 @@ def test_rabitq_query_bits_are_set_kept_and_checked(synth, tmp_path):
 def test_default_index_is_one_coded_stage_with_full_vectors_on_disk(wide):
     X, smec = wide
     index = CompressedIndex(smec, n_vectors=100_000)  # the 256-d map is 8 B a vector of 100k
-    assert index.dims == (256,) and index.code == "rabitq4" and index.full_store == "disk"
+    assert index.dims == (256,) and index.code == "sq4" and index.full_store == "disk"
     index.train(X)
     index.add(X)
     u = index.memory_usage()
@@ -260,13 +260,13 @@ def test_default_index_is_one_coded_stage_with_full_vectors_on_disk(wide):
 
 def test_a_small_corpus_gets_a_stage_whose_map_fits_the_budget_too(wide):
     """The compressor's map is held once whatever the corpus: on 100,000 vectors the 256-d map is 8 B a vector
-    and 256 dims at RaBitQ 4 bit fit 192 B; on 5,000 it is 158 B, nothing of 4 bits fits at 256 (D / 3) and the
+    and 256 dims at SQ4 fit 192 B; on 5,000 it is 158 B, nothing of 4 bits fits at 256 (D / 3) and the
     full vector at 1 bit (no map to hold) is the default; by default the corpus is the compressor's fitted rows;
     an index of that size stays within budget."""
     X, smec = wide
     assert smec.fit_rows_ == 600
     assert (CompressedIndex(smec, n_vectors=100_000).dims, CompressedIndex(smec, n_vectors=100_000).code) == \
-        ((256,), "rabitq4")
+        ((256,), "sq4")
     assert (CompressedIndex(smec, n_vectors=5_000).dims, CompressedIndex(smec, n_vectors=5_000).code) == \
         ((768,), "rabitq1")
     small = CompressedIndex(smec)
@@ -289,7 +289,7 @@ def test_a_small_corpus_gets_a_stage_whose_map_fits_the_budget_too(wide):
     assert np.mean([len(set(a) & set(b)) for a, b in zip(hits, _exact(big[:20], big, 10))]) >= 9
     unknown = SMEC((256, 128), "pca").fit(X)
     unknown.fit_rows_ = None  # a compressor saved before fit_rows was recorded: the map is not counted
-    assert (CompressedIndex(unknown).dims, CompressedIndex(unknown).code) == ((256,), "rabitq4")
+    assert (CompressedIndex(unknown).dims, CompressedIndex(unknown).code) == ((256,), "sq4")
     for bad in (0, -5, 2.5, "100", True):
         with pytest.raises(ValueError, match="n_vectors must be a positive int"):
             CompressedIndex(smec, n_vectors=bad)
@@ -308,7 +308,7 @@ def test_an_unfitted_compressor_gets_its_default_stage_when_train_fits_it(wide):
     assert (index.search(X[:5], 1)[1][:, 0] == np.arange(5)).all()
     big = CompressedIndex(SMEC((256, 128), "pca"), n_vectors=100_000)
     big.train(X)
-    assert (big.dims, big.code) == ((256,), "rabitq4")
+    assert (big.dims, big.code) == ((256,), "sq4")
     kept = CompressedIndex(SMEC((256, 128), "pca"), code="sq8")  # a code the caller chose is not re-chosen
     kept.train(X)
     assert kept.code == "sq8"
@@ -588,7 +588,7 @@ def test_default_first_stage_order():
     def share(n: int) -> dict[int, float]:  # a 384 x d float32 map and its bias over n vectors
         return {d: (384 * d + d) * 4 / n for d in dims} | {384: 0.0}
 
-    assert default_first_stage(384, dims, shared=share(64_000), full=True) == (128, "rabitq4")  # 84 + 8 + 3 B
+    assert default_first_stage(384, dims, shared=share(64_000), full=True) == (128, "sq4")  # 64 + 8 + 3 B
     assert default_first_stage(384, dims, shared=share(5_000), full=True) == (384, "rabitq1")  # 128-d map: 39 B
     assert default_first_stage(384, dims, shared=share(5_000)) == (128, "rabitq1")  # no full stage: step 3
     assert default_first_stage(384, dims, budget=200, shared=share(5_000), full=True) == (128, "sq8")
