@@ -595,3 +595,19 @@ def test_default_first_stage_order():
     assert default_first_stage(384, dims, budget=64, shared={d: 1e6 for d in (*dims, 384)}, full=True) == \
         (384, "rabitq1")  # nothing fits with the maps: the order again without them
     assert default_first_stage(384, dims, budget=10, full=True) == (32, "rabitq1")  # nothing fits at all
+
+
+def test_the_full_vector_stage_of_a_supervised_compressor_codes_the_adapted_vector(synth, synth_supervised):
+    """With labels the full-dim map may adapt the vector: a first stage at the full dim codes that vector (the one
+    the rerank scores), and the default counts its D x D map for every stage."""
+    Qs, pairs = synth_supervised
+    smec = SMEC((16, 8), "smec", progress=False, max_epochs=3).fit(synth, Qs, pairs)
+    index = CompressedIndex(smec, dims=48, code="float32", candidates=600)
+    index.train(synth)
+    index.add(synth)
+    adapted = smec.transform(synth, 48)
+    qa = smec.transform(Qs[:10], 48)
+    np.testing.assert_array_equal(index.search(Qs[:10], 5)[1], np.argsort(-(qa @ adapted.T), axis=1, kind="stable")[:, :5])
+    full_map = smec.subset(48).nbytes
+    assert index.memory_usage()["compressor"] == full_map
+    assert all(smec.subset(d).nbytes >= full_map for d in (16, 8))  # every stage holds the full map too
