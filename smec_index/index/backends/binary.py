@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 
 from .base import METRICS
-from .faiss import Tombstones, faiss_threads, serialized_size, with_ids
+from .faiss import RowLabels, faiss_threads, serialized_size
 
 __all__ = ["BinaryBackend", "binarize"]
 
@@ -37,7 +37,7 @@ def binarize(X: np.ndarray) -> np.ndarray:
     return np.packbits(X > 0, axis=1, bitorder="little")
 
 
-class BinaryBackend(Tombstones):
+class BinaryBackend(RowLabels):
     """Sign codes of the stage output; labels are the rows (slots come in order, never reused) until a removal
     from a flat index, which wraps it in ``IndexBinaryIDMap`` first (an 8-byte label a vector from then on).
 
@@ -48,6 +48,7 @@ class BinaryBackend(Tombstones):
     """
 
     name: ClassVar[str] = "faiss-binary"
+    _WRAPPER: ClassVar[type] = faiss.IndexBinaryIDMap
 
     def __init__(self, dim: int, metric: str = "ip", itq: bool = False, hnsw_m: int | None = None,
                  ef_search: int = 64) -> None:
@@ -72,11 +73,6 @@ class BinaryBackend(Tombstones):
         self.hnsw_m, self.ef_search = hnsw_m, ef_search
         self._rows_are_labels = not isinstance(index, faiss.IndexBinaryIDMap)
         self._set_tombstones(deleted)
-
-    def _label(self) -> None:
-        """Wrap the bare index in ``IndexBinaryIDMap`` with its rows as labels (before a removal renumbers rows)."""
-        self.index = with_ids(self.index, np.arange(self.index.ntotal, dtype=np.int64), faiss.IndexBinaryIDMap)
-        self._rows_are_labels = False
 
     # ----------------------------------------------------------------- protocol
     @property
@@ -114,17 +110,10 @@ class BinaryBackend(Tombstones):
                 self._itq.train(np.ascontiguousarray(X, dtype=np.float32))
 
     def add(self, ids: np.ndarray, X: np.ndarray) -> None:
-        if self._rows_are_labels and not np.array_equal(ids, np.arange(self.index.ntotal, self.index.ntotal + len(ids))):
-            self._label()  # labels that are not the next rows: FAISS must store them
-        if self._rows_are_labels:
-            self.index.add(self.codes(X))
-        else:
+        if self._stores_labels(ids):
             self.index.add_with_ids(self.codes(X), np.ascontiguousarray(ids, dtype=np.int64))
-
-    def remove(self, ids: np.ndarray) -> int:
-        if self._native_remove and self._rows_are_labels:
-            self._label()  # FAISS compacts the rows on removal: from now on they need their labels
-        return super().remove(ids)
+        else:
+            self.index.add(self.codes(X))
 
     def search(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         params = self._search_params(k)

@@ -161,7 +161,34 @@ class Tombstones:
         self._set_tombstones(np.empty(0, dtype=np.int64))
 
 
-class FaissBackend(Tombstones):
+class RowLabels(Tombstones):
+    """Labels that are the rows while they can be: slots are handed out in order and never reused, so until a
+    native removal renumbers rows, row i holds slot i and FAISS keeps no label (8 bytes a vector). ``_WRAPPER``
+    (``IndexIDMap``, ``IndexBinaryIDMap``) takes the labels over before such a removal, or when an add brings
+    labels that are not the next rows. Subclasses set ``_rows_are_labels`` when they set up their index."""
+
+    _WRAPPER: ClassVar[type]
+    _rows_are_labels: bool
+
+    def _label(self) -> None:
+        """Wrap the bare index in ``_WRAPPER`` with its rows as labels."""
+        self.index = with_ids(self.index, np.arange(self.index.ntotal, dtype=np.int64), self._WRAPPER)
+        self._rows_are_labels = False
+
+    def _stores_labels(self, ids: np.ndarray) -> bool:
+        """Whether adding ``ids`` hands FAISS its labels (a bare index is wrapped first when they are not its
+        next rows)."""
+        if self._rows_are_labels and not np.array_equal(ids, np.arange(self.index.ntotal, self.index.ntotal + len(ids))):
+            self._label()
+        return not self._rows_are_labels
+
+    def remove(self, ids: np.ndarray) -> int:
+        if self._native_remove and self._rows_are_labels:
+            self._label()  # FAISS compacts the rows on removal: from now on they need their labels
+        return super().remove(ids)
+
+
+class FaissBackend(RowLabels):
     """A FAISS index built by ``index_factory(dim, spec, metric)``, labels = the facade's slots.
 
     ``params`` are FAISS search-time parameters set through ``ParameterSpace`` (e.g. ``{"efSearch": 64}``,
@@ -169,6 +196,7 @@ class FaissBackend(Tombstones):
     """
 
     name: ClassVar[str] = "faiss"
+    _WRAPPER: ClassVar[type] = faiss.IndexIDMap
 
     def __init__(self, dim: int, metric: str = "ip", spec: str = "Flat", params: dict[str, Any] | None = None) -> None:
         if not isinstance(spec, str) or not spec.strip():
@@ -190,11 +218,6 @@ class FaissBackend(Tombstones):
         self.set_params(**params)
         self._native_remove = _can_remove(index)
         self._set_tombstones(deleted)
-
-    def _label(self) -> None:
-        """Wrap the bare index in ``IndexIDMap`` with its rows as labels (before a removal renumbers rows)."""
-        self.index = with_ids(self.index, np.arange(self.index.ntotal, dtype=np.int64), faiss.IndexIDMap)
-        self._rows_are_labels = False
 
     def set_params(self, **params: Any) -> None:
         """Set FAISS search-time parameters (``efSearch``, ``nprobe``, ...) by ``ParameterSpace`` name."""
@@ -248,18 +271,12 @@ class FaissBackend(Tombstones):
                                      f"{_first_line(e)}") from None
 
     def add(self, ids: np.ndarray, X: np.ndarray) -> None:
-        if self._rows_are_labels and not np.array_equal(ids, np.arange(self.index.ntotal, self.index.ntotal + len(ids))):
-            self._label()  # labels that are not the next rows: FAISS must store them
+        labelled = self._stores_labels(ids)
         with faiss_threads(X.shape[0]):
-            if self._rows_are_labels:
-                self.index.add(X)
-            else:
+            if labelled:
                 self.index.add_with_ids(X, ids)
-
-    def remove(self, ids: np.ndarray) -> int:
-        if self._native_remove and self._rows_are_labels:
-            self._label()  # FAISS compacts the rows on removal: from now on they need their labels
-        return super().remove(ids)
+            else:
+                self.index.add(X)
 
     def search(self, Q: np.ndarray, k: int, sel: faiss.IDSelector | None = None,
                **overrides: Any) -> tuple[np.ndarray, np.ndarray]:
