@@ -767,12 +767,12 @@ def _saved_footprint(m: dict[str, Any], groups: dict[str, int], total: int) -> d
     """RAM and disk bytes of a saved index from its manifest, without loading it. RAM: what ``read_index``
     holds per vector (the compressor, the backends' files, the id map as ``index.ids.IdMap`` holds it, and the
     stores when they are kept in memory); disk: every file."""
+    from .index.ids import IdMap
+
     n = m["ntotal"]
     in_ram = [g for g in groups if g.startswith("backend-") or g in ("smec", "ids.json")
               or (g.startswith("store-") and m["full_store"] == "memory")]
-    # the id map holds no array while every id is its own slot; else each slot's id and a sorted id -> slot map
-    identity = m["id_mode"] != "explicit" and n == m["n_slots"]
-    ram = sum(groups[g] for g in in_ram) + (0 if identity else 8 * (m["n_slots"] + 2 * n))
+    ram = sum(groups[g] for g in in_ram) + IdMap.held_bytes(m["id_mode"], m["n_slots"], n)
     return {"ram_bytes": ram, "disk_bytes": total, "ram_bytes_per_vector": ram / n if n else 0.0,
             "disk_bytes_per_vector": total / n if n else 0.0, "raw_bytes_per_vector": 4 * m["d"]}
 

@@ -70,6 +70,15 @@ class IdMap:
             return 0
         return int(self._slot_ids.nbytes + self._keys.nbytes + self._vals.nbytes)
 
+    @staticmethod
+    def held_bytes(mode: str | None, n_slots: int, ntotal: int) -> int:
+        """``nbytes`` of the map ``from_slot_ids`` rebuilds for a saved index with these counts: nothing while
+        every id is its own slot (not explicit, nothing removed), else each slot's id and the sorted live ids
+        with their slots (int64)."""
+        if mode != EXPLICIT and ntotal == n_slots:
+            return 0
+        return 8 * (n_slots + 2 * ntotal)
+
     def live_slots(self) -> np.ndarray:
         """Slots of the live vectors in insertion order."""
         if self._identity:
