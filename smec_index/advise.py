@@ -4,8 +4,9 @@ In bytes: for every trained dim and stage code (``index.backends.codes``: float3
 bit, binary), it measures recall@k of an exhaustive search of the code followed by the exact full-dim
 rerank of 1/5, 1/2 and all of ``candidates`` (the full vector coded included), and prices each (dim, code) in
 RAM bytes a vector (the code, the label every index keeps, and the compressor's map to that dim spread over
-``n_vectors``). Given a RAM ``budget`` it picks the best recall within it; given only a ``target`` the fewest bytes that reach it: ``Advice.choice`` is (dim, code, candidates) with its measured
-recall, and ``CompressedIndex(smec, dims=dim, code=code, candidates=candidates)`` builds it.
+``n_vectors``). Given a RAM ``budget`` it picks the best recall within it; given only a ``target`` the fewest
+bytes that reach it: ``Advice.choice`` is (dim, code, candidates) with its measured recall, and
+``CompressedIndex(smec, dims=dim, code=code, candidates=candidates)`` builds it.
 
 The float32 dims table below is the original advice, kept as is:
 

@@ -79,8 +79,6 @@ def test_sequential_ids_cost_no_memory_until_a_removal():
 
 def test_held_bytes_is_the_nbytes_of_the_rebuilt_map():
     """What ``info`` counts for a saved index without loading it: the map ``from_slot_ids`` rebuilds."""
-    from smec_index.index.ids import EXPLICIT, SEQUENTIAL
-
     for mode, slot_ids in ((SEQUENTIAL, np.arange(5)), (SEQUENTIAL, np.array([-1, 0, 1, 2, -1])),
                            (EXPLICIT, np.array([7, 3, -1, 9])), (None, np.empty(0, dtype=np.int64))):
         rebuilt = IdMap.from_slot_ids(mode, slot_ids.astype(np.int64))

@@ -164,7 +164,7 @@ class CompressedIndex:
                              f"{n_vectors!r}")
         if n_vectors is not None and dims is not None:
             raise ValueError(f"{where}: n_vectors sizes the default first stage; it cannot apply with dims={dims!r}")
-        shared = self._shared_bytes(smec, available, n_vectors)
+        shared = self._shared_bytes(smec, available, n_vectors) if dims is None else {}  # sizes only a default
         chosen = None  # the default (dim, code)'s dim
         if code is None and dims is None and backend is None and not backend_options:
             if smec.code is not None:  # a compressor fitted for a code (``SMEC(code=...)``) chose its stages for it
