@@ -13,7 +13,7 @@ from smec_index import SMEC, NotFittedError
 from smec_index._fsutil import write_manifest
 from smec_index.compressor import FORMAT_VERSION, api
 from smec_index.compressor.api import candidate_ladder
-from smec_index.compressor.losses import RankLoss, SimilarityPreservationLoss
+from smec_index.compressor.losses import ListwiseDistillationLoss, RankLoss, SimilarityPreservationLoss
 from smec_index.compressor.memory import CrossBatchMemory
 from smec_index.compressor.model import DimensionSelector, Projection, StageModel, relaxed_topk
 from smec_index.compressor.train import StageReport
@@ -620,6 +620,97 @@ def test_an_unsupervised_epoch_is_at_most_epoch_rows_anchors(synth, epoch_rows, 
     cfg = TrainConfig(batch_size=64, epoch_rows=epoch_rows, xbm=False)
     stepper = _Stepper(StageModel(48, (16,), False), data, cfg, np.random.default_rng(0), torch.Generator())
     assert stepper.n_steps == steps
+
+
+def test_listwise_distillation_is_zero_at_the_teacher_and_ranks_not_values():
+    """The kl loss vanishes when the student orders and spaces the candidates as the teacher does, whatever their
+    absolute cosines at a shared offset, and grows when the student swaps two of them."""
+    torch.manual_seed(0)
+    loss = ListwiseDistillationLoss(temperature=0.1)
+    za = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    zc = torch.nn.functional.normalize(torch.randn(4, 6, 8), dim=-1)
+    student = torch.einsum("bd,bkd->bk", za, zc)
+    assert loss(student, za, zc).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(student + 0.3, za, zc).item() == pytest.approx(0.0, abs=1e-6)  # softmax ignores a shared offset
+    swapped = student.clone()
+    swapped[:, [0, 1]] = swapped[:, [1, 0]]
+    assert loss(swapped, za, zc).item() > 1e-3 or torch.allclose(swapped, student)
+    l1 = SimilarityPreservationLoss()
+    assert l1(student + 0.3, za, zc).item() == pytest.approx(0.3, abs=1e-5)  # eq. 7 counts the offset
+
+
+def test_kl_candidates_are_each_anchors_nearest_training_rows_then_random_ones(synth):
+    from smec_index.compressor.train import TrainConfig, TrainData, _Stepper
+
+    X = torch.as_tensor(synth)
+    train = np.arange(0, 500, dtype=np.int64)
+    data = TrainData(teacher=X, inputs=X, train_rows=train, val_rows=np.arange(500, 600))
+    cfg = TrainConfig(sp_loss="kl", kl_neighbours=5, kl_random=3, batch_size=64)
+    stepper = _Stepper(StageModel(48, (16,), False), data, cfg, np.random.default_rng(0), torch.Generator().manual_seed(0))
+    rows = torch.as_tensor([3, 17, 400])
+    ids, sims = stepper._kl_candidates(rows)
+    assert ids.shape == sims.shape == (3, 8)
+    S = synth[rows.numpy()] @ synth[train].T
+    S[np.arange(3), rows.numpy()] = -np.inf  # not itself
+    np.testing.assert_array_equal(np.sort(ids[:, :5].numpy(), axis=1), np.sort(train[np.argsort(-S, axis=1)[:, :5]], axis=1))
+    assert np.isin(ids[:, 5:].numpy(), train).all()
+    expected = np.einsum("bd,bkd->bk", synth[rows.numpy()], synth[ids.numpy()])
+    np.testing.assert_allclose(sims.numpy(), expected, atol=1e-5)
+
+
+def test_without_labels_smec_distills_and_the_baselines_and_labelled_fits_keep_eq7(synth, synth_supervised,
+                                                                                  monkeypatch):
+    """``sp_loss="auto"``: listwise distillation (with its own lr, batch and epoch unless given) for unsupervised
+    smec; the paper's eq. 7 for mrl, search-adaptor and every fit with labels; an explicit choice is kept."""
+    from smec_index.compressor.train import KL_DEFAULTS
+
+    seen: list = []
+    real = api.train_stage
+
+    def spy(model, data, cfg, seed, progress=False, desc="stage"):
+        seen.append((cfg.sp_loss, cfg.lr, cfg.batch_size, cfg.epoch_rows))
+        return real(model, data, cfg, seed, progress, desc)
+
+    monkeypatch.setattr(api, "train_stage", spy)
+    Q, pairs = synth_supervised
+    kw = {**FAST, "max_epochs": 1}
+    # FAST sets batch_size=64: given, so it stays
+    cases = [(dict(), (), ("kl", KL_DEFAULTS["lr"], 64, KL_DEFAULTS["epoch_rows"])),
+             (dict(lr=5e-4), (), ("kl", 5e-4, 64, KL_DEFAULTS["epoch_rows"])),
+             (dict(sp_loss="l1"), (), ("l1", 2e-3, 64, 32768)),
+             (dict(), (Q, pairs), ("l1", 2e-3, 64, 32768)),
+             (dict(method="mrl"), (), ("l1", 2e-3, 64, 32768)),
+             (dict(method="search-adaptor"), (), ("l1", 2e-3, 64, 32768))]
+    for options, args, expected in cases:
+        seen.clear()
+        options = dict(options)
+        method = options.pop("method", "smec")
+        SMEC((16, 8), method, seed=0, **kw, **options).fit(synth, *args)
+        assert seen and set(seen) == {expected}, (options, method, set(seen))
+    with pytest.raises(ValueError, match="sp_loss must be one of"):
+        SMEC((16,), sp_loss="mse")
+
+
+def test_without_labels_a_stage_starts_exactly_at_its_pca_input_candidate(synth):
+    """The trained map starts where its un-centred PCA candidate is, so with no training they score the same (the
+    centred start it had before scored below that candidate on held-out rows before any step)."""
+    smec = SMEC((16, 8), seed=0, **{**FAST, "max_epochs": 0}).fit(synth)
+    for report in smec.reports_:
+        assert report["candidates"]["trained"] == pytest.approx(report["candidates"]["pca-input"], abs=1e-9)
+
+
+@pytest.mark.parametrize("supervised", [False, True])
+def test_the_kl_loss_trains_a_stage_that_beats_its_start(synth, synth_supervised, supervised):
+    """From a start that keeps the wrong coordinates (identity init, variance in the last ones), listwise
+    distillation alone (and beside the rank loss) lifts the held-out score."""
+    X = np.ascontiguousarray(synth[:, ::-1])
+    Q, pairs = synth_supervised
+    args = (np.ascontiguousarray(Q[:, ::-1]), pairs) if supervised else ()
+    smec = SMEC((8,), init="identity", ads=False, seed=0, sp_loss="kl",
+                **{**FAST, "max_epochs": 6, "patience": 6}).fit(X, *args)
+    report = smec.reports_[-1]
+    assert max(report["val"]) > report["val"][0] + 0.05, report["val"]
+    assert np.isfinite(smec.transform(X, 8)).all()
 
 
 def test_adapt_phase_keeps_its_own_best_epoch_even_below_the_select_phase(synth, monkeypatch):

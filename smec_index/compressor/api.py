@@ -17,11 +17,12 @@ from .._rows import normalise_rows
 from .._threads import training_threads
 from .baselines import pca_projections, pca_rotation, random_rotation, rotate_outputs, truncate_projections
 from .model import Projection, StageModel
-from .train import StageReport, TrainConfig, TrainData, item_scores, train_stage
+from .train import KL_DEFAULTS, StageReport, TrainConfig, TrainData, item_scores, train_stage
 
 __all__ = ["SMEC", "NotFittedError", "METHODS", "FORMAT_VERSION"]
 
 METHODS = ("smec", "mrl", "search-adaptor", "pca", "truncate")
+SP_LOSSES = ("auto", "l1", "kl")
 FORMAT_VERSION = 2  # 2: a manifest with the sha256 of every file
 _CONFIG = "config.json"
 _KIND = "smec_index.SMEC"
@@ -160,6 +161,8 @@ class SMEC:
         unknown = sorted(set(train_options) - known)
         if unknown:
             raise TypeError(f"SMEC: unknown option(s) {unknown}; training options are {sorted(known)}")
+        if train_options.get("sp_loss", "auto") not in SP_LOSSES:
+            raise ValueError(f"SMEC: sp_loss must be one of {SP_LOSSES}, got {train_options['sp_loss']!r}")
         if "code_candidates" in train_options:
             candidate_ladder(train_options["code_candidates"], "SMEC: code_candidates")
         self.method = method
@@ -659,7 +662,12 @@ class _Trainer:
 
     def __init__(self, smec: SMEC, X: np.ndarray, Q: np.ndarray | None, pairs: list | None) -> None:
         self.smec, self.X, self.Q, self.pairs = smec, X, Q, pairs
-        self.cfg = smec._config()
+        cfg = smec._config()
+        if cfg.sp_loss == "auto":
+            cfg = replace(cfg, sp_loss="kl" if smec.method == "smec" and pairs is None else "l1")
+        if cfg.sp_loss == "kl":
+            cfg = replace(cfg, **{k: v for k, v in KL_DEFAULTS.items() if k not in smec.train_options})
+        self.cfg = cfg
         # "auto": every adapter starts at its input's principal axes (see docs/method.md for the runs)
         self._init = smec.init if smec.init != "auto" else "pca"
         self.ads = bool(smec.ads)
@@ -739,10 +747,12 @@ class _Trainer:
         model = StageModel(n_in, out_dims, ads, init_logits).to(self.device)
         if self._init == "pca":
             mu, R = self._pca_of(proj_in)
+            # without labels the stage starts exactly at its "pca-input" candidate, x R, un-centred (as
+            # ``pca_projections``, which says why); with labels at the centred (x - mu) R it was measured with
+            bias = -(mu @ R) if self.sup is not None else np.zeros(n_in)
             with torch.no_grad():
-                # adapter output = (x - mu) R: the principal coordinates of the stage input
                 model.adapter.linear.weight.copy_(torch.as_tensor(R.T - np.eye(n_in), dtype=torch.float32))
-                model.adapter.linear.bias.copy_(torch.as_tensor(-(mu @ R), dtype=torch.float32))
+                model.adapter.linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
         return model
 
     def _train(self, model: StageModel, data: TrainData, desc: str, reports: list[StageReport], offset: int,

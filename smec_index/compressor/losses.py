@@ -1,4 +1,4 @@
-"""The two losses SMEC trains with: similarity preservation (paper eq. 7) and rank loss (eq. 8)."""
+"""The losses SMEC trains with: similarity preservation (paper eq. 7, or listwise distillation) and rank loss (eq. 8)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SimilarityPreservationLoss", "RankLoss"]
+__all__ = ["SimilarityPreservationLoss", "ListwiseDistillationLoss", "RankLoss"]
 
 
 class SimilarityPreservationLoss(nn.Module):
@@ -39,6 +39,30 @@ class SimilarityPreservationLoss(nn.Module):
             return err.mean()
         n = valid.sum()
         return (err * valid).sum() / n.clamp(min=1)
+
+
+class ListwiseDistillationLoss(nn.Module):
+    """Similarity preservation as a ranking: ``KL(softmax(teacher / T) || softmax(student / T))`` over each
+    anchor's candidates, averaged over anchors.
+
+    Eq. 7 asks every pair's compressed cosine to equal its full one, which a d-dim space cannot do for all pairs
+    at once, so it trades the order of an anchor's neighbours for their values. The softmax only cares how
+    each candidate scores against the anchor's others, the order a search returns (docs/method.md measures it).
+
+    Args:
+        teacher_sims: (B, K) full-dim cosines between anchors and their candidates.
+        z_anchor: (B, d) compressed anchors (any scale; cosine is taken here).
+        z_candidates: (B, K, d) compressed candidates.
+    """
+
+    def __init__(self, temperature: float = 0.1) -> None:
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, teacher_sims: torch.Tensor, z_anchor: torch.Tensor, z_candidates: torch.Tensor) -> torch.Tensor:
+        student = torch.einsum("bd,bkd->bk", F.normalize(z_anchor, dim=-1), F.normalize(z_candidates, dim=-1))
+        T = self.temperature
+        return F.kl_div(F.log_softmax(student / T, dim=1), F.softmax(teacher_sims / T, dim=1), reduction="batchmean")
 
 
 class RankLoss(nn.Module):
