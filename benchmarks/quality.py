@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", type=_csv, default=list(METHODS))
     p.add_argument("--mode", choices=["unsupervised", "supervised", "both"], default="both")
     p.add_argument("--ablation", action="store_true", help="also run the paper's Table 1 ablation (supervised)")
+    p.add_argument("--sample", type=int, metavar="N",
+                   help="a small corpus cut from each set: N documents, half judged, half random (BeirDataset.sample)")
     p.add_argument("--seeds", type=lambda s: [int(x) for x in _csv(s)], default=[0],
                    help="training seeds; with several, every number is the mean over them (default 0)")
     p.add_argument("--json", default=None, help="output JSON (default benchmarks/results/quality-<data>-<model>.json)")
@@ -163,10 +165,13 @@ def main(argv: list[str] | None = None) -> int:
 def run_one(a: argparse.Namespace, data: str) -> list[dict]:
     """Every (method, dim, mode) on one data set: prints its tables, writes its JSON, returns its records."""
     ds = load_beir(data, a.model)
+    if a.sample:
+        ds = ds.sample(a.sample)
     dims = a.dims or list(default_dims(ds.dim))
     modes = list(MODES) if a.mode == "both" else [a.mode]
     info = machine_info()
-    print(f"# quality: {ds.name} / {ds.model} (D={ds.dim}), dims {dims}, methods {a.methods}, modes {modes}")
+    print(f"# quality: {ds.name} / {ds.model} (D={ds.dim}), {len(ds.doc_ids):,} documents, dims {dims}, "
+          f"methods {a.methods}, modes {modes}")
     print(f"# machine: {describe_machine(info)}")
     t0 = time.perf_counter()
     runs, ablations = [], []
@@ -179,6 +184,7 @@ def run_one(a: argparse.Namespace, data: str) -> list[dict]:
             ablations.append(run_ablation(ds, dims, "supervised", seed, progress=not a.quiet, known=known))
     records = average_runs(runs, ("method", "dim", "mode"))
     payload = {"data": str(data), "dataset": ds.name, "model": ds.model, "dim": ds.dim, "dims": dims,
+               "n_corpus": len(ds.doc_ids), "sample": a.sample,
                "seed": a.seeds, "machine": info, "argv": sys.argv[1:], "records": records,
                "per_seed": dict(zip(map(str, a.seeds), runs))}
     if len(a.seeds) > 1:

@@ -14,7 +14,7 @@ import csv
 import gzip
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -142,6 +142,30 @@ class BeirDataset:
             return train_qids, "train", test_qids, test_split
         a, b = hash_split(test_qids, seed)
         return a, test_split, b, test_split
+
+    def sample(self, n: int, seed: int = 0) -> "BeirDataset":
+        """A small corpus cut from this one, named ``<name>-<n>``: ``n`` documents, half of them (seeded) among
+        those judged relevant in some split and the rest at random, every split's qrels kept to those documents
+        (a query left without a judged document drops out of its split). Small retrieval sets (a few thousand
+        documents) are where a compressor has least to learn from; this measures that case on a large set."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+            raise ValueError(f"BeirDataset.sample: n must be an int >= 2, got {n!r}")
+        if n >= len(self.doc_ids):
+            raise ValueError(f"BeirDataset.sample: n={n} must be smaller than the corpus ({len(self.doc_ids)} documents)")
+        rng = np.random.default_rng(seed)
+        judged = sorted({self._doc_row[d] for split in self.qrels.values() for rel in split.values()
+                         for d, s in rel.items() if s > 0 and d in self._doc_row})
+        take = rng.choice(np.asarray(judged, dtype=np.int64), min(len(judged), n // 2), replace=False)
+        rest = np.setdiff1d(np.arange(len(self.doc_ids)), take)
+        keep = np.sort(np.concatenate([take, rng.choice(rest, n - len(take), replace=False)]))
+        doc_ids = [self.doc_ids[i] for i in keep]
+        kept = set(doc_ids)
+        qrels = {}
+        for name, split in self.qrels.items():
+            cut = {q: {d: s for d, s in rel.items() if d in kept} for q, rel in split.items()}
+            qrels[name] = {q: rel for q, rel in cut.items() if any(s > 0 for s in rel.values())}
+        return replace(self, name=f"{self.name}-{n}", corpus=np.ascontiguousarray(self.corpus[keep]),
+                       doc_ids=doc_ids, qrels=qrels)
 
     def corpus_texts(self) -> dict[str, str]:
         """Document text by id, ``(title + " " + text).strip()`` as the embeddings were made."""

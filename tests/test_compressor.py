@@ -691,12 +691,24 @@ def test_without_labels_smec_distills_and_the_baselines_and_labelled_fits_keep_e
         SMEC((16,), sp_loss="mse")
 
 
-def test_without_labels_a_stage_starts_exactly_at_its_pca_input_candidate(synth):
-    """The trained map starts where its un-centred PCA candidate is, so with no training they score the same (the
-    centred start it had before scored below that candidate on held-out rows before any step)."""
+def test_a_distilled_stage_starts_exactly_at_its_pca_input_candidate_and_eq7_at_the_centred_map(synth):
+    """With listwise distillation the trained map starts where its un-centred PCA candidate is, so with no
+    training they score the same (the centred start scored below that candidate on held-out rows before any
+    step); eq. 7 fits (here mrl) keep the centred start they were measured with."""
     smec = SMEC((16, 8), seed=0, **{**FAST, "max_epochs": 0}).fit(synth)
     for report in smec.reports_:
         assert report["candidates"]["trained"] == pytest.approx(report["candidates"]["pca-input"], abs=1e-9)
+    pca = SMEC((16,), "pca").fit(synth).transform(synth, 16)
+    np.testing.assert_allclose(SMEC((16,), seed=0, **{**FAST, "max_epochs": 0}).fit(synth).transform(synth, 16), pca,
+                               atol=1e-5)
+    mrl = SMEC((16,), "mrl", seed=0, **{**FAST, "max_epochs": 0}).fit(synth).transform(synth, 16)
+    centred = synth - synth.mean(axis=0)
+    _, _, Vt = np.linalg.svd(centred, full_matrices=False)
+    expected = centred @ Vt[:16].T
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    # scores (Gram matrices) do not see the output rotation: mrl ranks as centred PCA does, not as the un-centred
+    np.testing.assert_allclose(mrl[:50] @ mrl[:50].T, expected[:50] @ expected[:50].T, atol=1e-4)
+    assert np.abs(mrl[:50] @ mrl[:50].T - pca[:50] @ pca[:50].T).max() > 0.05
 
 
 @pytest.mark.parametrize("supervised", [False, True])

@@ -42,3 +42,25 @@ def test_load_beir_errors(tmp_path):
     _write_beir(tmp_path)
     with pytest.raises(ValueError, match="available: \\['toy'\\]"):
         load_beir(tmp_path, "other")
+
+
+def test_sample_cuts_a_small_corpus_half_judged_with_qrels_kept_to_it(tmp_path):
+    _write_beir(tmp_path, n_docs=40, n_queries=8)
+    ds = load_beir(tmp_path, "toy")
+    small = ds.sample(4, seed=0)
+    assert small.name == f"{ds.name}-4" and small.corpus.shape == (4, 4) and len(small.doc_ids) == 4
+    judged = {"d0", "d1", "d2", "d4", "d5"}  # relevant in some split (d3 is judged 0)
+    assert len(judged & set(small.doc_ids)) == 2  # half of n
+    for i, d in enumerate(small.doc_ids):
+        np.testing.assert_array_equal(small.corpus[i], ds.corpus[ds.doc_row(d)])
+        assert small.doc_row(d) == i
+    for split in small.qrels.values():  # only kept documents, only queries that still have a relevant one
+        for rel in split.values():
+            assert set(rel) <= set(small.doc_ids) and any(s > 0 for s in rel.values())
+    kept = [q for split in small.qrels.values() for q in split]
+    assert len(kept) == 2 and small.queries.shape == ds.queries.shape
+    assert small.sample(3, seed=0).doc_ids != small.doc_ids  # a sample of a sample is its own set
+    assert ds.sample(4, seed=0).doc_ids == small.doc_ids and ds.sample(4, seed=1).doc_ids != small.doc_ids
+    for bad in (1, 40, 2.5, True):
+        with pytest.raises(ValueError, match="BeirDataset.sample: n"):
+            ds.sample(bad)

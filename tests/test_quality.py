@@ -74,6 +74,19 @@ def test_quality_program_writes_json_and_table(tmp_path, toy):
     assert {r["method"] for r in payload["records"]} == {"full", "pca", "truncate"}
 
 
+def test_quality_program_measures_a_small_corpus_cut_from_the_set(tmp_path, toy):
+    out = tmp_path / "q.json"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--data", str(toy.root), "--model", "toy",
+         "--methods", "pca", "--dims", "8,4", "--sample", "20", "--json", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "20 documents" in res.stdout
+    payload = json.loads(out.read_text())
+    assert payload["n_corpus"] == 20 and payload["sample"] == 20 and payload["dataset"].endswith("-20")
+
+
 def test_quality_program_merges_parts(tmp_path, toy):
     def run(*args):
         res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), *args],

@@ -747,9 +747,10 @@ class _Trainer:
         model = StageModel(n_in, out_dims, ads, init_logits).to(self.device)
         if self._init == "pca":
             mu, R = self._pca_of(proj_in)
-            # without labels the stage starts exactly at its "pca-input" candidate, x R, un-centred (as
-            # ``pca_projections``, which says why); with labels at the centred (x - mu) R it was measured with
-            bias = -(mu @ R) if self.sup is not None else np.zeros(n_in)
+            # listwise distillation starts exactly at the stage's "pca-input" candidate, x R, un-centred (as
+            # ``pca_projections``, which says why); eq. 7 (the baselines, fits with labels) at the centred
+            # (x - mu) R it was measured with: from x R it never improved on it (unsupervised mrl = PCA)
+            bias = np.zeros(n_in) if self.cfg.sp_loss == "kl" else -(mu @ R)
             with torch.no_grad():
                 model.adapter.linear.weight.copy_(torch.as_tensor(R.T - np.eye(n_in), dtype=torch.float32))
                 model.adapter.linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
