@@ -80,6 +80,8 @@ def render_quality(p: dict, rel: str) -> str:
     cmd = f"python benchmarks/quality.py --data {p['data']} --model {p['model']}"
     if list(p["dims"]) != list(default_dims(p["dim"])):
         cmd += " --dims " + ",".join(map(str, p["dims"]))
+    if p.get("sample"):
+        cmd += f" --sample {p['sample']}"
     modes = sorted({r["mode"] for r in p["records"]})
     if len(modes) == 1:
         cmd += f" --mode {modes[0]}"
