@@ -110,6 +110,10 @@ class SMEC:
     rotation: scores are unchanged, and codes that quantize coordinate by coordinate (RaBitQ, sign bits,
     Qdrant's binary) see coordinates of equal spread, which they need (``baselines.rotate_outputs``).
 
+    Without labels smec's stages learn by listwise distillation (``sp_loss="auto"``: each row's softmax over its
+    nearest and some random rows, the full-dim teacher's against the stage's) where the paper's eq. 7 matches
+    each pair's cosine; the baselines and fits with labels keep eq. 7 (docs/method.md says why).
+
     Every SMEC stage keeps the best, on held-out data, of its trained map and PCA of the same dim (of its input,
     and of the full vector): held-out corpus rows' neighbours without labels, held-out training queries with
     them, where the same stage trained straight from the raw vector and the same stage trained without labels
