@@ -65,9 +65,10 @@ class TrainConfig:
     xbm: bool = True
     # how a stage preserves the teacher's similarities: "l1" (paper eq. 7, pairs from S-XBM or the batch), "kl"
     # (listwise distillation: each anchor's softmax over its ``kl_neighbours`` nearest training rows and
-    # ``kl_random`` random ones, teacher against student at ``kl_temperature``; ``KL_DEFAULTS`` replace lr,
-    # batch_size and epoch_rows unless given) or "auto": "kl" for unsupervised smec, "l1" for the baselines and
-    # for fits with labels (docs/method.md, "Listwise distillation without labels")
+    # ``kl_random`` random ones, teacher against student at ``kl_temperature``; a SMEC fit replaces lr,
+    # batch_size and epoch_rows by ``KL_DEFAULTS`` unless its user gave them) or "auto" (resolved by the fit):
+    # "kl" for unsupervised smec, "l1" for the baselines and for fits with labels (docs/method.md, "Listwise
+    # distillation without labels")
     sp_loss: str = "auto"
     kl_neighbours: int = 50
     kl_random: int = 50
@@ -370,13 +371,12 @@ class _Stepper:
         self.rank_loss = RankLoss(cfg.rank_temperature)
         self.memory = None
         self.kl = cfg.sp_loss == "kl"
+        self.train_rows_t = torch.as_tensor(data.train_rows, device=self.device)
         if self.kl:
-            self.train_rows_t = torch.as_tensor(data.train_rows, device=self.device)
             self.cand_ids, self.cand_sims = data.neighbour_lists(cfg)
         elif cfg.xbm:
-            rows = torch.as_tensor(data.train_rows, device=self.device)
             cand_ids, cand_sims = data.neighbour_lists(cfg)
-            self.memory = NeighbourMemory(cfg.memory_size, cand_ids, cand_sims, rows, data.inputs.shape[0])
+            self.memory = NeighbourMemory(cfg.memory_size, cand_ids, cand_sims, self.train_rows_t, data.inputs.shape[0])
         self.n_steps = (
             math.ceil(len(data.train_q) / cfg.query_batch_size)
             if data.supervised
