@@ -658,46 +658,89 @@ def test_kl_candidates_are_each_anchors_nearest_training_rows_then_random_ones(s
     np.testing.assert_allclose(sims.numpy(), expected, atol=1e-5)
 
 
+def test_distillation_lists_come_from_a_longer_list_of_the_same_teacher_without_ranking_again(synth, monkeypatch):
+    """A labelled fit trains S-XBM stages (long neighbour lists) and distilled ones (the 50 nearest) against one
+    teacher: the short list is the long one's head, identical to ranking it alone, and not ranked again."""
+    from smec_index.compressor import train as train_mod
+    from smec_index.compressor.train import TrainConfig, TrainData
+
+    X = torch.as_tensor(synth)
+    calls: list[int] = []
+    real = train_mod.teacher_neighbours
+
+    def counting(teacher, rows, n_cand, chunk=1024):
+        calls.append(n_cand)
+        return real(teacher, rows, n_cand, chunk)
+
+    monkeypatch.setattr(train_mod, "teacher_neighbours", counting)
+    fresh = TrainData(teacher=X, inputs=X, train_rows=np.arange(500), val_rows=np.arange(500, 600))
+    alone = fresh.neighbour_lists(TrainConfig(sp_loss="kl", kl_neighbours=7))
+    data = TrainData(teacher=X, inputs=X, train_rows=np.arange(500), val_rows=np.arange(500, 600))
+    data.neighbour_lists(TrainConfig(sp_loss="l1", neighbour_pool=30, memory_size=5000))
+    assert calls == [7, 30]
+    ids, sims = data.neighbour_lists(TrainConfig(sp_loss="kl", kl_neighbours=7))
+    assert calls == [7, 30]
+    np.testing.assert_array_equal(ids.numpy(), alone[0].numpy())
+    np.testing.assert_allclose(sims.numpy(), alone[1].numpy())
+
+
 def test_without_labels_smec_distills_and_the_baselines_and_labelled_fits_keep_eq7(synth, synth_supervised,
                                                                                   monkeypatch):
     """``sp_loss="auto"``: listwise distillation (with its own lr, batch and epoch unless given) for unsupervised
-    smec; the paper's eq. 7 for mrl, search-adaptor and every fit with labels; an explicit choice is kept."""
+    smec and, in a fit with labels, for smec's stage trained without them (so that labels which do not help fall
+    back to what the unsupervised fit gives); the paper's eq. 7 for mrl, search-adaptor and every training with
+    the rank loss; an explicit choice is kept everywhere."""
     from smec_index.compressor.train import KL_DEFAULTS
 
     seen: list = []
     real = api.train_stage
 
     def spy(model, data, cfg, seed, progress=False, desc="stage"):
-        seen.append((cfg.sp_loss, cfg.lr, cfg.batch_size, cfg.epoch_rows))
+        # a distilled stage starts at the un-centred x R (no bias), an eq. 7 one at the centred (x - mu) R
+        uncentred = float(model.adapter.linear.bias.detach().abs().max()) == 0.0
+        assert uncentred == (cfg.sp_loss == "kl"), desc
+        seen.append(("no labels" in desc, (cfg.sp_loss, cfg.lr, cfg.batch_size, cfg.epoch_rows)))
         return real(model, data, cfg, seed, progress, desc)
 
     monkeypatch.setattr(api, "train_stage", spy)
     Q, pairs = synth_supervised
     kw = {**FAST, "max_epochs": 1}
     # FAST sets batch_size=64: given, so it stays
-    cases = [(dict(), (), ("kl", KL_DEFAULTS["lr"], 64, KL_DEFAULTS["epoch_rows"])),
-             (dict(lr=5e-4), (), ("kl", 5e-4, 64, KL_DEFAULTS["epoch_rows"])),
-             (dict(sp_loss="l1"), (), ("l1", 2e-3, 64, 32768)),
-             (dict(), (Q, pairs), ("l1", 2e-3, 64, 32768)),
-             (dict(method="mrl"), (), ("l1", 2e-3, 64, 32768)),
-             (dict(method="search-adaptor"), (), ("l1", 2e-3, 64, 32768))]
+    kl = ("kl", KL_DEFAULTS["lr"], 64, KL_DEFAULTS["epoch_rows"])
+    l1 = ("l1", 2e-3, 64, 32768)
+    cases = [(dict(), (), {(False, kl)}),
+             (dict(lr=5e-4), (), {(False, ("kl", 5e-4, 64, KL_DEFAULTS["epoch_rows"]))}),
+             (dict(sp_loss="l1"), (), {(False, l1)}),
+             (dict(), (Q, pairs), {(False, l1), (True, kl)}),
+             (dict(sp_loss="l1"), (Q, pairs), {(False, l1), (True, l1)}),
+             (dict(sp_loss="kl"), (Q, pairs), {(False, kl), (True, kl)}),
+             (dict(method="mrl"), (), {(False, l1)}),
+             (dict(method="mrl"), (Q, pairs), {(False, l1)}),
+             (dict(method="search-adaptor"), (), {(False, l1)})]
     for options, args, expected in cases:
         seen.clear()
         options = dict(options)
         method = options.pop("method", "smec")
         SMEC((16, 8), method, seed=0, **kw, **options).fit(synth, *args)
-        assert seen and set(seen) == {expected}, (options, method, set(seen))
+        assert seen and set(seen) == expected, (options, method, set(seen))
     with pytest.raises(ValueError, match="sp_loss must be one of"):
         SMEC((16,), sp_loss="mse")
 
 
-def test_a_distilled_stage_starts_exactly_at_its_pca_input_candidate_and_eq7_at_the_centred_map(synth):
+def test_a_distilled_stage_starts_exactly_at_its_pca_input_candidate_and_eq7_at_the_centred_map(synth,
+                                                                                                synth_supervised):
     """With listwise distillation the trained map starts where its un-centred PCA candidate is, so with no
     training they score the same (the centred start scored below that candidate on held-out rows before any
-    step); eq. 7 fits (here mrl) keep the centred start they were measured with."""
+    step), in a fit with labels too (its stage trained without them); eq. 7 fits (here mrl) keep the centred
+    start they were measured with."""
     smec = SMEC((16, 8), seed=0, **{**FAST, "max_epochs": 0}).fit(synth)
     for report in smec.reports_:
         assert report["candidates"]["trained"] == pytest.approx(report["candidates"]["pca-input"], abs=1e-9)
+    labelled = SMEC((16, 8), seed=0, **{**FAST, "max_epochs": 0}).fit(synth, *synth_supervised)
+    stages = [r for r in labelled.reports_ if "unsupervised" in r["candidates"]]
+    assert len(stages) == 2
+    for report in stages:
+        assert report["candidates"]["unsupervised"] == pytest.approx(report["candidates"]["pca-input"], abs=1e-9)
     pca = SMEC((16,), "pca").fit(synth).transform(synth, 16)
     np.testing.assert_allclose(SMEC((16,), seed=0, **{**FAST, "max_epochs": 0}).fit(synth).transform(synth, 16), pca,
                                atol=1e-5)

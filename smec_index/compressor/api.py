@@ -112,12 +112,12 @@ class SMEC:
 
     Without labels smec's stages learn by listwise distillation (``sp_loss="auto"``: each row's softmax over its
     nearest and some random rows, the full-dim teacher's against the stage's) where the paper's eq. 7 matches
-    each pair's cosine; the baselines and fits with labels keep eq. 7 (docs/method.md says why).
+    each pair's cosine; the baselines and stages trained with labels keep eq. 7 (docs/method.md says why).
 
     Every SMEC stage keeps the best, on held-out data, of its trained map and PCA of the same dim (of its input,
     and of the full vector): held-out corpus rows' neighbours without labels, held-out training queries with
     them, where the same stage trained straight from the raw vector and the same stage trained without labels
-    are candidates too (kept by the one-standard-error rule, the chain's stage first), and the adapted full
+    (distilled, as a fit without labels trains it) are candidates too (kept by the one-standard-error rule, the chain's stage first), and the adapted full
     vector must beat the raw one to be used. ``reports_`` records each stage's candidates, scores and ``choice``.
 
     ``code`` (a stage code of ``index.backends.codes`` on a FAISS engine, e.g. ``"rabitq1"``; unsupervised smec
@@ -666,12 +666,16 @@ class _Trainer:
 
     def __init__(self, smec: SMEC, X: np.ndarray, Q: np.ndarray | None, pairs: list | None) -> None:
         self.smec, self.X, self.Q, self.pairs = smec, X, Q, pairs
-        cfg = smec._config()
-        if cfg.sp_loss == "auto":
-            cfg = replace(cfg, sp_loss="kl" if smec.method == "smec" and pairs is None else "l1")
-        if cfg.sp_loss == "kl":
-            cfg = replace(cfg, **{k: v for k, v in KL_DEFAULTS.items() if k not in smec.train_options})
+        base = smec._config()
+        kl = replace(base, sp_loss="kl", **{k: v for k, v in KL_DEFAULTS.items() if k not in smec.train_options})
+        if base.sp_loss == "auto":
+            cfg = kl if smec.method == "smec" and pairs is None else replace(base, sp_loss="l1")
+        else:
+            cfg = kl if base.sp_loss == "kl" else base
         self.cfg = cfg
+        # with labels, smec's stage trained without them (the "unsupervised" candidate) learns as an unsupervised
+        # fit of smec does, so that labels which do not help fall back to what the fit without them gives
+        self.unsup_cfg = kl if smec.method == "smec" and base.sp_loss == "auto" else cfg
         # "auto": every adapter starts at its input's principal axes (see docs/method.md for the runs)
         self._init = smec.init if smec.init != "auto" else "pca"
         self.ads = bool(smec.ads)
@@ -742,7 +746,10 @@ class _Trainer:
             data.val_q = self.sup["val_q"]
         return data
 
-    def _model(self, n_in: int, out_dims: tuple[int, ...], ads: bool, proj_in: Projection) -> StageModel:
+    def _model(self, n_in: int, out_dims: tuple[int, ...], ads: bool, proj_in: Projection,
+               cfg: TrainConfig | None = None) -> StageModel:
+        """A stage model started at ``proj_in``'s principal axes (``init="pca"``) for training with ``cfg``
+        (None: the fit's own)."""
         init_logits = None
         if ads:
             # a mild preference for the input's leading coordinates: before any evidence ADS keeps the
@@ -754,17 +761,16 @@ class _Trainer:
             # listwise distillation starts exactly at the stage's "pca-input" candidate, x R, un-centred (as
             # ``pca_projections``, which says why); eq. 7 (the baselines, fits with labels) at the centred
             # (x - mu) R it was measured with: from x R it never improved on it (unsupervised mrl = PCA)
-            bias = np.zeros(n_in) if self.cfg.sp_loss == "kl" else -(mu @ R)
+            bias = np.zeros(n_in) if (cfg or self.cfg).sp_loss == "kl" else -(mu @ R)
             with torch.no_grad():
                 model.adapter.linear.weight.copy_(torch.as_tensor(R.T - np.eye(n_in), dtype=torch.float32))
                 model.adapter.linear.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
         return model
 
     def _train(self, model: StageModel, data: TrainData, desc: str, reports: list[StageReport], offset: int,
-               xbm: bool | None = None):
-        """``xbm`` overrides the fit's cross-batch memory for this training (None: the fit's own)."""
-        cfg = self.cfg if xbm is None or xbm == self.cfg.xbm else replace(self.cfg, xbm=xbm)
-        reports.append(train_stage(model, data, cfg, self.smec.seed + offset, self.smec.progress, desc))
+               cfg: TrainConfig | None = None):
+        """Train ``model`` with ``cfg`` (None: the fit's own) and append its report."""
+        reports.append(train_stage(model, data, cfg or self.cfg, self.smec.seed + offset, self.smec.progress, desc))
 
     def _compose(self, model: StageModel, proj_in: Projection, out: dict[int, Projection], sel: dict[int, np.ndarray]):
         A, b = model.adapter.affine()
@@ -826,12 +832,14 @@ class _Trainer:
         if self.sup is not None or (last and src != D):
             # with labels this is the search-adaptor recipe (in-batch similarity pairs, no S-XBM): on debian's
             # held-out training queries it beat the same stage trained with S-XBM (docs/method.md)
+            cfg = replace(self.cfg, xbm=False) if self.sup is not None else None
             candidates["from-full"] = self._trained(self._ident, D, d, self.X_t, True, f"smec {D}->{d} (raw)",
-                                                    offset, extra, xbm=False if self.sup is not None else None)
+                                                    offset, extra, cfg)
         if self.sup is not None:
-            # the same stage without the rank loss: kept when the labels do not help on held-out queries
+            # the same stage without the rank loss, trained as an unsupervised fit trains it: kept when the labels
+            # do not help on held-out queries
             candidates["unsupervised"] = self._trained(projections[src], src, d, teacher, False,
-                                                       f"smec {src}->{d} (no labels)", offset, extra)
+                                                       f"smec {src}->{d} (no labels)", offset, extra, self.unsup_cfg)
         report.train_s += sum(r.train_s for r in extra)
         candidates["pca-input"] = (self._pca_after(projections[src], d), None)
         if src != D or self.sup is not None:
@@ -839,13 +847,14 @@ class _Trainer:
         self._choose(report, d, candidates, projections, selections)
 
     def _trained(self, proj_in: Projection, src: int, d: int, teacher: torch.Tensor, supervised: bool, desc: str,
-                 offset: int, reports: list[StageReport], xbm: bool | None = None
+                 offset: int, reports: list[StageReport], cfg: TrainConfig | None = None
                  ) -> tuple[Projection, np.ndarray | None]:
         """A src -> d stage trained on ``proj_in``'s output (with the rank loss when ``supervised`` and the fit
-        has labels), as (projection from the raw input, ADS selection or None)."""
+        has labels) with ``cfg`` (None: the fit's own), as (projection from the raw input, ADS selection or
+        None)."""
         data = self._data(proj_in, teacher, supervised)
-        model = self._model(src, (d,), self.ads, proj_in)
-        self._train(model, data, desc, reports, offset, xbm)
+        model = self._model(src, (d,), self.ads, proj_in, cfg)
+        self._train(model, data, desc, reports, offset, cfg)
         return self._composed(model, proj_in, d)
 
     def _composed(self, model: StageModel, proj_in: Projection, d: int) -> tuple[Projection, np.ndarray | None]:

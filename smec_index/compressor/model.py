@@ -165,8 +165,10 @@ class StageModel(nn.Module):
         """
         if len(self.out_dims) == 1 and self.out_dims[0] < self.n_in:
             d = self.out_dims[0]
-            idx = torch.as_tensor(self.selection(d), device=x.device)
             lin = self.adapter.linear
+            if not self.ads:  # the leading coordinates: slices, not gathers (and their scatters back)
+                return {d: x[:, :d] + nn.functional.linear(x, lin.weight[:d], lin.bias[:d])}
+            idx = torch.as_tensor(self.selection(d), device=x.device)
             return {d: x[:, idx] + nn.functional.linear(x, lin.weight[idx], lin.bias[idx])}
         return self.forward_eval(x)
 

@@ -67,8 +67,8 @@ class TrainConfig:
     # (listwise distillation: each anchor's softmax over its ``kl_neighbours`` nearest training rows and
     # ``kl_random`` random ones, teacher against student at ``kl_temperature``; a SMEC fit replaces lr,
     # batch_size and epoch_rows by ``KL_DEFAULTS`` unless its user gave them) or "auto" (resolved by the fit):
-    # "kl" for unsupervised smec, "l1" for the baselines and for fits with labels (docs/method.md, "Listwise
-    # distillation without labels")
+    # "kl" for unsupervised smec (and a labelled smec fit's stage trained without labels), "l1" for the baselines
+    # and every stage trained with labels (docs/method.md, "Listwise distillation without labels")
     sp_loss: str = "auto"
     kl_neighbours: int = 50
     kl_random: int = 50
@@ -136,6 +136,11 @@ class TrainData:
             pool = max(cfg.neighbour_pool, cfg.neighbours)
             n_cand = min(max(pool, math.ceil(pool * len(self.train_rows) / cfg.memory_size)), MAX_CANDIDATES)
         key = ("neighbours", n_cand)
+        longer = [k for k in self._cache if isinstance(k, tuple) and k[0] == "neighbours" and k[1] > n_cand]
+        if key not in self._cache and longer:
+            # lists are ranked best first: a longer one (an S-XBM stage's, same teacher) holds this one
+            ids, sims = self._cache[longer[0]]
+            self._cache[key] = ids[:, :n_cand], sims[:, :n_cand]
         if key not in self._cache:
             rows = torch.as_tensor(self.train_rows, device=self.inputs.device)
             self._cache[key] = teacher_neighbours(self.teacher, rows, n_cand)
@@ -446,9 +451,12 @@ class _Stepper:
                           data.inputs[torch.as_tensor(c_rows.reshape(-1), device=device)]]
             if self.kl:
                 kl_ids, kl_t = self._kl_candidates(rows_t)
-                # both sides of a pair carry gradient: with the candidates' side frozen (as S-XBM's memory side)
-                # the 1,400-row debian sample kept PCA at 64 dims instead of gaining 1.5 points
-                parts.append(data.inputs[kl_ids.reshape(-1)])
+                # each distinct candidate row is projected once (random draws and shared neighbours repeat rows:
+                # a third of them on SciFact); both sides of a pair carry gradient: with the candidates' side
+                # frozen (as S-XBM's memory side) the 1,400-row debian sample kept PCA at 64 dims instead of
+                # gaining 1.5 points
+                kl_rows, kl_at = torch.unique(kl_ids.reshape(-1), return_inverse=True)
+                parts.append(data.inputs[kl_rows])
             forward = model.forward_selected if masks is None else (lambda x: model.forward_train(x, masks))
             outs = forward(torch.cat(parts))
             n_outs = None
@@ -466,7 +474,8 @@ class _Stepper:
                     zn = n_outs[d].reshape(B, pos.shape[1], -1) if n_outs is not None else za[pos]
                     loss = loss + cfg.alpha * self.sp_loss(t_sims, za, zn, valid)
                 if self.kl:
-                    zk = z[-kl_ids.numel():].reshape(B, kl_ids.shape[1], -1)
+                    # index_select: its backward adds rows (index_add_), much faster on CPU than indexing's
+                    zk = z[-len(kl_rows):].index_select(0, kl_at).reshape(B, kl_ids.shape[1], -1)
                     loss = loss + cfg.alpha * self.kl_loss(kl_t, za, zk)
                 if data.supervised:
                     nq = len(qs)
