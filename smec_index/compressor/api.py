@@ -117,8 +117,9 @@ class SMEC:
     Every SMEC stage keeps the best, on held-out data, of its trained map and PCA of the same dim (of its input,
     and of the full vector): held-out corpus rows' neighbours without labels, held-out training queries with
     them, where the same stage trained straight from the raw vector and the same stage trained without labels
-    (distilled, as a fit without labels trains it) are candidates too (kept by the one-standard-error rule, the chain's stage first), and the adapted full
-    vector must beat the raw one to be used. ``reports_`` records each stage's candidates, scores and ``choice``.
+    (distilled, as a fit without labels trains it) are candidates too (kept by the one-standard-error rule, the
+    chain's stage first), and the adapted full vector must beat the raw one to be used. ``reports_`` records each
+    stage's candidates, scores and ``choice``.
 
     ``code`` (a stage code of ``index.backends.codes`` on a FAISS engine, e.g. ``"rabitq1"``; unsupervised smec
     only) makes that choice quantization-aware: candidates are scored by how many of each held-out row's
@@ -759,7 +760,7 @@ class _Trainer:
         if self._init == "pca":
             mu, R = self._pca_of(proj_in)
             # listwise distillation starts exactly at the stage's "pca-input" candidate, x R, un-centred (as
-            # ``pca_projections``, which says why); eq. 7 (the baselines, fits with labels) at the centred
+            # ``pca_projections``, which says why); eq. 7 (the baselines, stages with labels) at the centred
             # (x - mu) R it was measured with: from x R it never improved on it (unsupervised mrl = PCA)
             bias = np.zeros(n_in) if (cfg or self.cfg).sp_loss == "kl" else -(mu @ R)
             with torch.no_grad():
