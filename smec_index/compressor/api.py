@@ -669,14 +669,11 @@ class _Trainer:
         self.smec, self.X, self.Q, self.pairs = smec, X, Q, pairs
         base = smec._config()
         kl = replace(base, sp_loss="kl", **{k: v for k, v in KL_DEFAULTS.items() if k not in smec.train_options})
-        if base.sp_loss == "auto":
-            cfg = kl if smec.method == "smec" and pairs is None else replace(base, sp_loss="l1")
-        else:
-            cfg = kl if base.sp_loss == "kl" else base
-        self.cfg = cfg
+        smec_auto = smec.method == "smec" and base.sp_loss == "auto"
+        self.cfg = kl if base.sp_loss == "kl" or (smec_auto and pairs is None) else replace(base, sp_loss="l1")
         # with labels, smec's stage trained without them (the "unsupervised" candidate) learns as an unsupervised
         # fit of smec does, so that labels which do not help fall back to what the fit without them gives
-        self.unsup_cfg = kl if smec.method == "smec" and base.sp_loss == "auto" else cfg
+        self.unsup_cfg = kl if smec_auto else self.cfg
         # "auto": every adapter starts at its input's principal axes (see docs/method.md for the runs)
         self._init = smec.init if smec.init != "auto" else "pca"
         self.ads = bool(smec.ads)
