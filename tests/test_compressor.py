@@ -786,22 +786,27 @@ def test_adapt_phase_keeps_its_own_best_epoch_even_below_the_select_phase(synth,
     assert model.adapter.linear.weight.abs().sum() > 0  # the trained adapter, not the one the select phase held
 
 
-def test_held_out_queries_never_share_a_judged_document_with_training_queries():
-    """Queries that share a positive go to the same side, so the held-out score cannot come from memorising
-    where the training positives lie."""
+def test_held_out_queries_are_a_random_share_of_the_labelled_queries():
+    """Held-out queries are drawn at random, so where judged documents recur they hit training positives as new
+    queries from the same distribution do, and the held-out score sees what labels teach about those documents."""
     from smec_index.compressor.api import _split_queries
 
     rng = np.random.default_rng(0)
     # 300 queries over 120 documents: many documents are judged for several queries
     positives = {q: [(int(d), 1.0) for d in rng.choice(120, 1 + q % 2, replace=False)] for q in range(300)}
     train, val = _split_queries(positives, 0.1, np.random.default_rng(1))
-    assert len(val) > 0 and len(train) > 0 and not set(train) & set(val)
+    assert len(val) == 30 and len(train) == 270 and not set(train) & set(val)
     assert sorted(set(train) | set(val)) == list(range(300))
+    assert list(val) == sorted(val) and list(train) == sorted(train)
     train_docs = {d for q in train for d, _ in positives[q]}
-    assert not train_docs & {d for q in val for d, _ in positives[q]}
-    # one document per query: a plain 10% hold-out
-    single = {q: [(q, 1.0)] for q in range(200)}
-    assert len(_split_queries(single, 0.1, np.random.default_rng(1))[1]) == 20
+    assert {d for q in val for d, _ in positives[q]} & train_docs  # not split by shared documents
+    again = _split_queries(positives, 0.1, np.random.default_rng(1))
+    assert all(np.array_equal(a, b) for a, b in zip((train, val), again))
+    assert not np.array_equal(val, _split_queries(positives, 0.1, np.random.default_rng(2))[1])
+    # only labelled queries are split (query 0 has no positive here)
+    some = {q: [(q, 1.0)] for q in range(1, 41)}
+    t, v = _split_queries(some, 0.25, np.random.default_rng(1))
+    assert len(v) == 10 and sorted(set(t) | set(v)) == list(range(1, 41))
     # too few labelled queries to hold any out: both sides are every query
     few = {q: [(q, 1.0)] for q in range(10)}
     t, v = _split_queries(few, 0.1, np.random.default_rng(1))
