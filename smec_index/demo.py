@@ -316,11 +316,13 @@ def run_demo(
     env = environment()
     echo(f"machine: {describe_environment(env)}")
 
-    models, train_s = {}, {}
+    models, train_s, train_threads = {}, {}, {}
     for method, mode in FITS:
         smec, secs = _fit(method, mode, dims, ds, Qt, pairs, s, seed, progress)
         models[(method, mode)], train_s[f"{method}/{mode}"] = smec, round(secs, 2)
-        echo(f"  fitted {method} ({mode}) in {secs:.1f} s")
+        train_threads[f"{method}/{mode}"] = smec.train_threads_
+        echo(f"  fitted {method} ({mode}) in {secs:.1f} s"
+             + (f" on {smec.train_threads_} torch thread(s)" if smec.train_threads_ else ""))
 
     t0 = time.perf_counter()
     records: list[dict] = []
@@ -377,7 +379,7 @@ def run_demo(
                "n_train_queries": int(Qt.shape[0]), "seed": seed, "settings": asdict(replace(s, dims=dims)),
                "overlap": _overlap(ds, qrels, pairs), "provenance": prov,
                "environment": env, "load_avg_1min": {"start": load_start, "end": _load_average()},
-               "train_s": train_s, "records": records,
+               "train_s": train_s, "train_threads": train_threads, "records": records,
                "wall_s": round(time.perf_counter() - t_start, 1)}
     echo("")
     echo(demo_tables(payload))

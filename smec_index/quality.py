@@ -67,7 +67,8 @@ def run_quality(
     method_options: dict | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[dict]:
-    """One record per (method, dim, mode): ``method, dim, mode, ndcg@10, recall@100, mrr@10, train_s``.
+    """One record per (method, dim, mode): ``method, dim, mode, ndcg@10, recall@100, mrr@10, train_s``
+    (and ``train_threads``, the torch threads a learned fit trained with).
 
     Also a ``full`` record per mode (exact raw full-dim search) and, per learned method in
     supervised mode, its adapted full vector (``dim`` = D).
@@ -79,7 +80,8 @@ def run_quality(
     for mode in modes:
         if mode not in MODES:
             raise ValueError(f"run_quality: mode must be one of {MODES}, got {mode!r}")
-        records.append({"method": "full", "dim": ds.dim, "mode": mode, **full, "train_s": 0.0})
+        records.append({"method": "full", "dim": ds.dim, "mode": mode, **full, "train_s": 0.0,
+                        "train_threads": None})
         for method in methods:
             sup = mode == "supervised" and method not in ("pca", "truncate")
             opts = dict((method_options or {}).get(method, {}))
@@ -95,7 +97,8 @@ def run_quality(
             choice = {r["out_dims"][0]: r["choice"] for r in getattr(smec, "reports_", []) if len(r["out_dims"]) == 1}
             for d in out_dims:
                 records.append({"method": method, "dim": d, "mode": mode, **_score(smec, ds, Qe, qids, qrels, d),
-                                "train_s": round(train_s, 2), **({"choice": choice[d]} if d in choice else {})})
+                                "train_s": round(train_s, 2), "train_threads": smec.train_threads_,
+                                **({"choice": choice[d]} if d in choice else {})})
             if log is not None:
                 got = " ".join(f"{r['dim']}:{r['ndcg@10']:.4f}" for r in records[-len(out_dims):])
                 log(f"{mode:12s} {method:15s} nDCG@10 {got}  ({train_s:.1f} s)")

@@ -132,7 +132,7 @@ def test_train_on_a_data_dir_and_bench(tmp_path, capsys):
                           "--json", tmp_path / "b.json", "--plot", tmp_path / "b.png", "--quiet"], capsys)
     assert code == 0, err
     payload = json.loads((tmp_path / "b.json").read_text())
-    keys = {"method", "dim", "mode", "ndcg@10", "recall@100", "mrr@10", "train_s"}
+    keys = {"method", "dim", "mode", "ndcg@10", "recall@100", "mrr@10", "train_s", "train_threads"}
     assert all(set(r) == keys for r in payload["records"])
     assert {(r["method"], r["dim"]) for r in payload["records"]} >= {("pca", 8), ("truncate", 4), ("full", 16)}
     assert (tmp_path / "b.png").stat().st_size > 1000
@@ -174,6 +174,7 @@ def test_demo_fast_end_to_end(tmp_path, capsys):
     assert prov["command_line"].startswith("smec-index demo --fast") and prov["threads"]["faiss_qps"] == 1
     assert prov["commit"] is None or re.fullmatch(r"[0-9a-f]{40}", prov["commit"])
     assert 0 < payload["overlap"]["shared"] <= payload["overlap"]["test_relevant"]
+    assert payload["train_threads"]["smec/supervised"] == 1 and payload["train_threads"]["pca/unsupervised"] is None
     records = payload["records"]
     for r in records:
         assert {"panel", "method", "mode", "codes", "dim", "rerank", "bytes_per_vector", "ndcg@10", "recall@100",

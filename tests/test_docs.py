@@ -61,6 +61,9 @@ def render_demo(p: dict, rel: str) -> str:
 def _fits(p: dict) -> str:
     t, load = p["train_s"], p.get("load_avg_1min") or {}
     out = f"training {t['smec/unsupervised']:.0f} s without labels and {t['smec/supervised']:.0f} s with them"
+    threads = p.get("train_threads") or {}
+    if threads.get("smec/unsupervised") and threads.get("smec/supervised"):
+        out += f" (torch threads {threads['smec/unsupervised']} and {threads['smec/supervised']})"
     if load.get("start") is not None:
         out += f"; 1-minute load average {load['start']} at the start, {load['end']} at the end"
     return out

@@ -14,7 +14,7 @@ from conftest import write_toy_beir
 from smec_index.datasets import load_beir
 from smec_index.quality import default_dims, run_ablation, run_quality
 
-KEYS = {"method", "dim", "mode", "ndcg@10", "recall@100", "mrr@10", "train_s"}
+KEYS = {"method", "dim", "mode", "ndcg@10", "recall@100", "mrr@10", "train_s", "train_threads"}
 FAST = dict(max_epochs=2, ads_epochs=1, patience=1, batch_size=16, memory_size=50, neighbour_pool=8)
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,6 +33,9 @@ def test_default_dims():
 def test_run_quality_records(toy):
     recs = run_quality(toy, ["smec", "pca", "truncate"], (8, 4), progress=False, method_options={"smec": FAST})
     assert all(set(r) - {"choice"} == KEYS for r in recs)
+    # the torch threads each learned fit trained with (tests pin SMEC_INDEX_THREADS=1); nothing else trains
+    assert {r["train_threads"] for r in recs if r["method"] == "smec"} == {1}
+    assert {r["train_threads"] for r in recs if r["method"] != "smec"} == {None}
     # what each smec stage kept is recorded with its numbers
     assert {r["choice"] for r in recs if r["method"] == "smec" and r["dim"] in (8, 4)} <= {"trained", "pca-input", "pca-full", "unsupervised"}
     got = {(r["method"], r["dim"], r["mode"]) for r in recs}

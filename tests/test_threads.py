@@ -64,6 +64,32 @@ def test_fit_runs_under_the_policy(monkeypatch, synth):
     assert seen == [True]
 
 
+def test_a_fit_records_the_threads_it_trained_with_and_a_save_keeps_them(monkeypatch, synth, tmp_path):
+    """The thread count changes the float sums, so a seed reproduces a fit only at the same count: the model
+    says which (None where nothing trained), and a save and a subset keep it."""
+    import json
+
+    from safetensors.numpy import load_file
+
+    fast = dict(progress=False, max_epochs=1, ads_epochs=1, patience=1)
+    monkeypatch.setenv(ENV_THREADS, "1")
+    one = SMEC((8,), "smec", seed=0, **fast).fit(synth[:100])
+    assert one.train_threads_ == 1 and one.subset(8).train_threads_ == 1
+    assert SMEC((8,), "pca").fit(synth[:100]).train_threads_ is None
+    monkeypatch.setenv(ENV_THREADS, "2")
+    assert SMEC((8,), "smec", seed=0, **fast).fit(synth[:100]).train_threads_ == 2
+    one.save(tmp_path / "m")
+    assert SMEC.load(tmp_path / "m").train_threads_ == 1
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    tensors = load_file(str(tmp_path / "m" / "weights.safetensors"))
+    del cfg["fitted"]["train_threads"]  # as saved before it was recorded
+    assert SMEC._from_saved(cfg, tensors, tmp_path / "m").train_threads_ is None
+    for bad in (0, 1.5, True, "2"):
+        cfg["fitted"]["train_threads"] = bad
+        with pytest.raises(ValueError, match="train_threads="):
+            SMEC._from_saved(cfg, tensors, tmp_path / "m")
+
+
 def test_wait_policy_is_set_before_torch_unless_the_user_chose(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     assert set_wait_policy() is False and "OMP_WAIT_POLICY" not in os.environ  # torch is loaded here: too late

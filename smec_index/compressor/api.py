@@ -267,13 +267,16 @@ class SMEC:
         projections: dict[int, Projection] = {D: Projection.identity(D)}
         selections: dict[int, np.ndarray] = {}
         reports: list[StageReport] = []
+        threads = None
         if self.method == "pca":
             projections.update(pca_projections(X, self.dims))
         elif self.method == "truncate":
             projections.update(truncate_projections(D, self.dims))
         else:
             trainer = _Trainer(self, X, Q, pairs)
-            with training_threads():  # one thread per idle core: a busy machine slows training in proportion
+            # one thread per idle core: a busy machine slows training in proportion. The count changes the
+            # float sums, so a seed reproduces a fit at the same count (SMEC_INDEX_THREADS pins it)
+            with training_threads() as threads:
                 trainer.run(self.dims, projections, selections, reports)
         if self.rotate:
             rotate_outputs(projections, self.dims, self.seed)
@@ -283,6 +286,7 @@ class SMEC:
         self.selections_ = selections
         self.reports_ = [r.to_dict() for r in reports]
         self.train_s_ = time.perf_counter() - t0
+        self.train_threads_ = threads  # torch threads the fit trained with (None: nothing trained)
         self.fit_rows_ = len(corpus)  # the corpus, not the training sample drawn from it
         self._data = (X, Q, pairs)
         return self
@@ -476,6 +480,7 @@ class SMEC:
             "supervised": self.supervised_,
             "selected": sorted(self.selections_),
             "train_s": self.train_s_,
+            "train_threads": self.train_threads_,
             "fit_rows": self.fit_rows_,
             "reports": self.reports_,
         }
@@ -555,6 +560,10 @@ class SMEC:
         if fit_rows is not None and (not isinstance(fit_rows, int) or isinstance(fit_rows, bool) or fit_rows < 1):
             raise ValueError(f"fit_rows={fit_rows!r}; expected a positive int or null")
         obj.fit_rows_ = fit_rows
+        threads = fitted.get("train_threads")  # saves from before 2026-12-05 (later) did not record it
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise ValueError(f"train_threads={threads!r}; expected a positive int or null")
+        obj.train_threads_ = threads
         return obj
 
     def to_sentence_transformers(self, model: Any, dim: int, portable: bool = True) -> Any:
