@@ -60,10 +60,10 @@ def render_demo(p: dict, rel: str) -> str:
 
 def _fits(p: dict) -> str:
     t, load = p["train_s"], p.get("load_avg_1min") or {}
-    out = f"training {t['smec/unsupervised']:.0f} s without labels and {t['smec/supervised']:.0f} s with them"
-    threads = p.get("train_threads") or {}
-    if threads.get("smec/unsupervised") and threads.get("smec/supervised"):
-        out += f" (torch threads {threads['smec/unsupervised']} and {threads['smec/supervised']})"
+    n = p.get("train_threads") or {}
+    on = {k: f" on {n[k]} torch thread{'s' if n[k] > 1 else ''}" if n.get(k) else "" for k in t}
+    out = (f"training {t['smec/unsupervised']:.0f} s without labels{on['smec/unsupervised']} and "
+           f"{t['smec/supervised']:.0f} s with them{on['smec/supervised']}")
     if load.get("start") is not None:
         out += f"; 1-minute load average {load['start']} at the start, {load['end']} at the end"
     return out
