@@ -44,19 +44,42 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def busy_cores(samples: int = 5, interval_s: float = 0.02) -> int:
+def _runnable_here(proc: str = "/proc") -> int:
+    """Threads of this process that are runnable now (state R in ``/proc/self/task/*/stat``), the reading
+    thread included; 1 where the OS does not tell."""
+    running = 0
+    try:
+        tasks = os.listdir(f"{proc}/self/task")
+    except OSError:
+        return 1
+    for tid in tasks:
+        try:
+            with open(f"{proc}/self/task/{tid}/stat", encoding="ascii", errors="replace") as f:
+                stat = f.read()
+        except OSError:  # the thread ended while we looked
+            continue
+        fields = stat[stat.rfind(")") + 1:].split()
+        running += bool(fields) and fields[0] == "R"
+    return max(1, running)
+
+
+def busy_cores(samples: int = 5, interval_s: float = 0.02, proc: str = "/proc") -> int:
     """Cores other processes keep busy now: the median of a few readings of the runnable threads in
-    ``/proc/loadavg`` (less this process's reading thread), else the 1-minute load average.
+    ``/proc/loadavg`` less this process's own runnable threads, else the 1-minute load average.
 
     The instantaneous count, not the load average, because the average includes this process's own training
-    of the last minute: a second fit right after a first would otherwise see its own load and shrink."""
+    of the last minute: a second fit right after a first would otherwise see its own load and shrink. Own
+    threads are left out because the BLAS threads of numpy's last product spin for a while after it (OpenBLAS):
+    a fit that starts right after one (the PCA start of every fit) would otherwise count them as another
+    process and take one thread where two cores are idle."""
     counts = []
     for i in range(samples):
         try:
-            with open("/proc/loadavg", encoding="ascii") as f:
-                counts.append(int(f.read().split()[3].split("/")[0]) - 1)
+            with open(f"{proc}/loadavg", encoding="ascii") as f:
+                total = int(f.read().split()[3].split("/")[0])
         except (OSError, ValueError, IndexError):
             break
+        counts.append(total - _runnable_here(proc))
         if i + 1 < samples:
             time.sleep(interval_s)
     if len(counts) == samples:

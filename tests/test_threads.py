@@ -43,6 +43,19 @@ def test_busy_cores_counts_others_not_itself():
     assert 0 <= busy_cores(samples=3, interval_s=0.0) <= os.cpu_count() * 64
 
 
+def test_busy_cores_leaves_out_this_process_s_own_runnable_threads(tmp_path):
+    """numpy's BLAS threads spin for a while after a product; counted as other processes they would cost the
+    next fit a thread. A fake /proc: 5 runnable threads on the machine, 2 of them (of 3) this process's."""
+    (tmp_path / "loadavg").write_text("0.50 0.40 0.30 5/300 1234\n")
+    for tid, state in ((11, "R"), (12, "S"), (13, "R")):
+        (tmp_path / "self" / "task" / str(tid)).mkdir(parents=True)
+        (tmp_path / "self" / "task" / str(tid) / "stat").write_text(f"{tid} (py (thread) x) {state} 1 2 3\n")
+    assert _threads._runnable_here(str(tmp_path)) == 2
+    assert busy_cores(samples=3, interval_s=0.0, proc=str(tmp_path)) == 3
+    (tmp_path / "self" / "task" / "13" / "stat").write_text("13 (py) S 1 2 3\n")
+    assert busy_cores(samples=3, interval_s=0.0, proc=str(tmp_path)) == 4
+
+
 def test_training_threads_sets_and_restores(monkeypatch):
     before = torch.get_num_threads()
     monkeypatch.setattr(_threads, "busy_cores", lambda: _threads.available_cores())  # a fully busy machine
