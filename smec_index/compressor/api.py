@@ -556,14 +556,11 @@ class SMEC:
             raise ValueError(f"{_WEIGHTS} holds {sorted(set(tensors) - expected)} beyond the config's tensors")
         obj.reports_ = fitted["reports"]
         obj.train_s_ = fitted["train_s"]
-        fit_rows = fitted.get("fit_rows")  # saves from before 2026-12-05 did not record it
-        if fit_rows is not None and (not isinstance(fit_rows, int) or isinstance(fit_rows, bool) or fit_rows < 1):
-            raise ValueError(f"fit_rows={fit_rows!r}; expected a positive int or null")
-        obj.fit_rows_ = fit_rows
-        threads = fitted.get("train_threads")  # saves from before 2026-12-05 (later) did not record it
-        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-            raise ValueError(f"train_threads={threads!r}; expected a positive int or null")
-        obj.train_threads_ = threads
+        for key in ("fit_rows", "train_threads"):  # older saves recorded neither (2026-12-05), or not the threads
+            value = fitted.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{key}={value!r}; expected a positive int or null")
+            setattr(obj, f"{key}_", value)
         return obj
 
     def to_sentence_transformers(self, model: Any, dim: int, portable: bool = True) -> Any:
