@@ -49,7 +49,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import describe_machine, load_avg, machine_info, markdown_table, recall, write_json  # noqa: E402
+from common import (describe_machine, load_avg, machine_info, markdown_table, recall, save_figure,  # noqa: E402
+                    write_json)
 
 from smec_index import SMEC  # noqa: E402
 from smec_index.datasets import load_beir  # noqa: E402
@@ -481,9 +482,7 @@ def plot(payload: dict, path: str | Path) -> None:
     ax.set_title(f"{payload['dataset']} / {payload['model']} ({payload['n_corpus']:,} x {payload['dim']})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:

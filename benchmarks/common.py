@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from smec_index.report import describe_environment, environment, markdown_table, write_json
+from smec_index.report import describe_environment, environment, markdown_table, save_figure, write_json
 
-__all__ = ["RESULTS", "machine_info", "describe_machine", "markdown_table", "write_json", "load_avg", "recall",
-           "with_provenance"]
+__all__ = ["RESULTS", "machine_info", "describe_machine", "markdown_table", "write_json", "save_figure", "load_avg",
+           "recall", "with_provenance"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -27,7 +27,7 @@ from common import RESULTS, describe_machine, machine_info, markdown_table, writ
 from smec_index.compressor import METHODS  # noqa: E402
 from smec_index.datasets import default_data_dir, load_beir  # noqa: E402
 from smec_index.quality import MODES, average_runs, default_dims, run_ablation, run_quality  # noqa: E402
-from smec_index.report import ablation_table, quality_tables, quality_targets  # noqa: E402
+from smec_index.report import ablation_table, quality_tables, quality_targets, save_figure  # noqa: E402
 
 
 def _print_targets(records: list[dict]) -> None:
@@ -66,8 +66,7 @@ def plot(records: list[dict], path: Path, title: str) -> None:
         if ax.lines:
             ax.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
 
 
 def merge(parts: list[str], out: str | None, plot_path: str | None) -> int:

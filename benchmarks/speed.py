@@ -37,7 +37,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, describe_machine, load_avg, machine_info, markdown_table, recall, write_json  # noqa: E402
+from common import (RESULTS, describe_machine, load_avg, machine_info, markdown_table, recall,  # noqa: E402
+                    save_figure, write_json)
 
 import faiss  # noqa: E402
 from smec_index import SMEC, CompressedIndex  # noqa: E402
@@ -408,8 +409,7 @@ def plot(payload: dict, path: Path) -> None:
     axes[0].set_ylabel("queries per second")
     axes[1].legend(fontsize=6, ncol=2)
     fig.suptitle(f"N = {payload['result']['n']:,}: {DATA_NOTE}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
 
 
 def report(payload: dict) -> str:

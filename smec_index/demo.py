@@ -26,7 +26,8 @@ from .index import CompressedIndex
 from .index.backends import make_backend
 from .metrics import evaluate
 from .quality import default_dims, eval_split
-from .report import best_time, describe_environment, environment, human_bytes, markdown_table, write_json
+from .report import (best_time, describe_environment, environment, human_bytes, markdown_table, save_figure,
+                     write_json)
 
 __all__ = ["DemoSettings", "DEMO_TRAINING", "FAST", "run_demo", "subsample", "demo_tables", "plot_demo", "answer_query",
            "code_bytes", "provenance",
@@ -251,12 +252,7 @@ def plot_demo(payload: dict, path: str | Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     axes[0].set_ylabel("nDCG@10")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _load_average() -> float | None:

@@ -160,3 +160,25 @@ def test_quality_program_runs_several_data_sets_and_sums_them_up(tmp_path, toy):
     summary = res.stdout.split("Summary across data sets")[1]
     assert f"| {toy.name} | unsupervised | pca |" in summary and "| other | unsupervised | pca |" in summary
     assert {f.name for f in tmp_path.glob("quality-*.json")} == {f"quality-{toy.name}-toy.json", "quality-other-toy.json"}
+
+
+def test_save_figure_writes_atomically_creates_folders_and_closes_the_figure(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from smec_index.report import save_figure
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], [3, 4])
+    path = save_figure(fig, tmp_path / "deep" / "plot.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plt.fignum_exists(fig.number) and [p.name for p in path.parent.iterdir()] == ["plot.png"]
+    # a failed write leaves the previous file whole, no temporary file, and the figure closed
+    fig, ax = plt.subplots()
+    monkeypatch.setattr(fig, "savefig", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        save_figure(fig, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and [p.name for p in path.parent.iterdir()] == ["plot.png"]
+    assert not plt.fignum_exists(fig.number)
