@@ -811,6 +811,32 @@ def test_held_out_queries_are_a_random_share_of_the_labelled_queries():
     few = {q: [(q, 1.0)] for q in range(10)}
     t, v = _split_queries(few, 0.1, np.random.default_rng(1))
     assert list(t) == list(v) == list(range(10))
+    # at most max_val held out; below the cap the split is the same
+    t, v = _split_queries(positives, 0.1, np.random.default_rng(1), max_val=12)
+    assert len(v) == 12 and len(t) == 288 and not set(t) & set(v)
+    assert all(np.array_equal(a, b) for a, b in zip((train, val), _split_queries(positives, 0.1,
+                                                                                 np.random.default_rng(1), 30)))
+
+
+def test_memory_bounds_of_mining_and_held_out_ranks_leave_the_results_unchanged(synth, synth_supervised,
+                                                                                monkeypatch):
+    """Hard negatives are mined, and held-out queries' ranks counted, a block of queries at a time when the
+    whole would not fit the byte caps: same pools, same scores."""
+    from smec_index.compressor import train as train_mod
+
+    Q, pairs = synth_supervised
+    smec = SMEC((16, 8), "smec", seed=0, **FAST)
+    whole = api._Trainer(smec, synth, Q, pairs)
+    monkeypatch.setattr(api, "MINE_BYTES", 4 * synth.shape[0] * 7)  # 7 queries a block
+    blocks = api._Trainer(smec, synth, Q, pairs)
+    np.testing.assert_array_equal(whole.sup["neg_pool"], blocks.sup["neg_pool"])
+    exact = torch.topk(torch.as_tensor(Q) @ torch.as_tensor(synth).T, whole.sup["neg_pool"].shape[1], dim=1)
+    np.testing.assert_array_equal(whole.sup["neg_pool"], exact.indices.numpy())
+    proj = api.Projection.identity(48)
+    one = whole._score(proj, 48)
+    monkeypatch.setattr(train_mod, "RANK_BYTES", 1)  # one query a block
+    np.testing.assert_array_equal(one, whole._score(proj, 48))
+    assert len(one) == len(whole.sup["val_q"]) > 1
 
 
 def test_a_stage_worse_than_pca_on_held_out_rows_is_replaced_by_pca(synth):

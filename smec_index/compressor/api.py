@@ -581,6 +581,9 @@ class SMEC:
 # ``SMEC(code=...)`` keeps PCA of the full vector unless a candidate beats it by this many standard errors on
 # held-out rows: on the development sets' training queries, 2 kept every gain of "best" and lost least (method.md)
 CODE_SE = 2.0
+# the most query x corpus scores (bytes) the hard-negative mining holds at once: debian's 6,000 training queries
+# x 63,904 rows (1.5 GB) fit in one block (``_Trainer._nearest``)
+MINE_BYTES = 2 << 30
 CANDIDATE_RUNGS = (10, 20, 50)  # candidate counts a coded stage is scored at below ``code_candidates``
 
 
@@ -626,15 +629,17 @@ def label_recurrence(positives: dict[int, list[tuple[int, float]]]) -> float:
 
 
 def _split_queries(positives: dict[int, list[tuple[int, float]]], fraction: float,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                   rng: np.random.Generator, max_val: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(training, held-out) query rows: a random ``fraction`` of the labelled queries held out. Held-out queries
     then hit the training queries' positives as often as new queries from the same distribution hit the fit's,
     so what labels teach about the training documents themselves is scored as test queries will see it
     (SciFact: 196 of 300 test queries hit a training positive; held out by groups sharing no judged document,
-    the fit dropped labels that were worth 13 points, docs/method.md). Fewer than 20 labelled queries: no
-    hold-out (both are every query)."""
+    the fit dropped labels that were worth 13 points, docs/method.md), at most ``max_val`` of them (every
+    held-out score ranks each held-out query against the sample and the held-out queries' own judged and mined
+    documents). Fewer than 20 labelled queries: no hold-out (both are every query)."""
     labelled = np.array(sorted(positives), dtype=np.int64)
     n_val = int(round(len(labelled) * fraction))
+    n_val = n_val if max_val is None else min(n_val, max_val)
     if len(labelled) < 20 or not 0 < n_val < len(labelled):
         return labelled, labelled
     order = rng.permutation(labelled)
@@ -694,18 +699,26 @@ class _Trainer:
             for q, d, r in pairs:
                 if r > 0:
                     positives.setdefault(q, []).append((d, r))
-            train_q, val_q = _split_queries(positives, self.cfg.val_fraction, self.rng)
+            train_q, val_q = _split_queries(positives, self.cfg.val_fraction, self.rng, self.cfg.max_val)
             pos_list = [positives.get(i, []) for i in range(Q.shape[0])]
             # hard negatives: each query's nearest documents at full dim
             mined = min(self.cfg.mined + max(len(p) for p in pos_list), X.shape[0])
-            sims = torch.as_tensor(Q, device=self.device) @ self.X_t.T
-            neg_pool = torch.topk(sims, mined, dim=1).indices.cpu().numpy()
+            neg_pool = self._nearest(Q, mined)
             self.sup = dict(positives=pos_list, neg_pool=neg_pool, train_q=train_q, val_q=val_q,
                             Q_t=torch.as_tensor(Q, device=self.device), recurrence=label_recurrence(positives))
             if sample is not None:
                 judged = [r for q in val_q for r, _ in pos_list[q]]
                 self.eval_rows = np.unique(np.concatenate([sample, np.asarray(judged, dtype=np.int64),
                                                            neg_pool[val_q].ravel()]))
+
+    def _nearest(self, Q: np.ndarray, k: int) -> np.ndarray:
+        """Each query's ``k`` nearest corpus rows at full dim (the hard-negative pool), best first, ranked for a
+        block of queries at a time so that their scores stay within ``MINE_BYTES`` (6,000 training queries
+        against a million rows would be 24 GB at once)."""
+        Q_t = torch.as_tensor(Q, device=self.device)
+        step = max(1, MINE_BYTES // (4 * self.X_t.shape[0]))
+        return torch.cat([torch.topk(Q_t[s : s + step] @ self.X_t.T, k, dim=1).indices
+                          for s in range(0, len(Q_t), step)]).cpu().numpy()
 
     def _data(self, proj_in: Projection, teacher: torch.Tensor, supervised: bool = True) -> TrainData:
         """The stage's training data; ``supervised=False`` leaves the labels out even when the fit has them."""

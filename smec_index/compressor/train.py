@@ -23,6 +23,8 @@ __all__ = ["KL_DEFAULTS", "TrainConfig", "TrainData", "train_stage", "StageRepor
 
 # longest candidate list kept per row for S-XBM retrieval (rows x this many ids and sims in memory)
 MAX_CANDIDATES = 1024
+# the most comparison booleans a held-out nDCG holds at once (``item_scores``)
+RANK_BYTES = 256 << 20
 
 
 @dataclass
@@ -47,6 +49,8 @@ class TrainConfig:
     ads_epochs: int = 10
     rank_temperature: float = 0.05
     val_fraction: float = 0.1
+    # at most this many held-out corpus rows, and held-out training queries (10,000 of them against a million
+    # rows would be scores of 40 GB each validation)
     max_val: int = 1000
     # unsupervised fits train on a seeded sample of at most this many corpus rows (debian, 63,904 rows, training
     # queries' nDCG@10 at 128 / 64 / 32: 50,000 rows 0.6534 / 0.5828 / 0.4095, 20,000 rows 0.6547 / 0.5808 /
@@ -254,8 +258,11 @@ def item_scores(data: TrainData, corpus_out: dict[int, torch.Tensor],
         for d, zc in corpus_out.items():
             sims = q_out[d] @ zc.T
             pos = sims.gather(1, rows)
-            # rank of each judged doc = 1 + number of docs scoring strictly higher
-            ranks = (sims.unsqueeze(1) > pos.unsqueeze(2)).sum(2) + 1
+            # rank of each judged doc = 1 + number of docs scoring strictly higher, counted for a block of
+            # queries at a time (queries x judged x rows booleans: 600 x 50 x 80,000 would be 2.4 GB at once)
+            step = max(1, RANK_BYTES // (pos.shape[1] * sims.shape[1]))
+            ranks = torch.cat([(sims[s : s + step].unsqueeze(1) > pos[s : s + step].unsqueeze(2)).sum(2)
+                               for s in range(0, sims.shape[0], step)]) + 1
             dcg = (gains / torch.log2(ranks.float() + 1)).sum(1)
             scores.append(dcg / idcg)
     else:
