@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .compressor import METHODS, SMEC
-from .datasets import BeirDataset
+from .datasets import BeirDataset, Qrels
 from .metrics import evaluate_embeddings
 
 __all__ = ["default_dims", "eval_split", "run_quality", "run_ablation", "average_runs", "ABLATION"]
@@ -37,7 +37,8 @@ def default_dims(D: int) -> tuple[int, ...]:
     return dims or tuple(d for d in (D // 2, D // 4, D // 8) if d > 0)
 
 
-def eval_split(ds: BeirDataset, seed: int):
+def eval_split(ds: BeirDataset, seed: int) -> tuple[np.ndarray, list[str], Qrels, np.ndarray,
+                                                  list[tuple[int, int, float]]]:
     """The evaluation queries and the supervised training pairs of ``ds``, as every benchmark uses them.
 
     Returns ``(Qe, qids, qrels, Qt, pairs)``: evaluation query vectors, their ids and judgments, and the

@@ -9,7 +9,7 @@ import platform
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 __all__ = ["markdown_table", "environment", "describe_environment", "curves_by_label", "plot_ndcg_vs_bytes",
            "human_bytes", "write_json", "provenance", "quality_tables", "quality_targets", "ablation_table",
@@ -40,7 +40,7 @@ def write_json(path: str | Path, payload: dict) -> Path:
     return path
 
 
-def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
     """Lay out ``fig`` and write it to ``path`` (its format from the suffix) atomically, as ``write_json`` does,
     then close it so that a process drawing many plots does not keep them all."""
     import matplotlib.pyplot as plt
