@@ -1186,3 +1186,21 @@ def test_extend_keeps_choosing_by_the_code(synth):
         smec.extend(12)
     smec.extend(8)
     assert smec.dims_ == (16, 8) and smec.reports_[-1]["candidates"]
+
+
+def test_train_data_gathers_eval_inputs_and_negative_pools_once():
+    """Both are fixed for a training: computed on first use, then the same object every epoch and step."""
+    from smec_index.compressor.train import TrainData
+
+    rng = np.random.default_rng(0)
+    inputs = torch.as_tensor(rng.normal(size=(50, 8)).astype(np.float32))
+    data = TrainData(teacher=inputs, inputs=inputs, train_rows=np.arange(40), val_rows=np.arange(40, 45),
+                     eval_rows=np.array([1, 5, 7, 40, 44]))
+    got = data.eval_inputs()
+    np.testing.assert_array_equal(got.numpy(), inputs.numpy()[[1, 5, 7, 40, 44]])
+    assert data.eval_inputs() is got
+    data.positives = [[(3, 1.0), (9, 2.0)], []]
+    data.neg_pool = np.array([[9, 4, 3, 12], [3, 9, 4, 12]])
+    pool = data.negatives_of(0)
+    assert pool.dtype == np.int64 and pool.tolist() == [4, 12] and data.negatives_of(0) is pool
+    assert data.negatives_of(1).tolist() == [3, 9, 4, 12]

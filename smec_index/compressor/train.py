@@ -122,10 +122,23 @@ class TrainData:
         return rows if self.eval_rows is None else np.searchsorted(self.eval_rows, rows)
 
     def eval_inputs(self) -> torch.Tensor:
-        """The stage inputs of the rows the held-out scores rank."""
+        """The stage inputs of the rows the held-out scores rank, gathered once (every epoch validates on them:
+        28,000 of 100,000 rows of 768 dims took 29 ms a gather)."""
         if self.eval_rows is None:
             return self.inputs
-        return self.inputs[torch.as_tensor(self.eval_rows, device=self.inputs.device)]
+        if getattr(self, "_eval_in", None) is None:
+            self._eval_in = self.inputs[torch.as_tensor(self.eval_rows, device=self.inputs.device)]
+        return self._eval_in
+
+    def negatives_of(self, q: int) -> np.ndarray:
+        """Query ``q``'s mined rows that are not among its judged documents, in mined order, computed once."""
+        if getattr(self, "_negatives", None) is None:
+            self._negatives = {}
+        pool = self._negatives.get(q)
+        if pool is None:
+            judged = {r for r, _ in self.positives[q]}
+            pool = self._negatives[q] = np.array([r for r in self.neg_pool[q] if r not in judged], dtype=np.int64)
+        return pool
 
     def neighbour_lists(self, cfg: "TrainConfig") -> tuple[torch.Tensor, torch.Tensor]:
         """Each training row's ranked teacher neighbours among the training rows, computed once.
@@ -288,8 +301,7 @@ def _query_batch(
         pos = data.positives[q]
         for j, (r, y) in enumerate(pos):
             rows[i, j], rel[i, j], valid[i, j] = r, y, True
-        pos_rows = {r for r, _ in pos}
-        pool = [r for r in data.neg_pool[q] if r not in pos_rows]
+        pool = data.negatives_of(q)
         neg = rng.choice(pool, size=min(cfg.negatives, len(pool)), replace=False)
         rows[i, n_pos : n_pos + len(neg)] = neg
         valid[i, n_pos : n_pos + len(neg)] = True
