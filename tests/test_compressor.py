@@ -1204,3 +1204,46 @@ def test_train_data_gathers_eval_inputs_and_negative_pools_once():
     pool = data.negatives_of(0)
     assert pool.dtype == np.int64 and pool.tolist() == [4, 12] and data.negatives_of(0) is pool
     assert data.negatives_of(1).tolist() == [3, 9, 4, 12]
+
+
+def test_a_prefix_stage_trains_only_the_adapter_rows_its_output_reads():
+    """Inside ``prefix_rows_only`` the adapter holds d of its n_in rows as parameters; leaving puts the others
+    back untouched, also after an error; models with several outputs or ADS are left alone."""
+    torch.manual_seed(0)
+    m = StageModel(12, (4,), False)
+    with torch.no_grad():
+        m.adapter.linear.weight.normal_()
+        m.adapter.linear.bias.normal_()
+    W, b = m.adapter.linear.weight.detach().clone(), m.adapter.linear.bias.detach().clone()
+    x = torch.randn(5, 12)
+    before = m.forward_selected(x)[4].detach()
+    with m.prefix_rows_only():
+        assert [tuple(p.shape) for p in m.adapter.parameters()] == [(4, 12), (4,)]
+        torch.testing.assert_close(m.forward_selected(x)[4].detach(), before, rtol=0, atol=0)
+        with torch.no_grad():
+            m.adapter.linear.weight.add_(1.0)
+    assert torch.equal(m.adapter.linear.weight[4:], W[4:]) and torch.equal(m.adapter.linear.weight[:4], W[:4] + 1)
+    assert torch.equal(m.adapter.linear.bias, b)
+    with pytest.raises(RuntimeError, match="boom"):
+        with m.prefix_rows_only():
+            raise RuntimeError("boom")
+    assert m.adapter.linear.weight.shape == (12, 12)
+    for other in (StageModel(12, (4, 2), False), StageModel(12, (4,), True), StageModel(12, (12,), False)):
+        with other.prefix_rows_only():
+            assert other.adapter.linear.weight.shape == (12, 12)
+
+
+@pytest.mark.parametrize("supervised", [False, True])
+def test_training_only_the_read_rows_gives_the_same_floats(synth, synth_supervised, monkeypatch, supervised):
+    import contextlib
+
+    from smec_index.compressor.model import StageModel as SM
+
+    Q, pairs = synth_supervised
+    args = dict(queries=Q, qrels=pairs) if supervised else {}
+    trimmed = SMEC((16, 8), "smec", seed=2, **FAST).fit(synth, **args)
+    monkeypatch.setattr(SM, "prefix_rows_only", lambda self: contextlib.nullcontext())
+    whole = SMEC((16, 8), "smec", seed=2, **FAST).fit(synth, **args)
+    for d in (16, 8):
+        np.testing.assert_array_equal(trimmed.transform(synth, d), whole.transform(synth, d))
+    assert [r["epochs"] for r in trimmed.reports_] == [r["epochs"] for r in whole.reports_]

@@ -8,7 +8,9 @@ is applied with numpy at query time (see ``Projection``).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -171,6 +173,26 @@ class StageModel(nn.Module):
             idx = torch.as_tensor(self.selection(d), device=x.device)
             return {d: x[:, idx] + nn.functional.linear(x, lin.weight[idx], lin.bias[idx])}
         return self.forward_eval(x)
+
+    @contextlib.contextmanager
+    def prefix_rows_only(self) -> Iterator[None]:
+        """Within the block a model whose single output keeps the adapter's first d < n_in coordinates holds only
+        those d rows of the adapter as parameters (what ``forward_selected`` reads); the other rows, which reach
+        no output, are put back on exit. An optimizer made inside updates d x n_in weights, not n_in^2, with the
+        same floats for the d rows. Other models are left as they are."""
+        lin = self.adapter.linear
+        if self.ads or len(self.out_dims) != 1 or self.out_dims[0] >= self.n_in:
+            yield
+            return
+        d = self.out_dims[0]
+        rest_w, rest_b = lin.weight.detach()[d:].clone(), lin.bias.detach()[d:].clone()
+        lin.weight = nn.Parameter(lin.weight.detach()[:d].clone())
+        lin.bias = nn.Parameter(lin.bias.detach()[:d].clone())
+        try:
+            yield
+        finally:
+            lin.weight = nn.Parameter(torch.cat([lin.weight.detach(), rest_w]))
+            lin.bias = nn.Parameter(torch.cat([lin.bias.detach(), rest_b]))
 
     def forward_eval(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         y = self.adapter(x)

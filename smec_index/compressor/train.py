@@ -335,44 +335,48 @@ def train_stage(
     gen = torch.Generator().manual_seed(seed)
     step_fn = _Stepper(model, data, cfg, rng, gen)
     report = StageReport(model.out_dims)
-    best = _validate(model, data)
-    report.val.append(best)
-    best_state = copy.deepcopy(model.state_dict())
-    logits = [p for n, p in model.named_parameters() if n.endswith("logits")]
-    adapter = [p for n, p in model.named_parameters() if not n.endswith("logits")]
-    phases = ([("select", cfg.ads_epochs)] if logits and cfg.ads_epochs > 0 else []) + [("adapt", cfg.max_epochs)]
-    bar = tqdm(total=sum(n for _, n in phases), desc=desc, disable=tqdm_disable(progress), leave=False)
-    for phase, n_epochs in phases:
-        select = phase == "select"
-        for p in logits:
-            p.requires_grad_(select)
-        for p in adapter:
-            p.requires_grad_(not select)
-        opt = torch.optim.Adam(logits if select else adapter, lr=cfg.logits_lr if select else cfg.lr,
-                               weight_decay=0.0 if select else cfg.weight_decay)
-        bad = 0
-        for epoch in range(n_epochs):
-            tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** (epoch / max(n_epochs - 1, 1)) if select else None
-            step_fn.epoch(opt, tau)
-            score = _validate(model, data)
-            report.val.append(score)
-            report.epochs += 1
-            bar.update(1)
-            bar.set_postfix(phase=phase, val=f"{score:.4f}")
-            if score > best:
-                best, bad, report.best_epoch = score, 0, report.epochs
-                best_state = copy.deepcopy(model.state_dict())
-            elif not select:
-                bad += 1
-                if bad >= cfg.patience:
-                    break
-        model.load_state_dict(best_state)
-        if select:
-            # the adapt phase keeps its own best epoch: the select phase's score (adapter still at its start) is
-            # the best of ten draws on a small held-out slice, and an adapter that only tied it was thrown away
-            # (mpnet supervised, 64 -> 32 at two threads: best select 0.726, adapt reached 0.726, never more;
-            # nDCG@10 0.6714 with the untrained adapter, 0.6974 with the adapt phase's best)
-            best = float("-inf")
+    # a single prefix output reads d of the adapter's n_in rows; the others never move (zero gradient), so the
+    # optimizer holds only those d (Adam on n_in^2 weights was most of its work for the from-full candidates)
+    with model.prefix_rows_only():
+        best = _validate(model, data)
+        report.val.append(best)
+        best_state = copy.deepcopy(model.state_dict())
+        logits = [p for n, p in model.named_parameters() if n.endswith("logits")]
+        adapter = [p for n, p in model.named_parameters() if not n.endswith("logits")]
+        phases = ([("select", cfg.ads_epochs)] if logits and cfg.ads_epochs > 0 else []) + [("adapt", cfg.max_epochs)]
+        bar = tqdm(total=sum(n for _, n in phases), desc=desc, disable=tqdm_disable(progress), leave=False)
+        for phase, n_epochs in phases:
+            select = phase == "select"
+            for p in logits:
+                p.requires_grad_(select)
+            for p in adapter:
+                p.requires_grad_(not select)
+            opt = torch.optim.Adam(logits if select else adapter, lr=cfg.logits_lr if select else cfg.lr,
+                                   weight_decay=0.0 if select else cfg.weight_decay)
+            bad = 0
+            for epoch in range(n_epochs):
+                tau = (cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** (epoch / max(n_epochs - 1, 1)) if select
+                       else None)
+                step_fn.epoch(opt, tau)
+                score = _validate(model, data)
+                report.val.append(score)
+                report.epochs += 1
+                bar.update(1)
+                bar.set_postfix(phase=phase, val=f"{score:.4f}")
+                if score > best:
+                    best, bad, report.best_epoch = score, 0, report.epochs
+                    best_state = copy.deepcopy(model.state_dict())
+                elif not select:
+                    bad += 1
+                    if bad >= cfg.patience:
+                        break
+            model.load_state_dict(best_state)
+            if select:
+                # the adapt phase keeps its own best epoch: the select phase's score (adapter still at its start) is
+                # the best of ten draws on a small held-out slice, and an adapter that only tied it was thrown away
+                # (mpnet supervised, 64 -> 32 at two threads: best select 0.726, adapt reached 0.726, never more;
+                # nDCG@10 0.6714 with the untrained adapter, 0.6974 with the adapt phase's best)
+                best = float("-inf")
     bar.close()
     for p in model.parameters():
         p.requires_grad_(True)
