@@ -31,8 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator, Mapping
 
-__all__ = ["atomic_directory", "sha256_file", "fsync_tree", "json_kind", "read_versioned_json", "TMP_PREFIX",
-           "MANIFEST", "StorageFullError", "write_manifest", "read_manifest", "manifest_files", "storage_full"]
+__all__ = ["atomic_directory", "atomic_file", "sha256_file", "fsync_tree", "json_kind", "read_versioned_json",
+           "TMP_PREFIX", "MANIFEST", "StorageFullError", "write_manifest", "read_manifest", "manifest_files", "storage_full"]
 
 MANIFEST = "manifest.json"
 
@@ -49,6 +49,23 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "w") -> Iterator[Any]:
+    """Write one file whole or not at all: the block writes a temporary file beside ``path`` (parent folders
+    made), which is flushed, fsynced and renamed over ``path`` when the block ends, and removed if it raises."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _fsync_path(path: Path) -> None:

@@ -11,6 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from ._fsutil import atomic_file
+
 __all__ = ["markdown_table", "environment", "describe_environment", "curves_by_label", "plot_ndcg_vs_bytes",
            "human_bytes", "write_json", "provenance", "quality_tables", "quality_targets", "ablation_table",
            "best_time", "save_figure"]
@@ -28,35 +30,23 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence], floatfmt: s
 
 
 def write_json(path: str | Path, payload: dict) -> Path:
-    """Write ``payload`` as indented JSON, atomically (a temporary file, fsynced, renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
+    """Write ``payload`` as indented JSON, atomically (``_fsutil.atomic_file``)."""
+    with atomic_file(path) as f:
         f.write(json.dumps(payload, indent=2))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
-    """Lay out ``fig`` and write it to ``path`` (its format from the suffix) atomically, as ``write_json`` does,
+    """Lay out ``fig`` and write it to ``path`` (its format from the suffix) atomically (``_fsutil.atomic_file``),
     then close it so that a process drawing many plots does not keep them all."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
         fig.tight_layout()
-        with open(tmp, "wb") as f:
+        with atomic_file(path, "wb") as f:
             fig.savefig(f, dpi=dpi, format=path.suffix.lstrip(".") or "png")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
         plt.close(fig)
     return path
 

@@ -388,3 +388,24 @@ def test_format_1_smec_saves_and_text_embeddings_are_named(smec, tmp_path):
     with pytest.raises(NotNpyError, match="load_beir: corpus embeddings .*is not a .npy file") as e:
         load_beir(root, emb.name)
     assert "pickle" not in str(e.value)
+
+
+def test_atomic_file_replaces_whole_or_leaves_the_old_file(tmp_path):
+    """The one-file writer under ``write_json`` and ``save_figure``: folders made, the file replaced when the block
+    ends, the old one kept and no temporary left when it raises."""
+    from smec_index._fsutil import atomic_file
+    from smec_index.report import write_json
+
+    path = tmp_path / "a" / "b.json"
+    write_json(path, {"v": 1})
+    assert json.loads(path.read_text()) == {"v": 1}
+    try:
+        with atomic_file(path) as f:
+            f.write('{"v": 2')
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    assert json.loads(path.read_text()) == {"v": 1} and sorted(p.name for p in path.parent.iterdir()) == ["b.json"]
+    with atomic_file(path, "wb") as f:
+        f.write(b"\x00\x01")
+    assert path.read_bytes() == b"\x00\x01" and sorted(p.name for p in path.parent.iterdir()) == ["b.json"]
