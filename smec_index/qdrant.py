@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ._fsutil import atomic_file
 from ._rows import row_norms
 from .compressor import SMEC
 from .index.checks import check_vectors, is_int
@@ -192,9 +193,8 @@ class QdrantCompressedCollection:
             engine = EdgeEngine.create(path / _SHARD, spec, max_search_threads)
             try:
                 smec.save(path / _SMEC)
-                tmp = path / (_MANIFEST + ".tmp")
-                tmp.write_text(json.dumps(spec.to_json(), indent=2))
-                os.replace(tmp, manifest)  # the manifest last: its presence marks a complete collection
+                with atomic_file(manifest) as f:  # the manifest last: its presence marks a complete collection
+                    f.write(json.dumps(spec.to_json(), indent=2))
             except BaseException:
                 engine.close()
                 raise
