@@ -329,6 +329,20 @@ def test_seed_makes_training_reproducible(synth):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("method", ["mrl", "search-adaptor"])
+def test_in_batch_pairs_reproduce_a_fit_on_two_threads(monkeypatch, synth, method):
+    """In-batch neighbours (eq. 4) repeat rows; their gradients are summed in index order (on two threads
+    indexing's backward summed them in an order that changed run to run, and so did the fit)."""
+    from smec_index._threads import ENV_THREADS
+
+    monkeypatch.setenv(ENV_THREADS, "2")
+    # batches of 256 anchors x 10 pairs x 32 dims: large enough that the sum runs on both threads
+    opts = {**FAST, "batch_size": 256, "max_epochs": 2}
+    fits = [SMEC((32, 16), method, seed=3, **opts).fit(synth).transform(synth[:50], 32) for _ in range(3)]
+    for other in fits[1:]:
+        np.testing.assert_array_equal(fits[0], other)
+
+
 def test_unsupervised_fit_trains_on_a_seeded_sample_of_a_large_corpus(synth):
     """Above ``max_train_rows`` the corpus is sampled (seeded) before training: same result as fitting the sample."""
     capped = SMEC((16, 8), seed=5, **FAST, max_train_rows=250).fit(synth)

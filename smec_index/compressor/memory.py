@@ -137,7 +137,7 @@ class NeighbourMemory(_Fifo):
         lines = self.line_of[query_ids]
         if bool((lines < 0).any()):
             raise ValueError("NeighbourMemory.topk: query_ids must be rows the candidate lists were ranked for")
-        cand = self.cand_ids[lines]
+        cand = self.cand_ids.index_select(0, lines)
         in_mem = self.slot_of[cand] >= 0
         # keep the first k in-memory candidates of each row, in rank order
         take = in_mem & (torch.cumsum(in_mem, dim=1) <= k)
@@ -157,12 +157,12 @@ class NeighbourMemory(_Fifo):
         lines = self.line_of[query_ids]
         if bool((lines < 0).any()):
             raise ValueError("NeighbourMemory.sample: query_ids must be rows the candidate lists were ranked for")
-        cand = self.cand_ids[lines]
+        cand = self.cand_ids.index_select(0, lines)
         in_mem = self.slot_of[cand] >= 0
         take = in_mem & (torch.cumsum(in_mem, dim=1) <= pool)
         keys = torch.rand(take.shape, generator=generator).to(take.device) + take.float()
         pick = torch.topk(keys, min(k, cand.shape[1]), dim=1).indices
         valid = take.gather(1, pick)
         ids = cand.gather(1, pick).masked_fill(~valid, -1)
-        sims = self.cand_sims[lines].gather(1, pick).masked_fill(~valid, 0.0)
+        sims = self.cand_sims.index_select(0, lines).gather(1, pick).masked_fill(~valid, 0.0)
         return ids, sims, valid

@@ -196,7 +196,9 @@ class StageModel(nn.Module):
 
     def forward_eval(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         y = self.adapter(x)
-        return {d: y[:, self.selection(d)] for d in self.out_dims}
+        # a prefix is a view of y, not a gather: the D -> D stage's y[:, arange(D)] copied every row and its
+        # backward scattered them back (index_put, 12% of that stage's CPU); same floats
+        return {d: y[:, :d] if not self.ads or d == self.n_in else y[:, self.selection(d)] for d in self.out_dims}
 
     def selection(self, d: int) -> np.ndarray:
         """Indices of the adapter coordinates kept for output dim ``d``."""
