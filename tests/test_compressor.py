@@ -653,6 +653,26 @@ def test_listwise_distillation_is_zero_at_the_teacher_and_ranks_not_values():
     assert l1(student + 0.3, za, zc).item() == pytest.approx(0.3, abs=1e-5)  # eq. 7 counts the offset
 
 
+@pytest.mark.parametrize("make", [SimilarityPreservationLoss, lambda: ListwiseDistillationLoss(0.1)])
+def test_losses_take_candidates_as_distinct_rows_and_an_index(make):
+    """Candidates given as (distinct rows, index) are the gathered (B, K, d) ones: the same loss value and
+    the same gradient to float rounding, summed over every draw of a row."""
+    torch.manual_seed(0)
+    loss = make()
+    rows = torch.randn(7, 5, requires_grad=True)
+    za = torch.randn(3, 5, requires_grad=True)
+    index = torch.tensor([0, 3, 3, 6, 1, 0, 2, 2, 2, 5, 4, 0])  # 3 anchors x 4 candidates, rows repeated
+    teacher = torch.rand(3, 4)
+    gathered = loss(teacher, za, rows[index].reshape(3, 4, 5))
+    g_rows, g_za = torch.autograd.grad(gathered, (rows, za))
+    by_index = loss(teacher, za, rows, index=index)
+    i_rows, i_za = torch.autograd.grad(by_index, (rows, za))
+    assert torch.equal(gathered, by_index)
+    torch.testing.assert_close(i_rows, g_rows)
+    torch.testing.assert_close(i_za, g_za)
+    assert float(g_rows[3].abs().sum()) > 0  # a row drawn twice gets both draws' gradient
+
+
 def test_kl_candidates_are_each_anchors_nearest_training_rows_then_random_ones(synth):
     from smec_index.compressor.train import TrainConfig, TrainData, _Stepper
 
@@ -851,6 +871,21 @@ def test_memory_bounds_of_mining_and_held_out_ranks_leave_the_results_unchanged(
     monkeypatch.setattr(train_mod, "RANK_BYTES", 1)  # one query a block
     np.testing.assert_array_equal(one, whole._score(proj, 48))
     assert len(one) == len(whole.sup["val_q"]) > 1
+
+
+def test_ranks_above_count_the_strictly_higher_scores_of_each_query(monkeypatch):
+    """The held-out ranks: how many of a query's scores beat each judged score, ties not counted, whatever the
+    block size (rounded scores make ties between judged and unjudged rows and between judged ones)."""
+    from smec_index.compressor import train as train_mod
+
+    g = torch.Generator().manual_seed(0)
+    sims = torch.round(torch.randn(9, 300, generator=g) * 4) / 4
+    pos = sims.gather(1, torch.randint(0, 300, (9, 5), generator=g))
+    pos[:, 4] = pos[:, 1]
+    brute = (sims.unsqueeze(1) > pos.unsqueeze(2)).sum(2)
+    assert torch.equal(train_mod._ranks_above(sims, pos), brute)
+    monkeypatch.setattr(train_mod, "RANK_BYTES", 1)  # one query a block
+    assert torch.equal(train_mod._ranks_above(sims, pos), brute)
 
 
 def test_a_stage_worse_than_pca_on_held_out_rows_is_replaced_by_pca(synth):

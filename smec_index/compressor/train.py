@@ -23,7 +23,7 @@ __all__ = ["KL_DEFAULTS", "TrainConfig", "TrainData", "train_stage", "StageRepor
 
 # longest candidate list kept per row for S-XBM retrieval (rows x this many ids and sims in memory)
 MAX_CANDIDATES = 1024
-# the most comparison booleans a held-out nDCG holds at once (``item_scores``)
+# the most bytes of rank bookkeeping a held-out nDCG holds at once (``item_scores``)
 RANK_BYTES = 256 << 20
 
 
@@ -270,12 +270,7 @@ def item_scores(data: TrainData, corpus_out: dict[int, torch.Tensor],
         idcg = (ideal / torch.log2(torch.arange(2, gains.shape[1] + 2, device=gains.device))).sum(1)
         for d, zc in corpus_out.items():
             sims = q_out[d] @ zc.T
-            pos = sims.gather(1, rows)
-            # rank of each judged doc = 1 + number of docs scoring strictly higher, counted for a block of
-            # queries at a time (queries x judged x rows booleans: 600 x 50 x 80,000 would be 2.4 GB at once)
-            step = max(1, RANK_BYTES // (pos.shape[1] * sims.shape[1]))
-            ranks = torch.cat([(sims[s : s + step].unsqueeze(1) > pos[s : s + step].unsqueeze(2)).sum(2)
-                               for s in range(0, sims.shape[0], step)]) + 1
+            ranks = _ranks_above(sims, sims.gather(1, rows)) + 1
             dcg = (gains / torch.log2(ranks.float() + 1)).sum(1)
             scores.append(dcg / idcg)
     else:
@@ -286,6 +281,26 @@ def item_scores(data: TrainData, corpus_out: dict[int, torch.Tensor],
             got = torch.topk(zc[val] @ zc[train_rows].T, exact.shape[1], dim=1).indices
             scores.append((got.unsqueeze(2) == exact.unsqueeze(1)).any(dim=2).float().mean(1))
     return scores
+
+
+def _ranks_above(sims: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """For each query (row) and each of its judged scores ``pos`` (Q, J), how many of its scores ``sims`` (Q, N)
+    are strictly higher: each score's place among the query's sorted judged scores (a binary search), then a
+    histogram of the places, so two passes over the scores whatever J (comparing every score with every judged
+    one made Q x J x N booleans, and cost J times as much)."""
+    Q, J = pos.shape
+    # a block of queries at a time: the places are Q x N longs (600 x 80,000 would be 384 MB at once)
+    step = max(1, RANK_BYTES // (8 * max(1, sims.shape[1])))
+    out = []
+    for s in range(0, Q, step):
+        block, p = sims[s : s + step], pos[s : s + step]
+        sorted_p, order = torch.sort(p, dim=1)
+        place = torch.searchsorted(sorted_p, block)  # judged scores strictly below each score
+        place += torch.arange(len(block), device=place.device).unsqueeze(1) * (J + 1)
+        hist = torch.bincount(place.reshape(-1), minlength=len(block) * (J + 1)).reshape(len(block), J + 1)
+        above = hist.flip(1).cumsum(1).flip(1)[:, 1:]  # above[:, j]: scores with place > j, i.e. > sorted_p[:, j]
+        out.append(torch.empty_like(above).scatter_(1, order, above))
+    return torch.cat(out)
 
 
 def _query_batch(
@@ -447,7 +462,8 @@ class _Stepper:
         P = min(cfg.kl_neighbours, self.cand_ids.shape[1])
         draw = torch.randint(len(self.train_rows_t), (len(rows_t), cfg.kl_random), generator=self.gen)
         rnd = self.train_rows_t[draw.to(self.device)]
-        rnd_sims = torch.einsum("bd,bkd->bk", data.teacher[rows_t], data.teacher[rnd])
+        rnd_sims = torch.einsum("bd,bkd->bk", data.teacher.index_select(0, rows_t),
+                                data.teacher.index_select(0, rnd.reshape(-1)).reshape(*rnd.shape, -1))
         return torch.cat([self.cand_ids[lines, :P], rnd], 1), torch.cat([self.cand_sims[lines, :P], rnd_sims], 1)
 
     def epoch(self, opt: torch.optim.Optimizer, tau: float | None) -> None:
@@ -480,9 +496,12 @@ class _Stepper:
                 # frozen (as S-XBM's memory side) the 1,400-row debian sample kept PCA at 64 dims instead of
                 # gaining 1.5 points
                 kl_rows, kl_at = torch.unique(kl_ids.reshape(-1), return_inverse=True)
-                parts.append(data.inputs.index_select(0, kl_rows))
+                if len(parts) == 1:  # one gather, not two and a copy into ``torch.cat``'s output
+                    parts = [data.inputs.index_select(0, torch.cat([rows_t, kl_rows]))]
+                else:
+                    parts.append(data.inputs.index_select(0, kl_rows))
             forward = model.forward_selected if masks is None else (lambda x: model.forward_train(x, masks))
-            outs = forward(torch.cat(parts))
+            outs = forward(parts[0] if len(parts) == 1 else torch.cat(parts))
             n_outs = None
             if self.memory is not None and nb is not None:
                 # memory rows are re-projected by the current stage every step (stored features never
@@ -490,25 +509,21 @@ class _Stepper:
                 # its gradient when it is an anchor. A row drawn by several anchors (a quarter of the draws)
                 # is projected once; a row's projection does not depend on the others', so the same floats
                 with torch.no_grad():
-                    drawn, at = torch.unique(nb[0].clamp(min=0).reshape(-1), return_inverse=True)
-                    n_outs = {d: o.index_select(0, at) for d, o in forward(data.inputs.index_select(0, drawn)).items()}
+                    drawn, nb_at = torch.unique(nb[0].clamp(min=0).reshape(-1), return_inverse=True)
+                    n_outs = forward(data.inputs.index_select(0, drawn))
             loss = torch.zeros((), device=device)
             for d, z in outs.items():
                 za = z[:B]
                 if nb is not None:
                     pos, t_sims, valid = nb
+                    # neighbours as (distinct rows, index): the memory's projected once each, in-batch ones are
+                    # anchors (the losses gather them with index_select, which sums repeats in index order)
                     if n_outs is not None:
-                        zn = n_outs[d].reshape(B, pos.shape[1], -1)
+                        loss = loss + cfg.alpha * self.sp_loss(t_sims, za, n_outs[d], valid, nb_at)
                     else:
-                        # index_select, not za[pos]: indexing's backward (index_put with accumulate) sums a row
-                        # drawn by several anchors in an order that varies run to run on two threads (a fit was
-                        # not reproducible from its seed); index_add_ sums in index order
-                        zn = za.index_select(0, pos.reshape(-1)).reshape(B, pos.shape[1], -1)
-                    loss = loss + cfg.alpha * self.sp_loss(t_sims, za, zn, valid)
+                        loss = loss + cfg.alpha * self.sp_loss(t_sims, za, za, valid, pos.reshape(-1))
                 if self.kl:
-                    # index_select: its backward adds rows (index_add_), much faster on CPU than indexing's
-                    zk = z[-len(kl_rows):].index_select(0, kl_at).reshape(B, kl_ids.shape[1], -1)
-                    loss = loss + cfg.alpha * self.kl_loss(kl_t, za, zk)
+                    loss = loss + cfg.alpha * self.kl_loss(kl_t, za, z[-len(kl_rows):], kl_at)
                 if data.supervised:
                     nq = len(qs)
                     zq = z[B : B + nq]
