@@ -144,7 +144,7 @@ class NeighbourMemory(_Fifo):
         k = min(k, cand.shape[1])
         order = torch.argsort((~take).to(torch.int8), dim=1, stable=True)[:, :k]
         ids = cand.gather(1, order)
-        sims = self.cand_sims[lines].gather(1, order)
+        sims = self.cand_sims.index_select(0, lines).gather(1, order)
         valid = take.gather(1, order)
         return ids.masked_fill(~valid, -1), sims.masked_fill(~valid, 0.0), valid
 

@@ -168,7 +168,7 @@ class StageModel(nn.Module):
         if len(self.out_dims) == 1 and self.out_dims[0] < self.n_in:
             d = self.out_dims[0]
             lin = self.adapter.linear
-            if not self.ads:  # the leading coordinates: slices, not gathers (and their scatters back)
+            if self.keeps_prefix(d):  # the leading coordinates: slices, not gathers (and their scatters back)
                 return {d: x[:, :d] + nn.functional.linear(x, lin.weight[:d], lin.bias[:d])}
             idx = torch.as_tensor(self.selection(d), device=x.device)
             return {d: x[:, idx] + nn.functional.linear(x, lin.weight[idx], lin.bias[idx])}
@@ -198,12 +198,14 @@ class StageModel(nn.Module):
         y = self.adapter(x)
         # a prefix is a view of y, not a gather: the D -> D stage's y[:, arange(D)] copied every row and its
         # backward scattered them back (index_put, 12% of that stage's CPU); same floats
-        return {d: y[:, :d] if not self.ads or d == self.n_in else y[:, self.selection(d)] for d in self.out_dims}
+        return {d: y[:, :d] if self.keeps_prefix(d) else y[:, self.selection(d)] for d in self.out_dims}
+
+    def keeps_prefix(self, d: int) -> bool:
+        """Whether output dim ``d`` keeps the adapter's first d coordinates (no ADS choice, or all of them)."""
+        return d == self.n_in or not self.ads
 
     def selection(self, d: int) -> np.ndarray:
         """Indices of the adapter coordinates kept for output dim ``d``."""
-        if d == self.n_in:
+        if self.keeps_prefix(d):
             return np.arange(d, dtype=np.int64)
-        if self.ads:
-            return self.selectors[str(d)].indices()
-        return np.arange(d, dtype=np.int64)
+        return self.selectors[str(d)].indices()
