@@ -26,7 +26,7 @@ from common import RESULTS, describe_machine, machine_info, markdown_table, writ
 
 from smec_index.compressor import METHODS  # noqa: E402
 from smec_index.datasets import default_data_dir, load_beir  # noqa: E402
-from smec_index.quality import MODES, average_runs, default_dims, run_ablation, run_quality  # noqa: E402
+from smec_index.quality import ALL_MODES, MODES, average_runs, default_dims, run_ablation, run_quality  # noqa: E402
 from smec_index.report import ablation_table, quality_tables, quality_targets, save_figure  # noqa: E402
 
 
@@ -40,16 +40,28 @@ def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
+def _modes(s: str) -> str | list[str]:
+    if s in ("both", "all"):
+        return s
+    modes = _csv(s)
+    bad = [m for m in modes if m not in ALL_MODES]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"expected both, all or a comma list of {', '.join(ALL_MODES)}; got {s!r}")
+    return modes
+
+
 def plot(records: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    modes = [m for m in ALL_MODES if any(r["mode"] == m for r in records)] or list(MODES)
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4), sharey=True, squeeze=False)
+    axes = axes[0]
     methods = list(dict.fromkeys(r["method"] for r in records if r["method"] != "full"))
     colour = {m: f"C{i}" for i, m in enumerate(methods)}
-    for ax, mode in zip(axes, MODES):
+    for ax, mode in zip(axes, modes):
         recs = [r for r in records if r["mode"] == mode and r["method"] != "full"]
         for m in dict.fromkeys(r["method"] for r in recs):
             pts = sorted((r["dim"], r["ndcg@10"]) for r in recs if r["method"] == m)
@@ -132,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="all-MiniLM-L6-v2", help="embedding model under DATA/emb/")
     p.add_argument("--dims", type=lambda s: [int(x) for x in _csv(s)], default=None)
     p.add_argument("--methods", type=_csv, default=list(METHODS))
-    p.add_argument("--mode", choices=["unsupervised", "supervised", "both"], default="both")
+    p.add_argument("--mode", type=_modes, default="both",
+                   help="unsupervised, supervised, unlabelled (smec fitted on the training queries' vectors without "
+                   "their qrels), a comma list of them, both (unsupervised,supervised; the default) or all")
     p.add_argument("--ablation", action="store_true", help="also run the paper's Table 1 ablation (supervised)")
     p.add_argument("--sample", type=int, metavar="N",
                    help="a small corpus cut from each set: N documents, half judged, half random (BeirDataset.sample)")
@@ -167,7 +181,7 @@ def run_one(a: argparse.Namespace, data: str) -> list[dict]:
     if a.sample:
         ds = ds.sample(a.sample)
     dims = a.dims or list(default_dims(ds.dim))
-    modes = list(MODES) if a.mode == "both" else [a.mode]
+    modes = list(MODES) if a.mode == "both" else list(ALL_MODES) if a.mode == "all" else a.mode
     info = machine_info()
     print(f"# quality: {ds.name} / {ds.model} (D={ds.dim}), {len(ds.doc_ids):,} documents, dims {dims}, "
           f"methods {a.methods}, modes {modes}")

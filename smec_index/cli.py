@@ -299,20 +299,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         X, source = ds.corpus, f"{ds.name} / {ds.model}"
         n_total = X.shape[0]
         Q = pairs = None
-        if args.mode == "supervised":
+        if args.mode in ("supervised", "unlabelled"):
             train_qids, split, _, _ = ds.supervised_split(args.seed)
             Q, pairs = ds.pairs(train_qids, split)
+            if args.mode == "unlabelled":
+                pairs = None
     else:
-        if args.mode == "supervised":
-            raise CliError("--mode goes with --data; with --corpus, give --queries and --qrels for supervised training")
-        if (args.queries is None) != (args.qrels is None):
-            raise CliError("--queries and --qrels go together (supervised training); got only one of them")
+        if args.mode != "unsupervised":
+            raise CliError("--mode goes with --data; with --corpus, give --queries (and --qrels for supervised "
+                           "training)")
+        if args.qrels is not None and args.queries is None:
+            raise CliError("--qrels judges rows of --queries; give --queries too")
         Q = pairs = None
         if args.queries:
             X, source = load_matrix(args.corpus, "--corpus"), args.corpus
             n_total = X.shape[0]
             Q = load_matrix(args.queries, "--queries", X.shape[1])
-            pairs = read_qrels(args.qrels, Q.shape[0], X.shape[0])
+            if args.qrels is not None:
+                pairs = read_qrels(args.qrels, Q.shape[0], X.shape[0])
         else:
             # unsupervised: memory-mapped; only the rows fit() would sample are read (below)
             X, source = open_matrix(args.corpus, "--corpus"), args.corpus
@@ -326,16 +330,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CliError(f"--code: {e}") from None
     if args.code and Q is not None:
-        raise CliError("--code chooses stages on held-out corpus rows, which needs unsupervised training; drop "
-                       "--code or the queries and qrels")
+        raise CliError("--code chooses stages on held-out corpus rows, which needs unsupervised training without "
+                       "queries; drop --code or the queries")
+    if Q is not None and pairs is None and args.method != "smec":
+        raise CliError(f"--queries without --qrels train smec's listwise distillation; got --method {args.method}")
     if args.corpus and not args.queries:
         from .index.stream import take_rows
 
         rows = smec.training_rows(n_total)
         X = take_rows(X, rows if rows is not None else np.arange(n_total))
-    smec.fit(X, queries=Q, qrels=pairs)
+    try:
+        smec.fit(X, queries=Q, qrels=pairs)
+    except ValueError as e:
+        raise CliError(str(e)) from None
     smec.save(out)
-    mode = "supervised" if smec.supervised_ else "unsupervised"
+    mode = ("supervised" if smec.supervised_ else
+            f"unsupervised, {Q.shape[0]:,} unlabelled queries" if Q is not None else "unsupervised")
     sample = f" (a seeded sample of {X.shape[0]:,} rows)" if n_total > X.shape[0] else ""
     print(f"trained {args.method} ({mode}) on {source}: {n_total:,} x {X.shape[1]}{sample} -> dims "
           f"{', '.join(map(str, smec.dims_))} in {_fmt_s(smec.train_s_)}; saved to {out}")
@@ -614,7 +624,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .demo import LEARNED
-    from .quality import MODES, default_dims, run_quality
+    from .quality import ALL_MODES, MODES, default_dims, run_quality
     from .report import (curves_by_label, describe_environment, environment, plot_ndcg_vs_bytes, quality_tables,
                          write_json)
 
@@ -622,7 +632,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     dims = args.dims or default_dims(ds.dim)
     if max(dims) >= ds.dim:
         raise CliError(f"--dims: {','.join(map(str, dims))} must all be below the embedding dim {ds.dim}")
-    modes = list(MODES) if args.mode == "both" else [args.mode]
+    modes = list(MODES) if args.mode == "both" else list(ALL_MODES) if args.mode == "all" else [args.mode]
     env = environment()
     print(f"# quality: {ds.name} / {ds.model} (D={ds.dim}), dims {list(dims)}, methods {args.methods}, modes {modes}")
     print(f"# machine: {describe_environment(env)}")
@@ -847,11 +857,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fit a compressor and save it to a directory",
                        description="Fit SMEC (or a baseline) on a data set (--data) or on an embedding matrix "
                        "(--corpus X.npy, optionally with --queries Q.npy --qrels F.tsv for supervised training; "
-                       "qrels lines are query_row<TAB>doc_row<TAB>relevance) and save it to --out.")
-    _add_source(s, "a data set in the BEIR layout of ../shared/data", "training query embeddings (m, D), with --qrels")
+                       "qrels lines are query_row<TAB>doc_row<TAB>relevance; --queries alone: unlabelled queries, "
+                       "e.g. a query log, that smec distils on and scores its stages with) and save it to --out.")
+    _add_source(s, "a data set in the BEIR layout of ../shared/data",
+                "training query embeddings (m, D): with --qrels supervised, alone unlabelled")
     s.add_argument("--qrels", metavar="F.tsv", help="judged pairs: query_row<TAB>doc_row<TAB>relevance (header allowed)")
-    s.add_argument("--mode", choices=["unsupervised", "supervised"], default="unsupervised",
-                   help="with --data: supervised trains on the train split's judgements (default unsupervised)")
+    s.add_argument("--mode", choices=["unsupervised", "supervised", "unlabelled"], default="unsupervised",
+                   help="with --data: supervised trains on the train split's judgements, unlabelled on its queries "
+                   "without them (default unsupervised)")
     s.add_argument("--dims", type=_dims, help="target dims, largest first (default 256,128,64,32 below 2/3 of D)")
     s.add_argument("--method", choices=METHODS, default="smec", help="compressor (default smec)")
     s.add_argument("--code", metavar="CODE", help="quantization-aware: keep each stage's map whose codes of this "
@@ -935,7 +948,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--methods", type=_names(METHODS), default=list(METHODS),
                    help=f"comma-separated, from {','.join(METHODS)} (default all)")
     s.add_argument("--dims", type=_dims, help="dims (default 256,128,64,32 below 2/3 of D)")
-    s.add_argument("--mode", choices=["unsupervised", "supervised", "both"], default="both", help="default both")
+    s.add_argument("--mode", choices=["unsupervised", "supervised", "unlabelled", "both", "all"], default="both",
+                   help="both: unsupervised and supervised (default); all: also unlabelled (smec on the training "
+                   "queries' vectors without their qrels)")
     s.add_argument("--json", metavar="OUT.json", help="write the records with the machine and versions")
     s.add_argument("--plot", metavar="OUT.png", help="write nDCG@10 against bytes per vector")
     s.set_defaults(func=cmd_bench)

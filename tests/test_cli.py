@@ -101,6 +101,24 @@ def test_train_supervised_from_files(files, tmp_path, capsys):
     assert "(supervised)" in out and SMEC.load(tmp_path / "m").supervised_
 
 
+def test_train_on_unlabelled_queries(files, tmp_path, capsys):
+    """--queries without --qrels: smec distils on them (80 queries: a fifth is too few to hold out, so held-out
+    rows score the stages); with --data, --mode unlabelled takes the train split's queries without their
+    judgements."""
+    code, out, err = run(["train", "--corpus", files / "X.npy", "--queries", files / "Q.npy", "--dims", "16,8",
+                          "--out", tmp_path / "m", "--quiet", *TINY], capsys)
+    assert code == 0, err
+    assert "(unsupervised, 80 unlabelled queries)" in out
+    smec = SMEC.load(tmp_path / "m")
+    assert not smec.supervised_ and {r["held_out"] for r in smec.reports_} == {"rows"}
+    assert all("corpus-only" in r["candidates"] for r in smec.reports_)
+    data = write_toy_beir(tmp_path / "beir", n_docs=120, n_queries=40, dim=16)
+    code, out, err = run(["train", "--data", data, "--model", "toy", "--mode", "unlabelled", "--dims", "8,4",
+                          "--out", tmp_path / "m2", "--quiet", *TINY], capsys)
+    assert code == 0, err
+    assert "unlabelled queries)" in out and not SMEC.load(tmp_path / "m2").supervised_
+
+
 def test_train_with_a_code_and_build_with_it(files, tmp_path, capsys):
     """--code fits a quantization-aware compressor; build then indexes with that code; bad uses are refused."""
     code, out, err = run(["train", "--corpus", files / "X.npy", "--dims", "16,8", "--code", "rabitq1", "--out",
@@ -229,7 +247,10 @@ def _bad_cases(f: Path, t: Path) -> list[tuple[list, int, str]]:
         (["train", "--corpus", X, "--dims", "abc", "--out", t / "o"], 2,
          "argument --dims: expected comma-separated positive integers such as 128,64,32, got 'abc'"),
         (["train", "--corpus", X, "--dims", "64,32", "--out", t / "o"], 1, "--dims: 64,32 must all be below the input dim 48"),
-        (["train", "--corpus", X, "--queries", Q, "--out", t / "o"], 1, "--queries and --qrels go together"),
+        (["train", "--corpus", X, "--qrels", f / "bad_qrels.tsv", "--out", t / "o"], 1,
+         "--qrels judges rows of --queries; give --queries too"),
+        (["train", "--corpus", X, "--queries", Q, "--method", "pca", "--out", t / "o"], 1,
+         "--queries without --qrels train smec's listwise distillation; got --method pca"),
         (["train", "--corpus", f / "ints.npy", "--out", t / "o"], 1,
          r"--corpus: expected a 2-D float array \(n, D\) with n >= 1, got shape \(5, 3\), dtype int64"),
         (["train", "--corpus", f / "qrels.tsv", "--out", t / "o"], 1, "--corpus: .* is not a .npy array file"),

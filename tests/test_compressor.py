@@ -510,7 +510,8 @@ def test_bad_fit_input_leaves_object_untouched(synth, synth_supervised):
         (dict(corpus=synth.astype(np.int32)), TypeError, "floating dtype"),
         (dict(corpus=synth.tolist()), TypeError, "numpy array"),
         (dict(corpus=np.where(np.arange(48) == 3, np.nan, synth)), ValueError, "NaN or inf"),
-        (dict(corpus=synth, queries=Q), ValueError, "go together"),
+        (dict(corpus=synth, queries=Q), ValueError, "queries without qrels train smec's listwise distillation"),
+        (dict(corpus=synth, qrels=pairs), ValueError, "qrels without queries"),
         (dict(corpus=synth, queries=Q[:, :20], qrels=pairs), ValueError, "expected \\(n, 48\\)"),
         (dict(corpus=synth, queries=Q, qrels=[(0, 600, 1)]), ValueError, "doc_row 600 out of range"),
         (dict(corpus=synth, queries=Q, qrels=[(80, 0, 1)]), ValueError, "query_row 80 out of range"),
@@ -958,6 +959,7 @@ def test_with_labels_the_first_listed_candidate_within_one_standard_error_of_the
     def choose(sup, names, recurrence=0.5):
         trainer = api._Trainer.__new__(api._Trainer)
         trainer.sup = {"recurrence": recurrence} if sup else None
+        trainer.unlabelled = None
         trainer.smec = SimpleNamespace(code=None)
         monkeypatch.setattr(api._Trainer, "_score", lambda self, proj, d: per_item[proj])
         report, projections = StageReport((8,)), {}
@@ -1166,7 +1168,8 @@ def test_a_code_aware_choice_keeps_full_pca_unless_beaten_by_two_standard_errors
     noise = rng.normal(0, 0.05, 400)
 
     def choose(items):
-        trainer = SimpleNamespace(smec=SimpleNamespace(code="rabitq1"), sup=None, _score=lambda proj, d: items[proj])
+        trainer = SimpleNamespace(smec=SimpleNamespace(code="rabitq1"), sup=None, unlabelled=None,
+                                  _score=lambda proj, d: items[proj])
         report, projections, selections = StageReport(out_dims=(8,)), {}, {}
         cands = {name: (name, None) for name in items}
         api._Trainer._choose(trainer, report, 8, cands, projections, selections)
@@ -1296,3 +1299,86 @@ def test_training_only_the_read_rows_gives_the_same_floats(synth, synth_supervis
     for d in (16, 8):
         np.testing.assert_array_equal(trimmed.transform(synth, d), whole.transform(synth, d))
     assert [r["epochs"] for r in trimmed.reports_] == [r["epochs"] for r in whole.reports_]
+
+
+# ---------------------------------------------------------------- queries without labels
+def _shifted_queries(synth: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Queries that are not documents: noisy copies of corpus rows plus one offset every query shares (an
+    instruction prefix does this to a real model's query vectors)."""
+    rng = np.random.default_rng(seed)
+    offset = np.random.default_rng(99).normal(size=synth.shape[1]) * np.linspace(0.1, 1.0, synth.shape[1])
+    Q = synth[rng.integers(0, len(synth), n)] + 0.6 * offset / np.linalg.norm(offset)
+    Q += rng.normal(scale=0.05, size=Q.shape)
+    return (Q / np.linalg.norm(Q, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _recall_vs_exact(smec: SMEC, X: np.ndarray, Q: np.ndarray, d: int) -> float:
+    exact = np.argsort(-(Q @ X.T), axis=1)[:, :10]
+    got = np.argsort(-(smec.transform(Q, d) @ smec.transform(X, d).T), axis=1)[:, :10]
+    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, exact)]))
+
+
+def test_unlabelled_queries_anchor_the_distillation_and_score_the_stages(synth):
+    """Queries without qrels: every stage is scored on held-out queries (recorded in ``held_out``), trains on
+    them as anchors, and on new queries of the same kind finds more of their full-dim neighbours than the
+    fit on the corpus alone; the fit repeats from its seed."""
+    Q = _shifted_queries(synth, 300, seed=3)
+    new = _shifted_queries(synth, 200, seed=4)
+    opts = dict(max_epochs=20, patience=6, progress=False)
+    alone = SMEC((16, 8), seed=0, **opts).fit(synth)
+    with_q = SMEC((16, 8), seed=0, **opts).fit(synth, queries=Q)
+    assert {r["held_out"] for r in alone.reports_} == {"rows"}
+    assert {r["held_out"] for r in with_q.reports_} == {"queries"}
+    assert all("corpus-only" in r["candidates"] for r in with_q.reports_ if r["candidates"])
+    assert not with_q.supervised_
+    gains = [_recall_vs_exact(with_q, synth, new, d) - _recall_vs_exact(alone, synth, new, d) for d in (16, 8)]
+    assert gains[0] > 0.05 and gains[1] >= 0, gains
+    again = SMEC((16, 8), seed=0, **opts).fit(synth, queries=Q)
+    for d in (16, 8):
+        np.testing.assert_array_equal(again.transform(new, d), with_q.transform(new, d))
+
+
+def test_unlabelled_queries_as_anchors_only_when_too_few_to_hold_out(synth, monkeypatch):
+    """Fewer than ``UNLABELLED_MIN_VAL`` held out: every query is an anchor and held-out rows score the stages."""
+    from smec_index.compressor import api, train
+
+    Q = _shifted_queries(synth, 60, seed=5)  # a fifth is 12 < 20
+    seen = []
+    real = train._Stepper._query_candidates
+    monkeypatch.setattr(train._Stepper, "_query_candidates",
+                        lambda self: seen.append(len(self.data.u_train)) or real(self))
+    smec = SMEC((16,), seed=0, **FAST).fit(synth, queries=Q)
+    assert api.UNLABELLED_MIN_VAL > 12 and set(seen) == {60}
+    assert {r["held_out"] for r in smec.reports_} == {"rows"}
+
+
+def test_unlabelled_split_holds_out_a_capped_fifth_and_caps_the_anchors():
+    from smec_index.compressor.api import _split_unlabelled
+    from smec_index.compressor.train import TrainConfig
+
+    train_q, val_q = _split_unlabelled(1000, TrainConfig(), np.random.default_rng(0))
+    assert len(val_q) == 200 and len(train_q) == 800 and not set(train_q) & set(val_q)
+    train_q, val_q = _split_unlabelled(50_000, TrainConfig(max_val=300, max_train_rows=5000), np.random.default_rng(0))
+    assert len(val_q) == 300 and len(train_q) == 5000 and not set(train_q) & set(val_q)
+    train_q, val_q = _split_unlabelled(50, TrainConfig(), np.random.default_rng(0))
+    assert len(val_q) == 0 and len(train_q) == 50
+
+
+@pytest.mark.parametrize("kwargs", [dict(method="pca"), dict(method="mrl"), dict(sp_loss="l1"), dict(code="sq8")])
+def test_unlabelled_queries_are_refused_where_nothing_distils_on_them(synth, kwargs):
+    method = kwargs.pop("method", "smec")
+    smec = SMEC((16, 8), method, **FAST, **kwargs)
+    with pytest.raises(ValueError, match="queries without qrels train smec's listwise distillation"):
+        smec.fit(synth, queries=synth[:40])
+    assert not smec.is_fitted
+
+
+def test_unlabelled_fit_extends_saves_and_loads(synth, tmp_path):
+    Q = _shifted_queries(synth, 150, seed=6)
+    smec = SMEC((16,), seed=0, **FAST).fit(synth, queries=Q)
+    smec.extend(8)
+    assert smec.reports_[-1]["held_out"] == "queries" and smec.dims_ == (16, 8)
+    smec.save(tmp_path / "m")
+    back = SMEC.load(tmp_path / "m")
+    assert back.reports_ == smec.reports_
+    np.testing.assert_array_equal(back.transform(Q, 8), smec.transform(Q, 8))

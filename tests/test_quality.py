@@ -182,3 +182,51 @@ def test_save_figure_writes_atomically_creates_folders_and_closes_the_figure(tmp
         save_figure(fig, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and [p.name for p in path.parent.iterdir()] == ["plot.png"]
     assert not plt.fignum_exists(fig.number)
+
+
+def test_unlabelled_mode_fits_smec_on_the_training_queries_without_qrels(toy, monkeypatch):
+    """``unlabelled``: smec gets the training queries' vectors and no qrels; pca and truncate run as without
+    them; mrl and search-adaptor, which cannot use them, are left out."""
+    from smec_index.compressor import SMEC
+
+    calls = []
+    real = SMEC.fit
+    monkeypatch.setattr(SMEC, "fit", lambda self, corpus, queries=None, qrels=None:
+                        calls.append((self.method, queries is not None, qrels is not None)) or real(self, corpus, queries, qrels))
+    recs = run_quality(toy, ["smec", "mrl", "pca"], (8, 4), modes=["unlabelled"], progress=False,
+                       method_options={"smec": FAST})
+    assert calls == [("smec", True, False), ("pca", False, False)]
+    assert {(r["method"], r["dim"]) for r in recs} == {("full", 16), ("smec", 8), ("smec", 4), ("pca", 8), ("pca", 4)}
+    assert {r["mode"] for r in recs} == {"unlabelled"}
+
+
+def test_quality_targets_for_unlabelled_queries():
+    from smec_index.report import quality_targets
+
+    def rec(method, dim, mode, v):
+        return {"method": method, "dim": dim, "mode": mode, "ndcg@10": v}
+
+    records = [rec("smec", 32, "unlabelled", 0.52), rec("pca", 32, "unlabelled", 0.47),
+               rec("smec", 32, "unsupervised", 0.525)]
+    rows = [line.split(" | ") for line in quality_targets(records).splitlines()[2:]]
+    got = {(r[0].lstrip("| "), r[1]): (r[3], r[4].rstrip(" |")) for r in rows}
+    assert got[("unlabelled", "smec >= pca at 32")] == ("+5.00", "met")
+    assert got[("unlabelled", "smec >= pca + 1.5 pt, mean of 32")] == ("+5.00", "met")
+    # queries never hurt: 0.52 against the fit without them, 0.525
+    assert got[("unlabelled", "smec >= unsupervised smec - 0.3 pt at 32")] == ("-0.50", "not met")
+
+
+def test_quality_program_takes_a_list_of_modes_and_checks_the_unlabelled_goals(tmp_path, toy):
+    out, png = tmp_path / "q.json", tmp_path / "q.png"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--data", str(toy.root), "--model", "toy",
+           "--methods", "smec,pca", "--dims", "8,4", "--quiet"]
+    res = subprocess.run(cmd + ["--mode", "unsupervised,unlabelled", "--json", str(out), "--plot", str(png)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    payload = json.loads(out.read_text())
+    assert {r["mode"] for r in payload["records"]} == {"unsupervised", "unlabelled"}
+    assert "nDCG@10, unlabelled:" in res.stdout
+    assert "| unlabelled | smec >= unsupervised smec - 0.3 pt at 4 |" in res.stdout
+    assert png.stat().st_size > 1000
+    bad = subprocess.run(cmd + ["--mode", "semi"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "a comma list of unsupervised, supervised, unlabelled; got 'semi'" in bad.stderr

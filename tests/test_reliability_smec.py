@@ -122,8 +122,10 @@ def test_fit_refuses_bad_qrels(fitted, synth, pair):
 def test_fit_refuses_mismatched_arguments(fitted, synth):
     smec = fitted["pca"]
     before = snapshot(smec, synth[:5])
-    with pytest.raises(ValueError, match="queries and qrels go together"):
+    with pytest.raises(ValueError, match="queries without qrels train smec's listwise distillation"):
         smec.fit(synth, queries=synth[:5])
+    with pytest.raises(ValueError, match="qrels without queries"):
+        smec.fit(synth, qrels=[(0, 1, 1.0)])
     with pytest.raises(ValueError, match="no pair with relevance > 0"):
         smec.fit(synth, queries=synth[:5], qrels=[(0, 1, 0.0)])
     with pytest.raises(ValueError, match=r"dims \(16, 8\) must all be < the corpus dim 12"):

@@ -121,6 +121,12 @@ class SMEC:
     chain's stage first), and the adapted full vector must beat the raw one to be used. ``reports_`` records each
     stage's candidates, scores and ``choice``.
 
+    Queries without qrels (a query log, no judgments; smec's listwise fits only) are anchors of the distillation
+    beside the corpus rows, each over its nearest and some random training rows, and a held-out fifth of them
+    (``UNLABELLED_VAL_FRACTION``, at most ``max_val``) replaces held-out corpus rows in every held-out score: their
+    recall@10 against exact full-dim search. Queries are not documents (shorter, other words, an instruction
+    prefix); rows alone teach the map documents' neighbours.
+
     ``code`` (a stage code of ``index.backends.codes`` on a FAISS engine, e.g. ``"rabitq1"``; unsupervised smec
     only) makes that choice quantization-aware: candidates are scored by how many of each held-out row's
     full-dim top-10 the *coded* stage vectors find among their nearest 10, 20, 50 and ``code_candidates`` (100)
@@ -257,7 +263,8 @@ class SMEC:
 
     def fit(self, corpus: np.ndarray, queries: np.ndarray | None = None, qrels: Iterable | None = None) -> "SMEC":
         """Learn the projections from corpus embeddings (n, D); with ``queries`` and ``qrels``
-        (pairs of (query_row, doc_row, relevance)) also with the supervised rank loss."""
+        (pairs of (query_row, doc_row, relevance)) also with the supervised rank loss; with ``queries`` alone
+        (unlabelled, e.g. a query log) the distillation anchors on them too and scores on held-out ones."""
         X, Q, pairs = self._training_input(corpus, queries, qrels, "fit")
         if self.code is not None and pairs is not None:
             raise ValueError(f"SMEC.fit: code={self.code!r} scores stages on held-out corpus rows, which needs an "
@@ -312,13 +319,18 @@ class SMEC:
                              f"rows (thousands for a useful map)")
         if self.dims[0] >= D:
             raise ValueError(f"{where}: dims {self.dims} must all be < the corpus dim {D}")
-        if (queries is None) != (qrels is None):
-            raise ValueError(f"{where}: queries and qrels go together for supervised fitting; got only "
-                             f"{'queries' if qrels is None else 'qrels'}")
+        if qrels is not None and queries is None:
+            raise ValueError(f"{where}: qrels need the queries they judge; got qrels without queries")
         Q, pairs = None, None
         if queries is not None:
             Q = _check_matrix(queries, "queries", where, D)
-            pairs = _check_pairs(qrels, Q.shape[0], X.shape[0], where)
+            if qrels is not None:
+                pairs = _check_pairs(qrels, Q.shape[0], X.shape[0], where)
+            elif self.method != "smec" or self._config().sp_loss not in ("auto", "kl") or self.code is not None:
+                raise ValueError(
+                    f"{where}: queries without qrels train smec's listwise distillation (method='smec', "
+                    f"sp_loss='auto' or 'kl', code=None); got method={self.method!r}, "
+                    f"sp_loss={self._config().sp_loss!r}, code={self.code!r} (pass qrels, or no queries)")
             Q = normalise_rows(Q)
         rows = self.training_rows(X.shape[0]) if pairs is None else None
         return normalise_rows(X if rows is None else X[rows]), Q, pairs
@@ -613,6 +625,11 @@ def _is_identity(p: Projection) -> bool:
     return p.M.shape == (D, D) and not p.c.any() and np.array_equal(p.M, np.eye(D, dtype=p.M.dtype))
 
 
+# the share of a fit's unlabelled queries held out to score its stages (at most ``max_val`` of them)
+UNLABELLED_VAL_FRACTION = 0.2
+# fewer unlabelled queries than this: all of them are anchors and held-out corpus rows score the stages
+UNLABELLED_MIN_VAL = 20
+
 RECURRENCE_MIN = 0.05  # between the development sets' 0.0 (debian) and 0.665 (SciFact); see docs/method.md
 
 
@@ -626,6 +643,17 @@ def label_recurrence(positives: dict[int, list[tuple[int, float]]]) -> float:
     if not positives:
         return 0.0
     return sum(any(seen[d] > 1 for d, _ in docs) for docs in positives.values()) / len(positives)
+
+
+def _split_unlabelled(n: int, cfg: TrainConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(anchor, held-out) positions of a fit's ``n`` unlabelled queries: ``UNLABELLED_VAL_FRACTION`` of them
+    (at most ``cfg.max_val``) held out when that leaves ``UNLABELLED_MIN_VAL``, else none; at most
+    ``cfg.max_train_rows`` anchors (a seeded sample: the anchors' neighbour lists cost queries x rows)."""
+    order = rng.permutation(n)
+    n_val = min(int(round(n * UNLABELLED_VAL_FRACTION)), cfg.max_val)
+    if n_val < UNLABELLED_MIN_VAL:
+        n_val = 0
+    return np.sort(order[n_val : n_val + cfg.max_train_rows]), np.sort(order[:n_val])
 
 
 def _split_queries(positives: dict[int, list[tuple[int, float]]], fraction: float,
@@ -694,6 +722,11 @@ class _Trainer:
                     raise ValueError(f"SMEC.fit: code={smec.code!r} at dim {d} trains on at least {need} rows; "
                                      f"the corpus leaves {len(self.train_rows)} after holding out validation rows")
         self.sup = None
+        # unlabelled queries: (training positions, held-out positions) in Q, drawn from their own seeded generator
+        # so that a fit's other draws are those of the same fit without them
+        self.unlabelled = None
+        if pairs is None and Q is not None:
+            self.unlabelled = _split_unlabelled(len(Q), self.cfg, np.random.default_rng([smec.seed, 1]))
         if pairs is not None:
             positives: dict[int, list[tuple[int, float]]] = {}
             for q, d, r in pairs:
@@ -720,14 +753,22 @@ class _Trainer:
         return torch.cat([torch.topk(Q_t[s : s + step] @ self.X_t.T, k, dim=1).indices
                           for s in range(0, len(Q_t), step)]).cpu().numpy()
 
-    def _data(self, proj_in: Projection, teacher: torch.Tensor, supervised: bool = True) -> TrainData:
-        """The stage's training data; ``supervised=False`` leaves the labels out even when the fit has them."""
+    def _data(self, proj_in: Projection, teacher: torch.Tensor, supervised: bool = True,
+              anchors: bool = True) -> TrainData:
+        """The stage's training data; ``supervised=False`` leaves the labels out even when the fit has them,
+        ``anchors=False`` the unlabelled queries out of the loss (they still score it when some are held out)."""
         inputs = torch.as_tensor(self._raw(proj_in), device=self.device)
         data = TrainData(teacher=teacher, inputs=inputs, train_rows=self.train_rows, val_rows=self.val_rows,
                          eval_rows=self.eval_rows)
         # every stage of a fit shares one of two teachers (the raw or the adapted full vectors): rank their
         # neighbours once per fit, not once per stage
         data.share_teacher_cache(self._teacher_caches.setdefault(id(teacher), {}))
+        if self.unlabelled is not None:
+            data.u_inputs = torch.as_tensor(proj_in.raw(self.Q), device=self.device)
+            data.u_teacher = torch.as_tensor(self.Q, device=self.device)
+            data.u_train, data.u_val = self.unlabelled
+            if not anchors:
+                data.u_train = np.empty(0, dtype=np.int64)
         if self.sup is not None and supervised:
             data.q_inputs = torch.as_tensor(proj_in.raw(self.Q), device=self.device)
             data.positives = self.sup["positives"]
@@ -830,6 +871,15 @@ class _Trainer:
             # do not help on held-out queries
             candidates["unsupervised"] = self._trained(projections[src], src, d, teacher, False,
                                                        f"smec {src}->{d} (no labels)", offset, extra, self.unsup_cfg)
+        if self.unlabelled is not None:
+            # the stage's trained candidates again without the queries in their loss (early-stopped on the held-out
+            # queries like the rest): queries too noisy to anchor on must not make the map worse than no queries
+            candidates["corpus-only"] = self._trained(projections[src], src, d, teacher, True,
+                                                      f"smec {src}->{d} (no queries)", offset, extra, anchors=False)
+            if "from-full" in candidates:
+                candidates["from-full-corpus-only"] = self._trained(self._ident, D, d, self.X_t, True,
+                                                                    f"smec {D}->{d} (raw, no queries)", offset, extra,
+                                                                    anchors=False)
         report.train_s += sum(r.train_s for r in extra)
         candidates["pca-input"] = (self._pca_after(projections[src], d), None)
         if src != D or self.sup is not None:
@@ -837,12 +887,12 @@ class _Trainer:
         self._choose(report, d, candidates, projections, selections)
 
     def _trained(self, proj_in: Projection, src: int, d: int, teacher: torch.Tensor, supervised: bool, desc: str,
-                 offset: int, reports: list[StageReport], cfg: TrainConfig | None = None
+                 offset: int, reports: list[StageReport], cfg: TrainConfig | None = None, anchors: bool = True
                  ) -> tuple[Projection, np.ndarray | None]:
         """A src -> d stage trained on ``proj_in``'s output (with the rank loss when ``supervised`` and the fit
-        has labels) with ``cfg`` (None: the fit's own), as (projection from the raw input, ADS selection or
-        None)."""
-        data = self._data(proj_in, teacher, supervised)
+        has labels; with the unlabelled queries as anchors unless ``anchors=False``) with ``cfg`` (None: the
+        fit's own), as (projection from the raw input, ADS selection or None)."""
+        data = self._data(proj_in, teacher, supervised, anchors)
         model = self._model(src, (d,), self.ads, proj_in, cfg)
         self._train(model, data, desc, reports, offset, cfg)
         return self._composed(model, proj_in, d)
@@ -883,7 +933,8 @@ class _Trainer:
     @torch.no_grad()
     def _score(self, proj: Projection, d: int) -> np.ndarray:
         """A candidate map's score on each held-out item: nDCG of each held-out training query when the fit has
-        labels, else each held-out corpus row's recall@10 against its full-dim neighbours (``train.item_scores``)."""
+        labels, else each held-out unlabelled query's (or without them, corpus row's) recall@10 against its
+        full-dim neighbours (``train.item_scores``)."""
         # unsupervised, the teacher is the raw full vector; supervised scores need no teacher
         data = TrainData(teacher=self.X_t, inputs=self.X_t, train_rows=self.train_rows, val_rows=self.val_rows,
                          eval_rows=self.eval_rows)
@@ -894,6 +945,10 @@ class _Trainer:
             return self._coded_score(proj, d, data)
         corpus = {d: torch.as_tensor(proj(self._eval_X), device=self.device)}
         q_out = None
+        if self.unlabelled is not None and len(self.unlabelled[1]):
+            data.u_teacher = torch.as_tensor(self.Q, device=self.device)
+            data.u_train, data.u_val = self.unlabelled
+            q_out = {d: torch.as_tensor(proj(self.Q[data.u_val]), device=self.device)}
         if self.sup is not None:
             data.positives, data.val_q = self.sup["positives"], self.sup["val_q"]
             q_out = {d: torch.as_tensor(proj(self.Q[self.sup["val_q"]]), device=self.device)}
@@ -965,6 +1020,8 @@ class _Trainer:
         if sel is not None and d < proj.M.shape[0]:
             selections[d] = sel
         report.choice, report.candidates, report.tolerance = best, scores, tolerance
+        report.held_out = ("labelled queries" if self.sup is not None else
+                           "queries" if self.unlabelled is not None and len(self.unlabelled[1]) else "rows")
 
     def _stage_teacher(self, projections) -> torch.Tensor:
         """The raw full vectors, or with labels the adapted ones (the frozen D -> D stage), projected once."""

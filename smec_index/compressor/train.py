@@ -77,6 +77,9 @@ class TrainConfig:
     kl_neighbours: int = 50
     kl_random: int = 50
     kl_temperature: float = 0.1
+    # a fit given queries without qrels: this many of them join each listwise step as anchors too, each over its
+    # ``kl_neighbours`` nearest training rows and ``kl_random`` random ones (docs/method.md, "Queries without labels")
+    kl_queries: int = 64
 
 
 # what the kl loss trains with unless the user sets it: measured on 1,400-document samples of debian and SciFact
@@ -91,7 +94,9 @@ class TrainData:
     ``teacher`` rows are L2-normalised full-dim embeddings whose similarities the student preserves;
     ``inputs`` are the stage's inputs (the frozen previous stage's un-normalised output). ``eval_rows`` (sorted,
     holding ``train_rows``, ``val_rows`` and the held-out queries' judged and mined rows) are the corpus rows the
-    held-out scores rank; None: every row.
+    held-out scores rank; None: every row. Queries without labels (``u_inputs``: their stage inputs, ``u_teacher``:
+    their L2-normalised full vectors) are anchors of the listwise loss (rows ``u_train``) and, when some are held
+    out (``u_val``), what every held-out score ranks instead of held-out corpus rows.
     """
 
     teacher: torch.Tensor
@@ -105,6 +110,10 @@ class TrainData:
     train_q: np.ndarray | None = None
     val_q: np.ndarray | None = None
     eval_rows: np.ndarray | None = None
+    u_inputs: torch.Tensor | None = None
+    u_teacher: torch.Tensor | None = None
+    u_train: np.ndarray | None = None
+    u_val: np.ndarray | None = None
 
     _cache: dict = field(default_factory=dict, repr=False)
 
@@ -116,6 +125,12 @@ class TrainData:
     @property
     def supervised(self) -> bool:
         return self.q_inputs is not None
+
+    @property
+    def scores_queries(self) -> bool:
+        """Whether held-out scores rank held-out unlabelled queries (else held-out corpus rows, or with labels the
+        held-out labelled queries)."""
+        return self.val_q is None and self.u_val is not None and len(self.u_val) > 0
 
     def eval_positions(self, rows: np.ndarray) -> np.ndarray:
         """Positions of corpus ``rows`` among the ``eval_rows`` (the rows themselves when every row is ranked)."""
@@ -163,8 +178,26 @@ class TrainData:
             self._cache[key] = teacher_neighbours(self.teacher, rows, n_cand)
         return self._cache[key]
 
+    def query_lists(self, n_cand: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each unlabelled training query's ``n_cand`` nearest training rows by the teacher, best first: (row ids
+        (len(u_train), n_cand), sims), computed once per teacher."""
+        key = ("query_neighbours", n_cand)
+        if key not in self._cache:
+            rows = torch.as_tensor(self.train_rows, device=self.teacher.device)
+            queries = self.u_teacher[torch.as_tensor(self.u_train, device=self.teacher.device)]
+            self._cache[key] = _nearest_rows(queries, self.teacher, rows, n_cand)
+        return self._cache[key]
+
     def val_exact(self) -> torch.Tensor:
-        """Each held-out row's exact teacher top-10 among the training rows (positions), computed once."""
+        """Each held-out item's exact teacher top-10 among the training rows (positions), computed once: the
+        held-out unlabelled queries' when ``scores_queries``, else the held-out rows'."""
+        if self.scores_queries:
+            if "val_exact_queries" not in self._cache:
+                train_rows = torch.as_tensor(self.train_rows)
+                held = self.u_teacher[torch.as_tensor(self.u_val)]
+                self._cache["val_exact_queries"] = _nearest_rows(held, self.teacher, train_rows,
+                                                                 min(10, len(train_rows)), positions=True)[0]
+            return self._cache["val_exact_queries"]
         if "val_exact" not in self._cache:
             val, train_rows = torch.as_tensor(self.val_rows), torch.as_tensor(self.train_rows)
             k = min(10, len(train_rows))
@@ -183,6 +216,19 @@ class TrainData:
             rows = torch.as_tensor(self.eval_positions(rows.numpy()))  # padding (gain 0) points anywhere
             self._val_pos = (rows.to(self.inputs.device), gains.to(self.inputs.device))
         return self._val_pos
+
+
+def _nearest_rows(queries: torch.Tensor, teacher: torch.Tensor, rows: torch.Tensor, k: int, positions: bool = False,
+                  chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query's ``k`` nearest of the teacher's ``rows`` by inner product, best first: (ids (Q, k), sims);
+    ids are values of ``rows``, or with ``positions`` places in it. Ranked a chunk of queries at a time."""
+    bank = teacher[rows]
+    ids, sims = [], []
+    for s in range(0, len(queries), chunk):
+        v, p = torch.topk(queries[s : s + chunk] @ bank.T, k, dim=1)
+        ids.append(p if positions else rows[p])
+        sims.append(v)
+    return torch.cat(ids), torch.cat(sims)
 
 
 @dataclass
@@ -207,6 +253,9 @@ class StageReport:
     # another one, which decides between the first two (``_Trainer._choose``)
     rule: str = "best"
     recurrence: float | None = None
+    # what the held-out scores ranked: "rows" (held-out corpus rows), "queries" (held-out unlabelled queries) or
+    # "labelled queries" (held-out training queries, nDCG)
+    held_out: str = "rows"
 
     def to_dict(self) -> dict:
         return {
@@ -220,6 +269,7 @@ class StageReport:
             "tolerance": round(self.tolerance, 6),
             "rule": self.rule,
             "recurrence": None if self.recurrence is None else round(self.recurrence, 6),
+            "held_out": self.held_out,
         }
 
 
@@ -238,7 +288,11 @@ def _validate(model: StageModel, data: TrainData) -> float:
     """``score_outputs`` of the model's current outputs (every corpus row, and the held-out queries)."""
     model.eval()
     corpus_out = _eval_outputs(model, data.eval_inputs())
-    q_out = _eval_outputs(model, data.q_inputs[data.val_q]) if data.supervised else None
+    q_out = None
+    if data.supervised:
+        q_out = _eval_outputs(model, data.q_inputs[data.val_q])
+    elif data.scores_queries:
+        q_out = _eval_outputs(model, data.u_inputs[torch.as_tensor(data.u_val, device=data.u_inputs.device)])
     model.train()
     return score_outputs(data, corpus_out, q_out)
 
@@ -257,12 +311,13 @@ def item_scores(data: TrainData, corpus_out: dict[int, torch.Tensor],
     """Each held-out item's score, one tensor per output dim.
 
     Supervised (``q_out``: L2-normalised outputs of the held-out training queries ``data.val_q``): nDCG over
-    the full ranking of the corpus. Unsupervised: recall@10 of held-out corpus rows against their exact teacher
-    top-10 among the training rows. ``corpus_out`` holds the L2-normalised output of every row of
-    ``data.eval_rows`` (default: the corpus) per dim.
+    the full ranking of the corpus. Unsupervised: recall@10 of the held-out items against their exact teacher
+    top-10 among the training rows; the items are the held-out unlabelled queries (``q_out``: their outputs,
+    ``data.u_val``) when the fit has them, else held-out corpus rows. ``corpus_out`` holds the L2-normalised
+    output of every row of ``data.eval_rows`` (default: the corpus) per dim.
     """
     scores = []
-    if q_out is not None:
+    if q_out is not None and data.val_q is not None:
         # nDCG over the full ranking (no cut-off): a positive moving from rank 50 to 20 counts, which keeps
         # the score smooth enough to early-stop on a few dozen held-out queries (nDCG@10 is too noisy there)
         rows, gains = data.val_positives()
@@ -277,8 +332,9 @@ def item_scores(data: TrainData, corpus_out: dict[int, torch.Tensor],
         train_rows = torch.as_tensor(data.eval_positions(data.train_rows))
         val = torch.as_tensor(data.eval_positions(data.val_rows))
         exact = data.val_exact()
-        for zc in corpus_out.values():
-            got = torch.topk(zc[val] @ zc[train_rows].T, exact.shape[1], dim=1).indices
+        for d, zc in corpus_out.items():
+            held = q_out[d] if q_out is not None else zc[val]
+            got = torch.topk(held @ zc[train_rows].T, exact.shape[1], dim=1).indices
             scores.append((got.unsqueeze(2) == exact.unsqueeze(1)).any(dim=2).float().mean(1))
     return scores
 
@@ -415,8 +471,13 @@ class _Stepper:
         self.memory = None
         self.kl = cfg.sp_loss == "kl"
         self.train_rows_t = torch.as_tensor(data.train_rows, device=self.device)
+        # unlabelled queries as listwise anchors: only the listwise loss takes them (a labelled fit's queries
+        # have the rank loss)
+        self.u_anchors = self.kl and not data.supervised and data.u_train is not None and len(data.u_train) > 0
         if self.kl:
             self.cand_ids, self.cand_sims = data.neighbour_lists(cfg)
+        if self.u_anchors:
+            self.u_ids, self.u_sims = data.query_lists(min(cfg.kl_neighbours, len(data.train_rows)))
         elif cfg.xbm:
             cand_ids, cand_sims = data.neighbour_lists(cfg)
             self.memory = NeighbourMemory(cfg.memory_size, cand_ids, cand_sims, self.train_rows_t, data.inputs.shape[0])
@@ -466,6 +527,19 @@ class _Stepper:
                                 data.teacher.index_select(0, rnd.reshape(-1)).reshape(*rnd.shape, -1))
         return torch.cat([self.cand_ids[lines, :P], rnd], 1), torch.cat([self.cand_sims[lines, :P], rnd_sims], 1)
 
+    def _query_candidates(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A step's unlabelled query anchors (``kl_queries`` drawn with replacement from the training ones), as
+        positions in ``u_inputs``, with their listwise candidates and teacher similarities as ``_kl_candidates``:
+        the ``kl_neighbours`` nearest training rows and ``kl_random`` random ones."""
+        cfg, data = self.cfg, self.data
+        at = torch.as_tensor(self.rng.integers(0, len(data.u_train), cfg.kl_queries), device=self.device)
+        qs = torch.as_tensor(data.u_train, device=self.device)[at]
+        draw = torch.randint(len(self.train_rows_t), (len(qs), cfg.kl_random), generator=self.gen)
+        rnd = self.train_rows_t[draw.to(self.device)]
+        rnd_sims = torch.einsum("bd,bkd->bk", data.u_teacher.index_select(0, qs),
+                                data.teacher.index_select(0, rnd.reshape(-1)).reshape(*rnd.shape, -1))
+        return qs, torch.cat([self.u_ids[at], rnd], 1), torch.cat([self.u_sims[at], rnd_sims], 1)
+
     def epoch(self, opt: torch.optim.Optimizer, tau: float | None) -> None:
         """``tau`` is the Gumbel-softmax temperature of the select phase; None trains on the fixed
         hard selection (only the kept coordinates are computed)."""
@@ -489,7 +563,16 @@ class _Stepper:
                 c_rows, c_rel, c_valid = _query_batch(data, qs, cfg, self.rng)
                 parts += [data.q_inputs.index_select(0, torch.as_tensor(qs, device=device)),
                           data.inputs.index_select(0, torch.as_tensor(c_rows.reshape(-1), device=device))]
-            if self.kl:
+            n_q = 0
+            if self.u_anchors:
+                # the queries' candidate rows join the anchors' in one distinct set, projected once
+                qs, u_ids, u_t = self._query_candidates()
+                kl_ids, kl_t = self._kl_candidates(rows_t)
+                n_q, n_a = len(qs), kl_ids.numel()
+                kl_rows, kl_at = torch.unique(torch.cat([kl_ids.reshape(-1), u_ids.reshape(-1)]), return_inverse=True)
+                kl_at, u_at = kl_at[:n_a], kl_at[n_a:]
+                parts += [data.u_inputs.index_select(0, qs), data.inputs.index_select(0, kl_rows)]
+            elif self.kl:
                 kl_ids, kl_t = self._kl_candidates(rows_t)
                 # each distinct candidate row is projected once (random draws and shared neighbours repeat rows:
                 # a third of them on SciFact); both sides of a pair carry gradient: with the candidates' side
@@ -523,7 +606,10 @@ class _Stepper:
                     else:
                         loss = loss + cfg.alpha * self.sp_loss(t_sims, za, za, valid, pos.reshape(-1))
                 if self.kl:
-                    loss = loss + cfg.alpha * self.kl_loss(kl_t, za, z[-len(kl_rows):], kl_at)
+                    z_rows = z[-len(kl_rows):]
+                    loss = loss + cfg.alpha * self.kl_loss(kl_t, za, z_rows, kl_at)
+                    if n_q:
+                        loss = loss + cfg.alpha * self.kl_loss(u_t, z[B : B + n_q], z_rows, u_at)
                 if data.supervised:
                     nq = len(qs)
                     zq = z[B : B + nq]
