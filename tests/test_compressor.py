@@ -1382,3 +1382,19 @@ def test_unlabelled_fit_extends_saves_and_loads(synth, tmp_path):
     back = SMEC.load(tmp_path / "m")
     assert back.reports_ == smec.reports_
     np.testing.assert_array_equal(back.transform(Q, 8), smec.transform(Q, 8))
+
+
+@pytest.mark.parametrize("queries", [False, True])
+def test_a_listwise_stage_keeps_no_cross_batch_memory(synth, queries):
+    """S-XBM serves eq. 7's pairs; a listwise stage draws its own candidates, with or without query anchors, and
+    holds no memory to fill."""
+    from smec_index.compressor.train import TrainConfig, TrainData, _Stepper
+
+    X = torch.as_tensor(synth)
+    data = TrainData(teacher=X, inputs=X, train_rows=np.arange(500), val_rows=np.arange(500, 600))
+    if queries:
+        data.u_inputs = data.u_teacher = X[:50]
+        data.u_train, data.u_val = np.arange(40), np.arange(40, 50)
+    stepper = _Stepper(StageModel(48, (16,), False), data, TrainConfig(sp_loss="kl", xbm=True),
+                       np.random.default_rng(0), torch.Generator())
+    assert stepper.memory is None and stepper.u_anchors == queries

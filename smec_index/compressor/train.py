@@ -476,8 +476,8 @@ class _Stepper:
         self.u_anchors = self.kl and not data.supervised and data.u_train is not None and len(data.u_train) > 0
         if self.kl:
             self.cand_ids, self.cand_sims = data.neighbour_lists(cfg)
-        if self.u_anchors:
-            self.u_ids, self.u_sims = data.query_lists(min(cfg.kl_neighbours, len(data.train_rows)))
+            if self.u_anchors:
+                self.u_ids, self.u_sims = data.query_lists(min(cfg.kl_neighbours, len(data.train_rows)))
         elif cfg.xbm:
             cand_ids, cand_sims = data.neighbour_lists(cfg)
             self.memory = NeighbourMemory(cfg.memory_size, cand_ids, cand_sims, self.train_rows_t, data.inputs.shape[0])
