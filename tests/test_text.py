@@ -328,7 +328,8 @@ def test_text_index_bad_input_changes_nothing(scifact_index, enc):
     (dict(texts=["a", "b"], dims=(400,)), ValueError, r"dims \(400,\) must all be below the encoder's dim 384"),
     (dict(texts=["a", "b"], method="nope"), ValueError, "method must be one of"),
     (dict(texts=["a", "b"], backend="hnswlib", spec="HNSW32"), ValueError, "spec is a FAISS index_factory string"),
-    (dict(texts=["a", "b"], queries=["q"]), ValueError, "queries and qrels go together"),
+    (dict(texts=["a", "b"], qrels=[(0, 0, 1)]), ValueError, "qrels without queries"),
+    (dict(texts=["a", "b"], queries=["q"], method="pca"), ValueError, "queries without qrels train smec's listwise"),
     (dict(texts=["a", "b"], ids=["x", "y"], queries=["q"], qrels=[(0, "z", 1)]), ValueError, "document id 'z'"),
 ])
 def test_build_bad_input_encodes_nothing(enc, kwargs, error, pattern):
@@ -336,6 +337,18 @@ def test_build_bad_input_encodes_nothing(enc, kwargs, error, pattern):
     with pytest.raises(error, match=pattern):
         TextIndex.build(encoder=enc, progress=False, **kwargs)
     assert enc.texts_encoded == before
+
+
+def test_build_with_queries_alone_trains_on_them_without_labels(enc, scifact_texts):
+    """queries without qrels (a query log): the compressor is fitted on them as unlabelled queries."""
+    ids, texts, queries, qrels = scifact_texts
+    docs = ids[:300]
+    log = [queries[q] for q in list(qrels["train"])[:120]]
+    ti = TextIndex.build(texts[:300], docs, encoder=enc, dims=(32,), spec="Flat", queries=log, progress=False,
+                         smec_options=FAST_SMEC)
+    smec = ti.index.smec
+    assert not smec.supervised_ and {r["held_out"] for r in smec.reports_} == {"queries"}
+    assert all("corpus-only" in r["candidates"] for r in smec.reports_)
 
 
 def test_supervised_build_from_beir_dicts(enc, scifact_texts):

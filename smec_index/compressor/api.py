@@ -326,14 +326,20 @@ class SMEC:
             Q = _check_matrix(queries, "queries", where, D)
             if qrels is not None:
                 pairs = _check_pairs(qrels, Q.shape[0], X.shape[0], where)
-            elif self.method != "smec" or self._config().sp_loss not in ("auto", "kl") or self.code is not None:
-                raise ValueError(
-                    f"{where}: queries without qrels train smec's listwise distillation (method='smec', "
-                    f"sp_loss='auto' or 'kl', code=None); got method={self.method!r}, "
-                    f"sp_loss={self._config().sp_loss!r}, code={self.code!r} (pass qrels, or no queries)")
+            else:
+                self.check_unlabelled(where)
             Q = normalise_rows(Q)
         rows = self.training_rows(X.shape[0]) if pairs is None else None
         return normalise_rows(X if rows is None else X[rows]), Q, pairs
+
+    def check_unlabelled(self, where: str) -> None:
+        """A ValueError unless this compressor can fit on queries without qrels (smec's listwise distillation,
+        no ``code``): callers that encode queries first ask before the slow part."""
+        if self.method != "smec" or self._config().sp_loss not in ("auto", "kl") or self.code is not None:
+            raise ValueError(
+                f"{where}: queries without qrels train smec's listwise distillation (method='smec', "
+                f"sp_loss='auto' or 'kl', code=None); got method={self.method!r}, "
+                f"sp_loss={self._config().sp_loss!r}, code={self.code!r} (pass qrels, or no queries)")
 
     def transform(self, X: np.ndarray, dim: int) -> np.ndarray:
         """Project rows of X (n, D) to ``dim`` dims: float32 (n, dim), L2-normalised.

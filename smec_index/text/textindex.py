@@ -60,13 +60,15 @@ def _supervision(queries: Any, qrels: Any, row_of: Mapping[str | int, int], wher
     """Query texts and (query_row, doc_row, relevance) pairs from either form:
 
     - ``queries`` a list of str, ``qrels`` an iterable of ``(query_index, doc_id, relevance)``;
-    - ``queries`` a dict ``{query_id: text}``, ``qrels`` a dict ``{query_id: {doc_id: relevance}}`` (BEIR).
+    - ``queries`` a dict ``{query_id: text}``, ``qrels`` a dict ``{query_id: {doc_id: relevance}}`` (BEIR);
+    - ``queries`` alone (either form): unlabelled queries, pairs None.
     """
     if queries is None and qrels is None:
         return None, None
-    if queries is None or qrels is None:
-        raise ValueError(f"{where}: queries and qrels go together (supervised training); got only "
-                         f"{'queries' if qrels is None else 'qrels'}")
+    if queries is None:
+        raise ValueError(f"{where}: qrels judge queries; got qrels without queries")
+    if qrels is None:
+        return check_texts(list(queries.values()) if isinstance(queries, Mapping) else queries, where, "queries"), None
     triples: list[tuple[Any, Any, Any]] = []
     if isinstance(queries, Mapping):
         if not isinstance(qrels, Mapping):
@@ -160,7 +162,8 @@ class TextIndex:
             dims: the reduced dims to index; the smallest is searched, larger ones rescore (cascade).
             method: the compressor (``SMEC`` methods: smec, mrl, search-adaptor, pca, truncate).
             backend, spec, rerank, candidates, backend_options: as ``CompressedIndex`` (``spec`` is FAISS's).
-            queries, qrels: training queries and judgements (see ``_supervision`` for the two forms).
+            queries, qrels: training queries and judgements (see ``_supervision`` for the two forms); queries
+                alone (a query log) train smec without labels, distilled on them too.
             smec_options: extra ``SMEC`` options (``max_epochs``, ``init``, ...).
             embeddings: the texts' embeddings by ``encoder``'s model, (n, D), when you already have them: they
                 are used instead of encoding the texts (queries are still encoded).
@@ -190,6 +193,8 @@ class TextIndex:
         CompressedIndex(smec, **index_args)  # checks the index arguments now, before the slow steps
         row_of = {d: i for i, d in enumerate(ids)}
         q_texts, pairs = _supervision(queries, qrels, row_of, where)
+        if q_texts is not None and pairs is None:
+            smec.check_unlabelled(where)
         enc = _as_encoder(encoder, where)
         if max(smec.dims) >= enc.dim:
             raise ValueError(f"{where}: dims {tuple(smec.dims)} must all be below the encoder's dim {enc.dim}")
