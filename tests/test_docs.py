@@ -77,7 +77,8 @@ def render_demo_summary(p: dict, rel: str) -> str:
 
 
 def render_quality(p: dict, rel: str) -> str:
-    from smec_index.quality import default_dims
+    from smec_index.compressor import METHODS
+    from smec_index.quality import ALL_MODES, MODES, default_dims
     from smec_index.report import ablation_table, quality_tables, quality_targets
 
     cmd = f"python benchmarks/quality.py --data {p['data']} --model {p['model']}"
@@ -85,9 +86,12 @@ def render_quality(p: dict, rel: str) -> str:
         cmd += " --dims " + ",".join(map(str, p["dims"]))
     if p.get("sample"):
         cmd += f" --sample {p['sample']}"
-    modes = sorted({r["mode"] for r in p["records"]})
-    if len(modes) == 1:
-        cmd += f" --mode {modes[0]}"
+    methods = list(dict.fromkeys(r["method"] for r in p["records"] if r["method"] != "full"))
+    if set(methods) != set(METHODS):
+        cmd += " --methods " + ",".join(methods)
+    modes = [m for m in ALL_MODES if any(r["mode"] == m for r in p["records"])]
+    if set(modes) != set(MODES):
+        cmd += " --mode " + ",".join(modes)
     seeds = p["seed"] if isinstance(p["seed"], list) else [p["seed"]]
     if seeds != [0]:
         cmd += " --seeds " + ",".join(map(str, seeds))
