@@ -270,7 +270,7 @@ def test_renderers_on_a_bench_payload(tmp_path, capsys):
                  "--json", str(tmp_path / "q.json"), "--quiet"]) == 0
     payload = json.loads((tmp_path / "q.json").read_text())
     text = render_quality(payload, "q.json")
-    assert text.startswith(f"`python benchmarks/quality.py --data {data} --model toy --dims 8,4`")
+    assert text.startswith(f"`python benchmarks/quality.py --data {data} --model toy --dims 8,4 --methods pca,truncate`")
     pca = next(r for r in payload["records"] if (r["method"], r["dim"], r["mode"]) == ("pca", 8, "supervised"))
     assert f"| pca | - | {pca['ndcg@10']:.4f} |" in text and "nDCG@10, supervised" in text
     capsys.readouterr()
