@@ -1373,6 +1373,17 @@ def test_unlabelled_queries_are_refused_where_nothing_distils_on_them(synth, kwa
     assert not smec.is_fitted
 
 
+@pytest.mark.parametrize("value, error", [(0, ValueError), (-3, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_kl_queries_is_checked_when_the_compressor_is_made(value, error):
+    with pytest.raises(error, match="kl_queries must be"):
+        SMEC((16,), kl_queries=value)
+
+
+def test_unlabelled_fit_on_a_single_query_anchors_on_it_and_scores_on_rows(synth):
+    smec = SMEC((16,), seed=0, **FAST).fit(synth, queries=synth[:1] + 0.01)
+    assert {r["held_out"] for r in smec.reports_} == {"rows"} and np.isfinite(smec.transform(synth, 16)).all()
+
+
 def test_unlabelled_fit_extends_saves_and_loads(synth, tmp_path):
     Q = _shifted_queries(synth, 150, seed=6)
     smec = SMEC((16,), seed=0, **FAST).fit(synth, queries=Q)

@@ -176,6 +176,12 @@ class SMEC:
             raise ValueError(f"SMEC: sp_loss must be one of {SP_LOSSES}, got {train_options['sp_loss']!r}")
         if "code_candidates" in train_options:
             candidate_ladder(train_options["code_candidates"], "SMEC: code_candidates")
+        if "kl_queries" in train_options:
+            n = train_options["kl_queries"]
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+                raise TypeError(f"SMEC: kl_queries must be an int (unlabelled queries per listwise step), got {n!r}")
+            if n < 1:
+                raise ValueError(f"SMEC: kl_queries must be >= 1 (unlabelled queries per listwise step), got {n}")
         self.method = method
         defaults = _FLAG_DEFAULTS.get(method, dict(sequential=False, ads=False, xbm=False))
         self.sequential = bool(given.get("sequential", defaults["sequential"]))
