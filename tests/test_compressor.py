@@ -1342,13 +1342,13 @@ def test_unlabelled_queries_as_anchors_only_when_too_few_to_hold_out(synth, monk
     """Fewer than ``UNLABELLED_MIN_VAL`` held out: every query is an anchor and held-out rows score the stages."""
     from smec_index.compressor import api, train
 
-    Q = _shifted_queries(synth, 60, seed=5)  # a fifth is 12 < 20
+    Q = _shifted_queries(synth, 150, seed=5)  # a fifth is 30 < 40
     seen = []
     real = train._Stepper._query_candidates
     monkeypatch.setattr(train._Stepper, "_query_candidates",
                         lambda self: seen.append(len(self.data.u_train)) or real(self))
     smec = SMEC((16,), seed=0, **FAST).fit(synth, queries=Q)
-    assert api.UNLABELLED_MIN_VAL > 12 and set(seen) == {60}
+    assert api.UNLABELLED_MIN_VAL > 30 and set(seen) == {150}
     assert {r["held_out"] for r in smec.reports_} == {"rows"}
 
 
@@ -1385,7 +1385,7 @@ def test_unlabelled_fit_on_a_single_query_anchors_on_it_and_scores_on_rows(synth
 
 
 def test_unlabelled_fit_extends_saves_and_loads(synth, tmp_path):
-    Q = _shifted_queries(synth, 150, seed=6)
+    Q = _shifted_queries(synth, 250, seed=6)
     smec = SMEC((16,), seed=0, **FAST).fit(synth, queries=Q)
     smec.extend(8)
     assert smec.reports_[-1]["held_out"] == "queries" and smec.dims_ == (16, 8)

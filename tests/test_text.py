@@ -343,7 +343,7 @@ def test_build_with_queries_alone_trains_on_them_without_labels(enc, scifact_tex
     """queries without qrels (a query log): the compressor is fitted on them as unlabelled queries."""
     ids, texts, queries, qrels = scifact_texts
     docs = ids[:300]
-    log = [queries[q] for q in list(qrels["train"])[:120]]
+    log = [queries[q] for q in list(qrels["train"])[:250]]
     ti = TextIndex.build(texts[:300], docs, encoder=enc, dims=(32,), spec="Flat", queries=log, progress=False,
                          smec_options=FAST_SMEC)
     smec = ti.index.smec

@@ -59,11 +59,11 @@ def test_build_texts_then_search_text(corpus, tmp_path, capsys):
 
 
 def test_build_texts_with_a_query_log(corpus, tmp_path, capsys):
-    """--query-log: query texts without judgements; the compressor is fitted on them as unlabelled queries (120
-    of them: a fifth, 24, held out to choose the stages)."""
+    """--query-log: query texts without judgements; the compressor is fitted on them as unlabelled queries (250
+    of them: a fifth, 50, held out to choose the stages)."""
     path, _ = corpus
     log = tmp_path / "log.txt"
-    recs = list(iter_jsonl(demo_data_dir() / "queries.jsonl.gz"))[80:200]
+    recs = list(iter_jsonl(demo_data_dir() / "queries.jsonl.gz"))[80:330]
     log.write_text("".join(r["text"].replace("\n", " ") + "\n" for r in recs))
     code, out, err = run(["build", "--texts", path, "--query-log", log, "--dims", "32", "--spec", "Flat", "--out",
                           tmp_path / "ti", "--quiet"], capsys)
