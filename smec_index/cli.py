@@ -339,10 +339,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         rows = smec.training_rows(n_total)
         X = take_rows(X, rows if rows is not None else np.arange(n_total))
-    try:
-        smec.fit(X, queries=Q, qrels=pairs)
-    except ValueError as e:
-        raise CliError(str(e)) from None
+    smec.fit(X, queries=Q, qrels=pairs)
     smec.save(out)
     mode = ("supervised" if smec.supervised_ else
             f"unsupervised, {Q.shape[0]:,} unlabelled queries" if Q is not None else "unsupervised")

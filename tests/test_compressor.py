@@ -1168,7 +1168,7 @@ def test_a_code_aware_choice_keeps_full_pca_unless_beaten_by_two_standard_errors
     noise = rng.normal(0, 0.05, 400)
 
     def choose(items):
-        trainer = SimpleNamespace(smec=SimpleNamespace(code="rabitq1"), sup=None, unlabelled=None,
+        trainer = SimpleNamespace(smec=SimpleNamespace(code="rabitq1"), sup=None, scores_queries=False,
                                   _score=lambda proj, d: items[proj])
         report, projections, selections = StageReport(out_dims=(8,)), {}, {}
         cands = {name: (name, None) for name in items}

@@ -758,6 +758,11 @@ class _Trainer:
                 self.eval_rows = np.unique(np.concatenate([sample, np.asarray(judged, dtype=np.int64),
                                                            neg_pool[val_q].ravel()]))
 
+    @property
+    def scores_queries(self) -> bool:
+        """Whether held-out unlabelled queries score this fit (some are held out), not held-out corpus rows."""
+        return self.unlabelled is not None and len(self.unlabelled[1]) > 0
+
     def _nearest(self, Q: np.ndarray, k: int) -> np.ndarray:
         """Each query's ``k`` nearest corpus rows at full dim (the hard-negative pool), best first, ranked for a
         block of queries at a time so that their scores stay within ``MINE_BYTES`` (6,000 training queries
@@ -959,7 +964,7 @@ class _Trainer:
             return self._coded_score(proj, d, data)
         corpus = {d: torch.as_tensor(proj(self._eval_X), device=self.device)}
         q_out = None
-        if self.unlabelled is not None and len(self.unlabelled[1]):
+        if self.scores_queries:
             data.u_teacher = torch.as_tensor(self.Q, device=self.device)
             data.u_train, data.u_val = self.unlabelled
             q_out = {d: torch.as_tensor(proj(self.Q[data.u_val]), device=self.device)}
@@ -1034,8 +1039,7 @@ class _Trainer:
         if sel is not None and d < proj.M.shape[0]:
             selections[d] = sel
         report.choice, report.candidates, report.tolerance = best, scores, tolerance
-        report.held_out = ("labelled queries" if self.sup is not None else
-                           "queries" if self.unlabelled is not None and len(self.unlabelled[1]) else "rows")
+        report.held_out = "labelled queries" if self.sup is not None else "queries" if self.scores_queries else "rows"
 
     def _stage_teacher(self, projections) -> torch.Tensor:
         """The raw full vectors, or with labels the adapted ones (the frozen D -> D stage), projected once."""

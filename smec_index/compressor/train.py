@@ -518,26 +518,29 @@ class _Stepper:
         """Each anchor's listwise candidates and their teacher similarities, (B, K) each: its ``kl_neighbours``
         nearest training rows (ranked once per teacher) and ``kl_random`` training rows drawn uniformly (the far
         end of the list, which neighbours alone never show the student)."""
-        cfg, data = self.cfg, self.data
         lines = torch.searchsorted(self.train_rows_t, rows_t)
-        P = min(cfg.kl_neighbours, self.cand_ids.shape[1])
-        draw = torch.randint(len(self.train_rows_t), (len(rows_t), cfg.kl_random), generator=self.gen)
-        rnd = self.train_rows_t[draw.to(self.device)]
-        rnd_sims = torch.einsum("bd,bkd->bk", data.teacher.index_select(0, rows_t),
-                                data.teacher.index_select(0, rnd.reshape(-1)).reshape(*rnd.shape, -1))
+        P = min(self.cfg.kl_neighbours, self.cand_ids.shape[1])
+        rnd, rnd_sims = self._random_candidates(self.data.teacher.index_select(0, rows_t))
         return torch.cat([self.cand_ids[lines, :P], rnd], 1), torch.cat([self.cand_sims[lines, :P], rnd_sims], 1)
+
+    def _random_candidates(self, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``kl_random`` training rows drawn uniformly for each anchor (its teacher vector, a row of ``anchors``)
+        and their teacher similarities to it, (B, kl_random) each."""
+        draw = torch.randint(len(self.train_rows_t), (len(anchors), self.cfg.kl_random), generator=self.gen)
+        rnd = self.train_rows_t[draw.to(self.device)]
+        teacher = self.data.teacher
+        rnd_sims = torch.einsum("bd,bkd->bk", anchors,
+                                teacher.index_select(0, rnd.reshape(-1)).reshape(*rnd.shape, -1))
+        return rnd, rnd_sims
 
     def _query_candidates(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A step's unlabelled query anchors (``kl_queries`` drawn with replacement from the training ones), as
         positions in ``u_inputs``, with their listwise candidates and teacher similarities as ``_kl_candidates``:
         the ``kl_neighbours`` nearest training rows and ``kl_random`` random ones."""
-        cfg, data = self.cfg, self.data
-        at = torch.as_tensor(self.rng.integers(0, len(data.u_train), cfg.kl_queries), device=self.device)
+        data = self.data
+        at = torch.as_tensor(self.rng.integers(0, len(data.u_train), self.cfg.kl_queries), device=self.device)
         qs = torch.as_tensor(data.u_train, device=self.device)[at]
-        draw = torch.randint(len(self.train_rows_t), (len(qs), cfg.kl_random), generator=self.gen)
-        rnd = self.train_rows_t[draw.to(self.device)]
-        rnd_sims = torch.einsum("bd,bkd->bk", data.u_teacher.index_select(0, qs),
-                                data.teacher.index_select(0, rnd.reshape(-1)).reshape(*rnd.shape, -1))
+        rnd, rnd_sims = self._random_candidates(data.u_teacher.index_select(0, qs))
         return qs, torch.cat([self.u_ids[at], rnd], 1), torch.cat([self.u_sims[at], rnd_sims], 1)
 
     def epoch(self, opt: torch.optim.Optimizer, tau: float | None) -> None:
