@@ -40,6 +40,14 @@ def recall(I: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
     return float(np.mean([len(set(a[:k]) & set(b[:k])) / k for a, b in zip(I, truth)]))
 
 
+def commit_note(payload: dict) -> str:
+    """``commit <10 hex>`` (``(dirty)`` when the tree had uncommitted changes) of a results payload, for its
+    report line; results written before the commit was recorded say so."""
+    if not payload.get("commit"):
+        return "commit not recorded"
+    return f"commit {payload['commit'][:10]}" + (" (dirty)" if payload.get("dirty") else "")
+
+
 def with_provenance(payload: dict, script: str, argv: list[str] | None, info: dict, load_before: float,
                     prov: dict) -> dict:
     """``payload`` with what a results JSON records beside its numbers: the commit and dirty flag ``prov`` (taken

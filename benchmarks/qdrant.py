@@ -51,7 +51,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, describe_machine, load_avg, machine_info, markdown_table, recall, write_json  # noqa: E402
+from common import RESULTS, commit_note, describe_machine, load_avg, machine_info, markdown_table, recall, with_provenance, write_json  # noqa: E402
 
 from smec_index import SMEC  # noqa: E402
 from smec_index.datasets import default_data_dir, load_beir  # noqa: E402
@@ -342,7 +342,7 @@ def goals_table(res: dict[str, Any]) -> str:
 
 def report(payload: dict[str, Any]) -> str:
     parts = [f"# SMEC on Qdrant Edge vs Qdrant's binary quantization\n\n{describe_machine(payload['machine'])}; "
-             f"qdrant-edge-py {payload['machine']['versions']['qdrant-edge-py']}. Compressor: SMEC(dims=(256, 64), "
+             f"{commit_note(payload)}; qdrant-edge-py {payload['machine']['versions']['qdrant-edge-py']}. Compressor: SMEC(dims=(256, 64), "
              f"method={payload['method']!r}, seed=0), unsupervised; k={K}. Timing: {payload['runs']} rounds, each "
              f"passing over every configuration in turn (300 queries at batch 1, then as one batch); medians over "
              f"rounds. The machine is shared with other jobs: load averages are in the JSON."
@@ -381,7 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     bad = [d for d in datasets if d not in (*MODELS, TILED)]
     if bad:
         ap.error(f"unknown data {bad}; known: {[*MODELS, TILED]}")
-    info = machine_info()
+    from smec_index.report import provenance
+
+    info, load_start, prov = machine_info(), load_avg(), provenance()  # the code as it was at the start
     print(describe_machine(info), flush=True)
     work = Path(tempfile.mkdtemp(prefix="smec-qdrant-bench-", dir=args.workdir))
     # one BLAS thread is how it is meant to run (each search projects one query; a spinning thread pool costs
@@ -407,9 +409,10 @@ def main(argv: list[str] | None = None) -> int:
             res = run_dataset(name, X, Q, smec, configs, work, args.runs, rel, args.search_threads or None)
             res["smec_train_s"] = train_s
             payload["datasets"].append(res)
-            write_json(args.out.with_suffix(".json"), payload)
+            write_json(args.out.with_suffix(".json"), with_provenance(payload, "qdrant.py", argv, info, load_start, prov))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    payload = with_provenance(payload, "qdrant.py", argv, info, load_start, prov)
     text = report(payload)
     args.out.with_suffix(".md").write_text(text)
     print(text)

@@ -41,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, describe_machine, load_avg, machine_info, markdown_table, recall, write_json  # noqa: E402
+from common import RESULTS, commit_note, describe_machine, load_avg, machine_info, markdown_table, recall, with_provenance, write_json  # noqa: E402
 
 MODEL = "all-mpnet-base-v2"
 SIGMA = 0.02
@@ -299,7 +299,7 @@ def targets(payload: dict[str, Any]) -> list[dict[str, Any]]:
 def report(payload: dict[str, Any]) -> str:
     n = payload["n"]
     lines = [f"# Scale: {n:,} x {payload['D']} ({payload['compressor']} compressor)", "",
-             f"Machine: {describe_machine(payload['machine'])}. OMP threads {payload['omp_threads']}, "
+             f"Machine: {describe_machine(payload['machine'])}; {commit_note(payload)}. OMP threads {payload['omp_threads']}, "
              f"load average {payload['load_start']} at start, {payload['load_end']} at the end.", "",
              f"Data: {payload['data']}.", ""]
     if payload.get("data_phase_note"):
@@ -371,14 +371,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown engine(s) {unknown}; known: {sorted(ENGINES)}")
     work = Path(a.work) if a.work else Path(os.environ.get("TMPDIR", "/tmp")) / f"smec-scale-{a.n}"
     work.mkdir(parents=True, exist_ok=True)
-    info = machine_info()
+    from smec_index.report import provenance
+
+    info, load_start, prov = machine_info(), load_avg(), provenance()  # the code as it was at the start
     payload: dict[str, Any] = {"n": a.n, "D": None, "compressor": a.compressor, "dims": dims, "engines": engines, "stores": stores,
                                "engine_settings": {e: ENGINES[e] for e in engines}, "k": K, "candidates": CANDIDATES,
                                "train_rows": a.train_rows, "data": DATA_NOTE, "machine": info,
                                "omp_threads": faiss.omp_get_max_threads(),
                                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                               "load_start": load_avg(), "configs": [],
-                               "command": " ".join(["python", "benchmarks/scale.py", *(argv if argv is not None else sys.argv[1:])])}
+                               "load_start": load_start, "configs": []}
     print(f"# scale: N={a.n:,}, {a.compressor}, engines {engines}, dims {dims}\n# machine: {describe_machine(info)}",
           flush=True)
     t0 = time.perf_counter()
@@ -406,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     payload["load_end"] = load_avg()
     payload["wall_s"] = round(time.perf_counter() - t0, 1)
     payload["targets"] = targets(payload)
+    payload = with_provenance(payload, "scale.py", argv, info, load_start, prov)
     out = Path(a.out) if a.out else RESULTS / (f"scale-{a.n}" + (f"-{a.tag}" if a.tag else "") + ".json")
     write_json(out, payload)
     md = report(payload)

@@ -37,8 +37,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (RESULTS, describe_machine, load_avg, machine_info, markdown_table, recall,  # noqa: E402
-                    save_figure, write_json)
+from common import (RESULTS, commit_note, describe_machine, load_avg, machine_info, markdown_table, recall,  # noqa: E402
+                    save_figure, with_provenance, write_json)
 
 import faiss  # noqa: E402
 from smec_index import SMEC, CompressedIndex  # noqa: E402
@@ -419,7 +419,7 @@ def report(payload: dict) -> str:
               f"{c['rerank100_us']:.1f} / {c['rerank100_cpu_us']:.1f}"] for d, c in sorted(res["costs"].items())]
     lines = [
         f"# speed, N = {res['n']:,} x {D}", "",
-        f"Machine: {describe_machine(payload['machine'])}. Load average {payload['load_start']} at start, "
+        f"Machine: {describe_machine(payload['machine'])}; {commit_note(payload)}. Load average {payload['load_start']} at start, "
         f"{payload['load_end']} at end: other jobs shared the 2 cores, so wall-clock numbers carry their waiting; "
         f"the CPU-time columns (thread CPU time for single queries, queries per CPU-second of the process for "
         f"batches) show what the code itself costs.", "",
@@ -474,8 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted({e for e, _ in configs} - set(engines(a.n)))
     if unknown:
         p.error(f"unknown engine(s) {unknown}; known: {sorted(engines(a.n))}")
-    info = machine_info()
-    load_start = load_avg()
+    from smec_index.report import provenance
+
+    info, load_start, prov = machine_info(), load_avg(), provenance()  # the code as it was at the start
     print(f"# speed: N={a.n:,}, configs {configs}\n# machine: {describe_machine(info)}\n# data: {DATA_NOTE}")
     ds = load_beir(default_data_dir(), MODEL)
     reduced = tuple(sorted({d for _, d in configs if d != ds.dim}, reverse=True))
@@ -490,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "result": res, "scifact_ndcg": ndcg,
                "wall_s": round(time.perf_counter() - t0, 1)}
     payload["targets"] = targets(res, ndcg, ds.dim)
+    payload = with_provenance(payload, "speed.py", argv, info, load_start, prov)
     stem = a.out / (f"speed-{a.n}" + (f"-{a.tag}" if a.tag else ""))
     write_json(stem.with_suffix(".json"), payload)
     md = report(payload)

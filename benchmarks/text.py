@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, load_avg, markdown_table, write_json  # noqa: E402
+from common import RESULTS, commit_note, load_avg, markdown_table, with_provenance, write_json  # noqa: E402
 
 from smec_index.datasets import default_data_dir, iter_jsonl, load_beir  # noqa: E402
 from smec_index.index.backends import make_backend  # noqa: E402
@@ -109,7 +109,7 @@ def render(p: dict) -> str:
           f"{r['hit@10']:.3f}", "-" if r["build_s"] is None else f"{r['build_s']:.1f}"] for r in p["search"]])
     m = p["machine"]
     return (f"# Text search: encoding and search(text) latency\n\n`{p['command']}` with OMP_NUM_THREADS="
-            f"{m.get('OMP_NUM_THREADS')}, {p['wall_s']:.0f} s wall\n\n"
+            f"{m.get('OMP_NUM_THREADS')}, {p['wall_s']:.0f} s wall; {commit_note(p)}\n\n"
             f"Machine: {describe_environment(m)}; torch threads {p['torch_threads']}; sentence-transformers "
             f"{m['versions']['sentence-transformers']}, transformers {m['versions']['transformers']}; {m['date']}. "
             f"Shared CPU: 1-minute load average {p['load_avg_1min']}.\n\n"
@@ -152,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         env["versions"][pkg] = metadata.version(pkg)
     env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS")
     print(f"# machine: {describe_environment(env)}; torch threads {torch.get_num_threads()}")
+    from smec_index.report import provenance
+
     t_start = time.perf_counter()
-    loads = {"start": load_avg()}
+    loads, prov = {"start": load_avg()}, provenance()  # the code as it was at the start
 
     ids, texts = read_texts(args.data / "corpus.jsonl.gz")
     query_text = {d["_id"]: d["text"] for d in iter_jsonl(args.data / "queries.jsonl.gz")}
@@ -236,13 +238,13 @@ def main(argv: list[str] | None = None) -> int:
                     "hit@10": round(float(np.mean(hits_at_k)), 4)})
     loads["end"] = load_avg()
 
-    payload = {"command": " ".join(["python benchmarks/text.py", *(argv if argv is not None else sys.argv[1:])]),
-               "data": str(args.data), "model": "all-MiniLM-L6-v2", "n_docs": len(doc_ids), "tiled": bool(args.tile),
+    payload = {"data": str(args.data), "model": "all-MiniLM-L6-v2", "n_docs": len(doc_ids), "tiled": bool(args.tile),
                "n_queries": len(qids),
                "k": args.k, "candidates": args.candidates, "spec": args.spec, "machine": env,
                "torch_threads": torch.get_num_threads(), "model_load_s": round(load_s, 2),
                "encoding": encoding,
                "search": records, "load_avg_1min": loads, "wall_s": round(time.perf_counter() - t_start, 1)}
+    payload = with_provenance(payload, "text.py", argv, env, loads["start"], prov)
     name = "text" + (f"-{args.tag}" if args.tag else "")
     write_json(RESULTS / f"{name}.json", payload)
     md = render(payload)

@@ -41,6 +41,13 @@ def bash_commands(code: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- result renderers
+def _commit(p: dict) -> str:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from common import commit_note
+
+    return commit_note(p)
+
+
 def _machine(m: dict, extra: str = "") -> str:
     v = m.get("versions", {})
     mem = f", {m['memory_gib']} GiB" if m.get("memory_gib") else ""
@@ -138,8 +145,10 @@ def render_speed(p: dict, rel: str) -> str:
                      "-" if nd is None else f"{nd:.4f}"])
     targets = "\n".join(f"- {'met' if t['met'] else 'not met'}: {t['target']}: {t['value']}" for t in p["targets"])
     load = f"; load average {p['load_start']} at start, {p['load_end']} at end" if "load_start" in p else ""
-    return (f"`OMP_WAIT_POLICY=PASSIVE python benchmarks/speed.py --n {res['n']}`: {res['n']:,} x {p['D']} "
-            f"({p['data']}); compressor {p['method']}; k={p['k']}, rerank of {p['candidates']} candidates.\n"
+    command = p.get("command") or f"OMP_WAIT_POLICY=PASSIVE python benchmarks/speed.py --n {res['n']}"
+    return (f"`{command}`: {res['n']:,} x {p['D']} "
+            f"({p['data']}); compressor {p['method']}; k={p['k']}, rerank of {p['candidates']} candidates; "
+            f"{_commit(p)}.\n"
             f"{_machine(p['machine'], load)}\n\n"
             + markdown_table(["engine", "dim", "rerank", "setting", "RAM B/vec (index / +full)", "QPS batch 1000",
                               "QPS batch 1", "recall@10 vs exact full", "SciFact nDCG@10"], rows)
@@ -149,8 +158,8 @@ def render_speed(p: dict, rel: str) -> str:
 def render_qdrant(p: dict, rel: str) -> str:
     from smec_index.report import markdown_table
 
-    parts = [f"`python benchmarks/qdrant.py --method {p['method']} --runs {p['runs']}`: k={p['k']}, "
-             f"best of {p['runs']} runs.\n{_machine(p['machine'])}"]
+    command = p.get("command") or f"python benchmarks/qdrant.py --method {p['method']} --runs {p['runs']}"
+    parts = [f"`{command}`: k={p['k']}, median of {p['runs']} rounds; {_commit(p)}.\n{_machine(p['machine'])}"]
     for ds in p["datasets"]:
         rows = [[r["label"], r["code_b_per_pt"], f"{r['recall@10']:.3f}",
                  "-" if r.get("ndcg@10") is None else f"{r['ndcg@10']:.4f}", f"{r['qps_b1']:,.0f}",
