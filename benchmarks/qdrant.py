@@ -39,6 +39,7 @@ to the pool: SciFact MiniLM, the engine call alone, peer 0.18 against 0.11 ms wa
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -62,8 +63,11 @@ from smec_index.qdrant import QdrantCompressedCollection  # noqa: E402
 K = 10
 SIGMA = 0.02
 PEER = "peer-bq"
-MODELS = {"scifact-mpnet": "all-mpnet-base-v2", "scifact-minilm": "all-MiniLM-L6-v2"}
+# --data name -> (data directory next to scifact's, model)
+MODELS = {"scifact-mpnet": ("scifact", "all-mpnet-base-v2"), "scifact-minilm": ("scifact", "all-MiniLM-L6-v2"),
+          "debian-minilm": ("debian", "all-MiniLM-L6-v2")}
 TILED = "tiled"
+DIMS = (256, 128, 64)
 
 # key -> label, collection layout, search arguments. Candidates (what the first stage passes on): 100 into the
 # full re-score for the two-stage chains; 200 from smec_64 of which smec_256 keeps 50 for the three-stage ones.
@@ -99,6 +103,27 @@ CONFIGS: dict[str, dict[str, Any]] = {
                               "layout": {"dims": (256,), "quantization": "binary", "datatype": "float16"},
                               "search": {"candidates": 30}},
 }
+CLASSIC = tuple(CONFIGS)
+
+# The bytes frontier: Qdrant's own quantizations of the full vector (what a Qdrant user picks instead), each
+# re-scored with the originals over 20, 50 or 100 points (oversampling 2, 5, 10), against a SMEC stage coded by
+# the same quantizers and re-scored at full dim over as many points. One stage, then full: the cascade's extra
+# named vectors would add bytes on disk that a like-for-like comparison does not need.
+RESCORED = (20, 50, 100)
+PEER_QUANTIZATIONS = ("binary", "binary1.5", "binary2", "int8")
+SMEC_CODES = ((128, "binary"), (256, "binary"), (64, "binary2"), (128, "binary2"), (256, "binary2"),
+              (128, "binary1.5"), (256, "binary1.5"), (64, "int8"), (128, "int8"))
+FRONTIER: tuple[str, ...] = ()
+for _c in RESCORED:
+    for _q in PEER_QUANTIZATIONS:
+        CONFIGS[f"peer-{_q}-r{_c}"] = {"label": f"full {_q}, re-scored {_c} (peer)", "rescored": _c,
+                                       "layout": {"dims": (), "quantization": _q},
+                                       "search": {"oversampling": _c / K}}
+    for _d, _q in SMEC_CODES:
+        CONFIGS[f"smec{_d}-{_q}-r{_c}"] = {"label": f"smec_{_d} {_q} -> full, re-scored {_c}", "rescored": _c,
+                                           "layout": {"dims": (_d,), "quantization": _q},
+                                           "search": {"candidates": _c}}
+FRONTIER = tuple(c for c in CONFIGS if c not in CLASSIC)
 
 
 # --------------------------------------------------------------------- data
@@ -187,25 +212,31 @@ def time_interleaved(searches: dict[str, Callable[[np.ndarray], Any]], Q: np.nda
 
 def code_bytes(layout: dict[str, Any], D: int) -> int:
     """Bytes per point of the first-stage vector a search scans: float32 4d, float16 2d, int8 d + 4 (Qdrant
-    keeps one float per vector beside the codes), binary d / 8."""
+    keeps one float per vector beside the codes), binary d / 8, binary1.5 3d / 16, binary2 d / 4."""
     d = min(layout["dims"]) if layout["dims"] else D
     q = layout.get("quantization")
     if q == "int8":
         return d + 4
     if q == "binary":
         return -(-d // 8)
+    if q == "binary1.5":
+        return -(-3 * d // 16)
+    if q == "binary2":
+        return -(-d // 4)
     return d * (2 if layout.get("datatype") == "float16" else 4)
 
 
 # --------------------------------------------------------------------- one dataset
-def build(name: str, cfg: dict[str, Any], smec: SMEC, X: np.ndarray, Q: np.ndarray, truth: np.ndarray,
-          path: Path, rel: tuple | None, search_threads: int | None = 1) -> tuple[QdrantCompressedCollection, dict[str, Any]]:
-    """Build one configuration's collection (writes, then optimize), measure its bytes and its quality."""
+def layout_key(layout: dict[str, Any]) -> str:
+    """One collection per distinct layout: configurations that differ only in their search share it."""
+    return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in sorted(layout.items())})
+
+
+def build(layout: dict[str, Any], smec: SMEC, X: np.ndarray, path: Path,
+          search_threads: int | None = 1) -> tuple[QdrantCompressedCollection, dict[str, Any]]:
+    """Build one layout's collection (writes, then the blocking optimize) and measure its bytes."""
     n = X.shape[0]
-    layout = cfg["layout"]
-    rec: dict[str, Any] = {"config": name, "label": cfg["label"], "n": n,
-                           "layout": {k: list(v) if isinstance(v, tuple) else v for k, v in layout.items()},
-                           "search": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg["search"].items()},
+    rec: dict[str, Any] = {"n": n, "layout": {k: list(v) if isinstance(v, tuple) else v for k, v in layout.items()},
                            "load_at_build": load_avg()}
     col = QdrantCompressedCollection.edge(path, smec, full=True, max_search_threads=search_threads, **layout)
     t = time.perf_counter()
@@ -222,42 +253,55 @@ def build(name: str, cfg: dict[str, Any], smec: SMEC, X: np.ndarray, Q: np.ndarr
     rec["disk_b_per_pt"] = rec["disk_bytes"] / n
     rec["segments_b_per_pt"] = rec["segments_bytes"] / n
     rec["code_b_per_pt"] = code_bytes(layout, smec.input_dim_)
+    return col, rec
+
+
+def measure(name: str, cfg: dict[str, Any], col: QdrantCompressedCollection, built: dict[str, Any], Q: np.ndarray,
+            truth: np.ndarray, rel: tuple | None) -> dict[str, Any]:
+    """One configuration's record: its collection's bytes and build times, and its quality on Q."""
+    rec: dict[str, Any] = {"config": name, "label": cfg["label"], **built,
+                           "search": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg["search"].items()}}
+    if "rescored" in cfg:
+        rec["rescored"] = cfg["rescored"]
     _, I = col.search(Q, k=K, **cfg["search"])
     rec["recall@10"] = recall(I, truth)
     if rel is not None:
         per_query = ndcg_per_query(I, *rel)
         rec["ndcg@10"] = float(per_query.mean())
         rec["ndcg@10_per_query"] = [round(float(x), 6) for x in per_query]
-    print(f"  built {cfg['label']}: R@10 {rec['recall@10']:.3f}"
+    print(f"  {cfg['label']}: R@10 {rec['recall@10']:.3f}"
           + (f" nDCG@10 {rec['ndcg@10']:.4f}" if "ndcg@10" in rec else "")
           + f" | upsert {rec['upsert_pts_s']:.0f}/s optimize {rec['optimize_s']:.1f} s"
-          f" | disk {rec['disk_b_per_pt']:.0f} B/pt", flush=True)
-    return col, rec
+          f" | disk {rec['disk_b_per_pt']:.0f} B/pt, code {rec['code_b_per_pt']} B/pt", flush=True)
+    return rec
 
 
 def run_dataset(label: str, X: np.ndarray, Q: np.ndarray, smec: SMEC, configs: list[str], workdir: Path,
                 runs: int, rel: tuple | None, search_threads: int | None = 1) -> dict[str, Any]:
-    """Build every configuration, then time them all interleaved (``time_interleaved``)."""
+    """Build every configuration's collection (one per distinct layout), then time them all interleaved
+    (``time_interleaved``)."""
     print(f"{label}: {X.shape[0]} x {X.shape[1]}, {Q.shape[0]} queries", flush=True)
     truth = exact_search(Q, X, K)[1]
     out: dict[str, Any] = {"dataset": label, "n": int(X.shape[0]), "d": int(X.shape[1]), "queries": int(Q.shape[0]),
                            "records": []}
     if rel is not None:
         out["exact_ndcg@10"] = ndcg(truth, *rel)
-    cols: dict[str, QdrantCompressedCollection] = {}
+    cols: dict[str, tuple[QdrantCompressedCollection, dict[str, Any]]] = {}
     try:
         for name in configs:
-            cols[name], rec = build(name, CONFIGS[name], smec, X, Q, truth, workdir / name, rel, search_threads)
-            out["records"].append(rec)
-        searches = {name: (lambda q, c=col, kw=CONFIGS[name]["search"]: c.search(q, k=K, **kw))
-                    for name, col in cols.items()}
+            key = layout_key(CONFIGS[name]["layout"])
+            if key not in cols:
+                cols[key] = build(CONFIGS[name]["layout"], smec, X, workdir / f"c{len(cols)}", search_threads)
+            out["records"].append(measure(name, CONFIGS[name], *cols[key], Q, truth, rel))
+        searches = {name: (lambda q, c=cols[layout_key(CONFIGS[name]["layout"])][0], kw=CONFIGS[name]["search"]:
+                           c.search(q, k=K, **kw)) for name in configs}
         load = load_avg()
         timings = time_interleaved(searches, Q, runs)
         out["load_during_timing"] = [load, load_avg()]
     finally:
-        for name, col in cols.items():
+        for i, (col, _) in enumerate(cols.values()):
             col.close()
-            shutil.rmtree(workdir / name, ignore_errors=True)
+            shutil.rmtree(workdir / f"c{i}", ignore_errors=True)
     for rec in out["records"]:
         rec.update(timings[rec["config"]])
         print(f"  timed {rec['label']}: QPS b1 {rec['qps_b1']:.0f} batch {rec['qps_batch']:.0f} | p50 "
@@ -267,12 +311,12 @@ def run_dataset(label: str, X: np.ndarray, Q: np.ndarray, smec: SMEC, configs: l
 
 # --------------------------------------------------------------------- compressor
 def fit_smec(X: np.ndarray, method: str, cache: Path | None, key: str) -> tuple[SMEC, float]:
-    """``SMEC(dims=(256, 64), method, seed=0)`` fitted on X (unsupervised), from ``cache/key`` when there."""
+    """``SMEC(dims=DIMS, method, seed=0)`` fitted on X (unsupervised), from ``cache/key`` when there."""
     if cache is not None and (cache / key).is_dir():
         seconds = cache / f"{key}.train_s"
         return SMEC.load(cache / key), float(seconds.read_text()) if seconds.exists() else float("nan")
     t = time.perf_counter()
-    smec = SMEC(dims=(256, 64), method=method, seed=0, progress=False).fit(X)
+    smec = SMEC(dims=DIMS, method=method, seed=0, progress=False).fit(X)
     train_s = time.perf_counter() - t
     if cache is not None:
         smec.save(cache / key)
@@ -327,6 +371,44 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def frontier(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per byte against Qdrant's quantization: for each peer (a quantization of the full vector re-scored over C
+    points), the SMEC stage with the best recall@10 among those re-scored over the same C whose codes take at most
+    the peer's bytes, and among those taking at most half of them; met when its recall@10 is at least the
+    peer's."""
+    recs = [r for r in res["records"] if "rescored" in r]
+    out = []
+    for peer in (r for r in recs if r["config"].startswith("peer-")):
+        row: dict[str, Any] = {"peer": peer["config"], "label": peer["label"], "rescored": peer["rescored"],
+                               "code_b_per_pt": peer["code_b_per_pt"], "recall@10": peer["recall@10"],
+                               "ndcg@10": peer.get("ndcg@10")}
+        for key, budget in (("within", peer["code_b_per_pt"]), ("half", peer["code_b_per_pt"] / 2)):
+            ours = [r for r in recs if r["config"].startswith("smec") and r["rescored"] == peer["rescored"]
+                    and r["code_b_per_pt"] <= budget]
+            best = max(ours, key=lambda r: (r["recall@10"], -r["code_b_per_pt"]), default=None)
+            row[key] = None if best is None else {
+                "config": best["config"], "label": best["label"], "code_b_per_pt": best["code_b_per_pt"],
+                "recall@10": best["recall@10"], "ndcg@10": best.get("ndcg@10"),
+                "met": best["recall@10"] >= peer["recall@10"] - 1e-9}
+        out.append(row)
+    return out
+
+
+def frontier_table(res: dict[str, Any]) -> str:
+    def cell(b: dict[str, Any] | None) -> list[str]:
+        if b is None:
+            return ["-", "-", "-", "no stage that small"]
+        nd = "" if b["ndcg@10"] is None else f" / {b['ndcg@10']:.4f}"
+        return [b["label"].split(" -> ")[0], str(b["code_b_per_pt"]), f"{b['recall@10']:.3f}{nd}",
+                "met" if b["met"] else "not met"]
+    rows = [[f["label"], str(f["code_b_per_pt"]), f"{f['recall@10']:.3f}"
+             + ("" if f["ndcg@10"] is None else f" / {f['ndcg@10']:.4f}"), *cell(f["within"]), *cell(f["half"])]
+            for f in frontier(res)]
+    return markdown_table(["peer (Qdrant on the full vector)", "B/pt", "R@10 / nDCG@10", "best smec stage <= its bytes",
+                           "B/pt", "R@10 / nDCG@10", ">= peer's R@10", "best smec stage <= half its bytes", "B/pt",
+                           "R@10 / nDCG@10", ">= peer's R@10"], rows)
+
+
 def goals_table(res: dict[str, Any]) -> str:
     keys = ("quality_ok", "disk_bytes_ok", "code_bytes_ok", "qps_b1_ok", "qps_batch_ok", "cpu_b1_ok")
     rows = []
@@ -341,31 +423,45 @@ def goals_table(res: dict[str, Any]) -> str:
 
 
 def report(payload: dict[str, Any]) -> str:
-    parts = [f"# SMEC on Qdrant Edge vs Qdrant's binary quantization\n\n{describe_machine(payload['machine'])}; "
-             f"{commit_note(payload)}; qdrant-edge-py {payload['machine']['versions']['qdrant-edge-py']}. Compressor: SMEC(dims=(256, 64), "
-             f"method={payload['method']!r}, seed=0), unsupervised; k={K}. Timing: {payload['runs']} rounds, each "
-             f"passing over every configuration in turn (300 queries at batch 1, then as one batch); medians over "
-             f"rounds. The machine is shared with other jobs: load averages are in the JSON."
+    dims = tuple(payload.get("dims", (256, 64)))
+    parts = [f"# SMEC on Qdrant Edge vs Qdrant's quantization\n\n{describe_machine(payload['machine'])}; "
+             f"{commit_note(payload)}; qdrant-edge-py {payload['machine']['versions']['qdrant-edge-py']}. "
+             f"Compressor: SMEC(dims={dims}, method={payload['method']!r}, seed=0), unsupervised; k={K}. Timing: "
+             f"{payload['runs']} rounds, each passing over every configuration in turn (every query at batch 1, then "
+             f"all as one batch); medians over rounds. Load averages are in the JSON."
              + (f" OMP_NUM_THREADS={payload['omp_num_threads']}." if payload.get("omp_num_threads") else "")
              + (f" Edge max_search_threads={payload['edge_max_search_threads']} for every configuration."
                 if payload.get("edge_max_search_threads") else "")]
     for res in payload["datasets"]:
         train = res.get("smec_train_s")
+        classic = {**res, "records": [r for r in res["records"] if r["config"] in CLASSIC]}
         parts.append(f"## {res['dataset']} ({res['n']:,} x {res['d']}, {res['queries']} queries"
                      + (f"; compressor fitted in {train:.0f} s" if train is not None and np.isfinite(train) else "")
                      + "; load average at the start and end of timing: "
-                     + " / ".join(str(x) for x in res.get("load_during_timing", [])) + ")\n\n" + dataset_table(res) + "\n\nGoal check (each SMEC configuration against the peer "
-                     "`" + CONFIGS[PEER]["label"] + "`):\n\n" + goals_table(res))
+                     + " / ".join(str(x) for x in res.get("load_during_timing", [])) + ")")
+        if classic["records"]:
+            parts.append(dataset_table(classic))
+        if any(r["config"] == PEER for r in res["records"]):
+            parts.append("Goal check (each SMEC configuration against the peer `" + CONFIGS[PEER]["label"] + "`):\n\n"
+                         + goals_table(res))
+        if frontier(res):
+            rest = {**res, "records": sorted((r for r in res["records"] if r["config"] not in CLASSIC),
+                                             key=lambda r: (r["rescored"], r["code_b_per_pt"]))}
+            parts.append("Per byte against Qdrant's quantization (one coded stage, then the full vector re-scores "
+                         "the same number of points):\n\n" + frontier_table(res) + "\n\nEvery point of the "
+                         "frontier:\n\n" + dataset_table(rest))
     return "\n\n".join(parts) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default="scifact-mpnet,scifact-minilm,tiled",
-                    help="comma-separated: scifact-mpnet, scifact-minilm, tiled")
+    ap.add_argument("--data", default="scifact-mpnet,scifact-minilm,debian-minilm,tiled",
+                    help=f"comma-separated: {', '.join([*MODELS, TILED])}")
     ap.add_argument("--n-tiled", type=int, default=100_000)
     ap.add_argument("--method", default="smec", help="compressor method (smec for the committed run; pca is fast)")
-    ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated configuration names")
+    ap.add_argument("--configs", default=None,
+                    help="comma-separated configuration names, or the groups 'classic' and 'frontier' (default: both "
+                         "on the real sets, classic on the tiled one)")
     ap.add_argument("--runs", type=int, default=5, help="timing rounds")
     ap.add_argument("--search-threads", type=int, default=1,
                     help="Edge's max_search_threads for every configuration (0: Edge's default, from the CPU count)")
@@ -373,10 +469,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="where collections are built (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=RESULTS / "qdrant")
     args = ap.parse_args(argv)
-    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    unknown = [c for c in configs if c not in CONFIGS]
-    if unknown:
-        ap.error(f"unknown configs {unknown}; known: {list(CONFIGS)}")
+    groups = {"classic": CLASSIC, "frontier": FRONTIER}
+    configs = None
+    if args.configs is not None:
+        configs = [n for c in args.configs.split(",") if c.strip() for n in groups.get(c.strip(), (c.strip(),))]
+        unknown = [c for c in configs if c not in CONFIGS]
+        if unknown:
+            ap.error(f"unknown configs {unknown}; known: {list(CONFIGS)} or the groups {list(groups)}")
     datasets = [d.strip() for d in args.data.split(",") if d.strip()]
     bad = [d for d in datasets if d not in (*MODELS, TILED)]
     if bad:
@@ -388,25 +487,27 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="smec-qdrant-bench-", dir=args.workdir))
     # one BLAS thread is how it is meant to run (each search projects one query; a spinning thread pool costs
     # more than the matmul): recorded so that a run without it is recognisable
-    payload: dict[str, Any] = {"machine": info, "method": args.method, "runs": args.runs, "k": K, "datasets": [],
-                               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    payload: dict[str, Any] = {"machine": info, "method": args.method, "dims": list(DIMS), "runs": args.runs, "k": K,
+                               "datasets": [], "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                                "edge_max_search_threads": args.search_threads or None}
     try:
-        fitted: dict[str, tuple[SMEC, float]] = {}
+        fitted: dict[tuple[str, str], tuple[SMEC, float]] = {}
         for label in datasets:
-            model = MODELS.get(label, MODELS["scifact-mpnet"])
-            ds = load_beir(default_data_dir(), model)
-            if model not in fitted:
-                fitted[model] = fit_smec(ds.corpus, args.method, args.cache, f"{args.method}-{model}")
-            smec, train_s = fitted[model]
+            folder, model = MODELS.get(label, MODELS["scifact-mpnet"])
+            ds = load_beir(default_data_dir().parent / folder, model)
+            if (folder, model) not in fitted:
+                fitted[folder, model] = fit_smec(ds.corpus, args.method, args.cache,
+                                                 f"{args.method}-{folder}-{model}-{'-'.join(map(str, DIMS))}")
+            smec, train_s = fitted[folder, model]
             Q, qids, qrels = ds.split_queries("test")
             if label == TILED:
                 X, rel = tiled(ds.corpus, args.n_tiled), None
                 name = f"SciFact {model} tiled to {args.n_tiled:,} (sigma {SIGMA})"
             else:
                 X, rel = ds.corpus, (ds.doc_ids, qids, qrels)
-                name = f"SciFact {model}"
-            res = run_dataset(name, X, Q, smec, configs, work, args.runs, rel, args.search_threads or None)
+                name = f"{'SciFact' if folder == 'scifact' else folder.capitalize()} {model}"
+            names = configs if configs is not None else list(CLASSIC if label == TILED else CONFIGS)
+            res = run_dataset(name, X, Q, smec, names, work, args.runs, rel, args.search_threads or None)
             res["smec_train_s"] = train_s
             payload["datasets"].append(res)
             write_json(args.out.with_suffix(".json"), with_provenance(payload, "qdrant.py", argv, info, load_start, prov))

@@ -153,7 +153,9 @@ class QdrantCompressedCollection:
             smec: the fitted compressor; it is saved beside the shard.
             dims: the SMEC dims stored as named vectors; the smallest is searched.
             full: also store the full vector and re-score with it last.
-            quantization: ``"int8"`` or ``"binary"`` (``"binary1.5"``, ``"binary2"``: 1.5 or 2 bits a dim) codes
+            quantization: ``"int8"``, ``"binary"`` (``"binary1.5"``, ``"binary2"``: 1.5 or 2 bits a dim),
+                TurboQuant ``"turbo1"``, ``"turbo1.5"``, ``"turbo2"``, ``"turbo4"``, ``"turbo8"`` (Qdrant 1.18's
+                rotation + N-bit codes) or product quantization ``"pq-x4"`` ... ``"pq-x64"`` codes
                 for the searched vector (re-scored by the chain;
                 by Qdrant with the floats when it is the only stage), or None.
             datatype: storage of every vector, ``"float32"`` or ``"float16"`` (half the bytes on disk).

@@ -103,6 +103,9 @@ def test_code_bytes_match_faiss_and_the_issue():
     assert code_bytes("rabitq1", 128) == 24 and code_bytes("sq8", 128) == 128 and code_bytes("sq4", 128) == 64
     assert code_bytes("binary", 128) == code_bytes("binary-itq", 128) == code_bytes("qdrant-binary", 128) == 16
     assert code_bytes("qdrant-binary2", 128) == 32 and code_bytes("qdrant-binary1.5", 128) == 24
+    # TurboQuant: the bits plus 8 bytes a vector (1.5 bits: 1-bit codes of 1.5 d); product quantization: 1/N of float32
+    assert [code_bytes(f"qdrant-turbo{b}", 384) for b in ("1", "1.5", "2", "4", "8")] == [56, 80, 104, 200, 392]
+    assert [code_bytes(f"qdrant-pq-x{n}", 384) for n in (4, 8, 16, 32, 64)] == [384, 192, 96, 48, 24]
     with pytest.raises(ValueError, match="code must be one of"):
         code_bytes("pq", 64)
 

@@ -120,3 +120,32 @@ def test_concurrent_searches(pca, synth):
         t.join()
     for t in range(4):
         np.testing.assert_array_equal(out[t], expected)
+
+
+@pytest.mark.parametrize("quantization", ["turbo1", "turbo1.5", "turbo2", "turbo4", "turbo8",
+                                          "pq-x4", "pq-x8", "pq-x16", "pq-x32", "pq-x64"])
+def test_turboquant_and_product_quantization_are_searched_and_rescored(unit, quantization):
+    """Qdrant's TurboQuant (1.18) and product quantization as the backend's codes: the top 5 read from 50
+    candidates of the codes, re-scored with the floats, are the exact top 5 with FAISS's exact scores."""
+    b = make_backend("qdrant-edge", 16, "ip", {"quantization": quantization, "oversampling": 10.0,
+                                                 "full_scan_threshold_kb": 1})
+    b.add(np.arange(600, dtype=np.int64), unit)
+    D, I = b.search(unit[:50], 5)
+    ref = faiss.IndexFlatIP(16)
+    ref.add(unit)
+    Dr, Ir = ref.search(unit[:50], 5)
+    coarse = quantization in ("turbo1", "turbo1.5", "pq-x64")  # 16 to 24 bits a vector at 16 dims
+    assert (I == Ir).mean() >= (0.8 if coarse else 0.95)
+    found = I == Ir
+    np.testing.assert_allclose(D[found], Dr[found], atol=1e-5)  # re-scored: exact scores, not the codes'
+
+
+def test_compressed_index_with_a_turboquant_stage(pca, synth):
+    index = CompressedIndex(pca, dims=8, backend="qdrant-edge", code="qdrant-turbo2", candidates=100)
+    index.add(synth)
+    ref = faiss.IndexFlatIP(48)
+    ref.add(synth)
+    _, Ir = ref.search(synth[:30], 10)
+    _, I = index.search(synth[:30], 10)
+    assert (I == Ir).mean() >= 0.95
+    assert index.memory_usage()["backends"] > 0

@@ -95,6 +95,9 @@ def test_layout_names_sizes_distance(make, pca, engine):
     }
     only = make(engine, pca, dims=(8,), full=False, quantization="binary", m=8)
     assert only.layout() == {"smec_8": {"size": 8, "distance": "cosine", "m": 8, "quantization": "binary"}}
+    for quantization, kind in (("turbo2", "turbo"), ("pq-x16", "product")):  # Qdrant 1.18's TurboQuant, PQ
+        col = make(engine, pca, dims=(8,), full=False, quantization=quantization)
+        assert col.layout()["smec_8"]["quantization"] == kind
 
 
 def test_server_passes_sharding_through_and_records_layout(pca):

@@ -108,7 +108,9 @@ class CompressedIndex:
             ``"rabitq1"``, ``"rabitq2"``, ``"rabitq4"``, ``"pq1"``, ``"pq2"``, ``"pq4"``, ``"opq2"`` (product
             quantizers of 1, 2, 4 bits a dim: the dim must be a multiple of 8, 4, 2), ``"binary"``,
             ``"binary-itq"``, ``"qdrant-int8"``,
-            ``"qdrant-binary"``, ``"qdrant-binary1.5"``, ``"qdrant-binary2"``, ``"rq1"``, ``"rq2"``, ``"rq4"``.
+            ``"qdrant-binary"``, ``"qdrant-binary1.5"``, ``"qdrant-binary2"``, ``"qdrant-turbo1"``,
+            ``"qdrant-turbo1.5"``, ``"qdrant-turbo2"``, ``"qdrant-turbo4"``, ``"qdrant-turbo8"`` (TurboQuant),
+            ``"qdrant-pq-x4"`` ... ``"qdrant-pq-x64"``, ``"rq1"``, ``"rq2"``, ``"rq4"``.
             Default when neither dims, backend nor backend options are given: the compressor's own
             (``SMEC(code=...)``, whose stages were chosen for it), else chosen with the dim by ``budget``.
         budget: RAM bytes a vector for the default first stage: its code, the engine's 8-byte label and the

@@ -32,7 +32,12 @@ __all__ = [
 ]
 
 DISTANCES = ("cosine", "dot", "euclid")
-QUANTIZATIONS = (None, "int8", "binary", "binary1.5", "binary2")  # binaryN: N bits a dim
+# binaryN: sign codes of N bits a dim; turboN: TurboQuant (Qdrant 1.18: a rotation, then N-bit Lloyd-Max codes a
+# dim); pq-xN: product quantization to 1/N of the float32 bytes
+BINARY_QUANTIZATIONS = ("binary", "binary1.5", "binary2")
+TURBO_QUANTIZATIONS = ("turbo1", "turbo1.5", "turbo2", "turbo4", "turbo8")
+PQ_QUANTIZATIONS = ("pq-x4", "pq-x8", "pq-x16", "pq-x32", "pq-x64")
+QUANTIZATIONS = (None, "int8", *BINARY_QUANTIZATIONS, *TURBO_QUANTIZATIONS, *PQ_QUANTIZATIONS)
 DATATYPES = ("float32", "float16")
 
 
@@ -48,8 +53,9 @@ class QdrantLayoutError(ValueError):
 @dataclass(frozen=True)
 class VectorSpec:
     """One named dense vector: its size, whether it gets an HNSW graph (only searched vectors need one),
-    the quantization of its codes (``None``, ``"int8"``, ``"binary"``, ``"binary1.5"``, ``"binary2"``) and its
-    storage datatype."""
+    the quantization of its codes (one of ``QUANTIZATIONS``: ``None``, ``"int8"``, ``"binary"`` /
+    ``"binary1.5"`` / ``"binary2"``, ``"turbo1"`` ... ``"turbo8"``, ``"pq-x4"`` ... ``"pq-x64"``) and its storage
+    datatype."""
 
     name: str
     size: int

@@ -41,12 +41,20 @@ def _quantization(kind: str | None) -> Any:
         # 8-bit query against 1-bit codes: the better-recall binary variant measured here
         return qe.BinaryQuantizationConfig(encoding=_BINARY_ENCODING[kind],
                                            query_encoding=qe.BinaryQuantizationQueryEncoding.Scalar8Bits)
+    if kind in _TURBO_BITS:
+        return qe.TurboQuantQuantizationConfig(bits=_TURBO_BITS[kind])
+    if kind in _PQ_RATIO:
+        return qe.ProductQuantizationConfig(compression=_PQ_RATIO[kind])
     return None
 
 
 _BINARY_ENCODING = {"binary": qe.BinaryQuantizationEncoding.OneBit,
                     "binary1.5": qe.BinaryQuantizationEncoding.OneAndHalfBits,
                     "binary2": qe.BinaryQuantizationEncoding.TwoBits}
+_TURBO_BITS = {"turbo1": qe.TurboQuantBitSize.Bits1, "turbo1.5": qe.TurboQuantBitSize.Bits1_5,
+               "turbo2": qe.TurboQuantBitSize.Bits2, "turbo4": qe.TurboQuantBitSize.Bits4,
+               "turbo8": qe.TurboQuantBitSize.Bits8}
+_PQ_RATIO = {f"pq-x{n}": getattr(qe.CompressionRatio, f"X{n}") for n in (4, 8, 16, 32, 64)}
 
 
 def _edge_config(spec: CollectionSpec, max_search_threads: int | None) -> qe.EdgeConfig:
@@ -302,8 +310,9 @@ class QdrantEdgeBackend:
     ``save`` copies it out and ``load`` copies it back in, so a saved index never changes under its reader.
 
     Options: HNSW ``m``, ``ef_construct`` and search-time ``hnsw_ef`` (at least k), ``full_scan_threshold_kb``,
-    ``quantization`` (``"int8"``, or ``"binary"`` / ``"binary1.5"`` / ``"binary2"``: 1, 1.5 or 2 bits a dim;
-    re-scored with the floats, ``oversampling`` times k read from the codes), ``datatype`` (``"float32"`` or
+    ``quantization`` (``"int8"``; ``"binary"`` / ``"binary1.5"`` / ``"binary2"``: 1, 1.5 or 2 bits a dim;
+    ``"turbo1"`` / ``"turbo1.5"`` / ``"turbo2"`` / ``"turbo4"`` / ``"turbo8"``: TurboQuant; ``"pq-x4"`` ...
+    ``"pq-x64"``: product quantization; re-scored with the floats, ``oversampling`` times k read from the codes), ``datatype`` (``"float32"`` or
     ``"float16"``) and ``max_search_threads`` (1, the default:
     each query on the calling thread; None: Edge's pool, see ``QdrantCompressedCollection.edge``).
     """

@@ -35,12 +35,22 @@ _BINARY_ENCODING = {"binary": models.BinaryQuantizationEncoding.ONE_BIT,
                     "binary2": models.BinaryQuantizationEncoding.TWO_BITS}
 
 
+_TURBO_BITS = {"turbo1": models.TurboQuantBitSize.BITS1, "turbo1.5": models.TurboQuantBitSize.BITS1_5,
+               "turbo2": models.TurboQuantBitSize.BITS2, "turbo4": models.TurboQuantBitSize.BITS4,
+               "turbo8": models.TurboQuantBitSize.BITS8}
+_PQ_RATIO = {f"pq-x{n}": models.CompressionRatio(f"x{n}") for n in (4, 8, 16, 32, 64)}
+
+
 def _quantization(kind: str | None) -> Any:
     if kind == "int8":
         return models.ScalarQuantization(scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8))
     if kind in _BINARY_ENCODING:
         return models.BinaryQuantization(binary=models.BinaryQuantizationConfig(
             encoding=_BINARY_ENCODING[kind], query_encoding=models.BinaryQuantizationQueryEncoding.SCALAR8BITS))
+    if kind in _TURBO_BITS:
+        return models.TurboQuantization(turbo=models.TurboQuantQuantizationConfig(bits=_TURBO_BITS[kind]))
+    if kind in _PQ_RATIO:
+        return models.ProductQuantization(product=models.ProductQuantizationConfig(compression=_PQ_RATIO[kind]))
     return None
 
 
