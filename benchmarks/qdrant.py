@@ -1,23 +1,28 @@
 """SMEC on Qdrant Edge against Qdrant's own answers (not a timed test).
 
-    OMP_NUM_THREADS=1 python benchmarks/qdrant.py                # SciFact (both models) + 100k tiled, method smec
+    OMP_NUM_THREADS=1 python benchmarks/qdrant.py --runs 3      # SciFact (both models), Debian, 100k tiled; smec
     nice -n 10 python benchmarks/qdrant.py --data scifact-minilm --method pca --runs 1     # a quick look
 
 Every configuration is a ``QdrantCompressedCollection`` on Qdrant Edge (the engine in-process, a shard on
-local disk), searched through the public ``search`` (projection and request building included):
+local disk), searched through the public ``search`` (projection and request building included). Two groups:
 
-- full vector only (HNSW on the full vector);
-- Qdrant's binary quantization of the full vector, 8-bit query encoding, re-scored by Qdrant with oversampling
-  2: the configuration a Qdrant user would pick instead (also with float16 storage of the originals);
-- smec_64 -> full; smec_64 -> smec_256 -> full; each with and without int8 codes on smec_64; smec_256 with
+- ``classic``: full vector only (HNSW on the full vector); Qdrant's binary quantization of the full vector,
+  8-bit query encoding, re-scored by Qdrant with oversampling 2 (also with float16 storage of the originals);
+  smec_64 -> full; smec_64 -> smec_256 -> full; each with and without int8 codes on smec_64; smec_256 with
   binary codes -> full; smec_64 int8 -> full with float16 storage, re-scoring 100, 50, 30 or 20 candidates
   (the peer re-scores 20); and smec_256 binary -> full with float16 storage, re-scoring 30.
+- ``frontier`` (real sets only): per byte against every quantization a Qdrant user would pick for the full
+  vector (binary at 1, 1.5 and 2 bits; TurboQuant at 1, 1.5, 2 and 4 bits, Qdrant 1.18's recommendation;
+  scalar int8; product quantization x32), each re-scored with the originals over 20, 50 or 100 points,
+  against one SMEC stage coded by the same quantizers and re-scored at full dim over as many points. For each
+  peer the report names the best SMEC stage within its bytes and within half of them (``frontier``).
 
 Data: SciFact (5,183 docs, 300 test queries) with all-mpnet-base-v2 (768-d) and all-MiniLM-L6-v2 (384-d);
-and SciFact's mpnet vectors tiled to N (default 100,000) rows with N(0, 0.02^2) noise on every coordinate,
-re-normalised (near-duplicates: recall against exact search is harsher than on real data of that size),
-queried by the real test queries. The compressor is ``SMEC(dims=(256, 64), method, seed=0)`` fitted on the
-corpus without queries (the tiled set uses the one fitted on the mpnet corpus).
+Debian (63,904 docs, 3,000 test queries, all-MiniLM-L6-v2); and SciFact's mpnet vectors tiled to N (default
+100,000) rows with N(0, 0.02^2) noise on every coordinate, re-normalised (near-duplicates: recall against exact
+search is harsher than on real data of that size), queried by the real test queries. The compressor is
+``SMEC(dims=DIMS, method, seed=0)`` fitted on the corpus without queries (the tiled set uses the one fitted on
+the mpnet corpus).
 
 Measured: nDCG@10 (SciFact qrels; not defined on the tiled set) and recall@10 against exact full-dim search
 (numpy), QPS at batch 1 (one ``search`` call per query) and for the whole query set in one ``search`` call
@@ -52,11 +57,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, commit_note, describe_machine, load_avg, machine_info, markdown_table, recall, with_provenance, write_json  # noqa: E402
+from common import (RESULTS, commit_note, describe_machine, load_avg, machine_info, markdown_table, recall,  # noqa: E402
+                    with_provenance, write_json)
 
 from smec_index import SMEC  # noqa: E402
 from smec_index.datasets import default_data_dir, load_beir  # noqa: E402
 from smec_index.index.backends._qdrant import allocated_bytes  # noqa: E402
+from smec_index.index.backends.codes import code_bytes as code_bytes_of  # noqa: E402
 from smec_index.metrics import exact_search, ndcg_at_k  # noqa: E402
 from smec_index.qdrant import QdrantCompressedCollection  # noqa: E402
 
@@ -110,9 +117,11 @@ CLASSIC = tuple(CONFIGS)
 # the same quantizers and re-scored at full dim over as many points. One stage, then full: the cascade's extra
 # named vectors would add bytes on disk that a like-for-like comparison does not need.
 RESCORED = (20, 50, 100)
-PEER_QUANTIZATIONS = ("binary", "binary1.5", "binary2", "int8")
-SMEC_CODES = ((128, "binary"), (256, "binary"), (64, "binary2"), (128, "binary2"), (256, "binary2"),
-              (128, "binary1.5"), (256, "binary1.5"), (64, "int8"), (128, "int8"))
+PEER_QUANTIZATIONS = ("binary", "binary1.5", "binary2", "turbo1", "turbo1.5", "turbo2", "turbo4", "int8", "pq-x32",
+                      "pq-x16")
+SMEC_CODES = ((256, "binary"), (128, "binary2"), (256, "binary2"), (128, "turbo1"), (64, "turbo2"), (64, "turbo4"),
+              (256, "turbo1"), (128, "turbo2"), (128, "turbo4"), (256, "turbo2"), (256, "turbo4"), (64, "int8"),
+              (128, "int8"), (128, "pq-x32"), (128, "pq-x16"), (256, "pq-x32"))
 FRONTIER: tuple[str, ...] = ()
 for _c in RESCORED:
     for _q in PEER_QUANTIZATIONS:
@@ -212,17 +221,12 @@ def time_interleaved(searches: dict[str, Callable[[np.ndarray], Any]], Q: np.nda
 
 def code_bytes(layout: dict[str, Any], D: int) -> int:
     """Bytes per point of the first-stage vector a search scans: float32 4d, float16 2d, int8 d + 4 (Qdrant
-    keeps one float per vector beside the codes), binary d / 8, binary1.5 3d / 16, binary2 d / 4."""
+    keeps one float per vector beside the codes), binary d / 8, binary1.5 3d / 16, binary2 d / 4, TurboQuant
+    and product quantization as ``codes.code_bytes`` counts them."""
     d = min(layout["dims"]) if layout["dims"] else D
     q = layout.get("quantization")
-    if q == "int8":
-        return d + 4
-    if q == "binary":
-        return -(-d // 8)
-    if q == "binary1.5":
-        return -(-3 * d // 16)
-    if q == "binary2":
-        return -(-d // 4)
+    if q is not None:
+        return code_bytes_of(f"qdrant-{q}", d)
     return d * (2 if layout.get("datatype") == "float16" else 4)
 
 

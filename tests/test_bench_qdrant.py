@@ -54,3 +54,26 @@ def test_qdrant_benchmark_runs_on_scifact_and_checks_the_goal(tmp_path):
     assert (by["smec64i8-full-f16-c20"]["code_b_per_pt"], by["peer-bq"]["code_b_per_pt"]) == (68, 48)
     assert goal["code_bytes_ok"] is False
     assert "95% paired bootstrap" in bench.goals_table(res)
+
+
+def test_frontier_picks_the_best_stage_within_the_peers_bytes_at_the_same_rescore():
+    def rec(config, rescored, b, r):
+        return {"config": config, "label": config, "rescored": rescored, "code_b_per_pt": b, "recall@10": r}
+
+    res = {"records": [rec("peer-binary-r20", 20, 48, 0.86), rec("peer-turbo2-r20", 20, 104, 0.98),
+                       rec("smec128-turbo2-r20", 20, 40, 0.90), rec("smec256-turbo2-r20", 20, 72, 0.97),
+                       rec("smec128-turbo1-r20", 20, 24, 0.77),
+                       rec("smec256-turbo4-r50", 50, 136, 0.999),  # another re-score budget: never compared
+                       {"config": "peer-bq", "label": "classic", "code_b_per_pt": 48, "recall@10": 0.5}]}
+    rows = {f["peer"]: f for f in bench.frontier(res)}
+    assert set(rows) == {"peer-binary-r20", "peer-turbo2-r20"}  # classic configurations have no "rescored"
+    b = rows["peer-binary-r20"]
+    assert (b["within"]["config"], b["within"]["met"]) == ("smec128-turbo2-r20", True)
+    assert (b["half"]["config"], b["half"]["met"]) == ("smec128-turbo1-r20", False)
+    t = rows["peer-turbo2-r20"]
+    assert (t["within"]["config"], t["within"]["met"]) == ("smec256-turbo2-r20", False)
+    assert t["half"]["config"] == "smec128-turbo2-r20"
+    table = bench.frontier_table(res)
+    assert table.count("\n") == 3 and "| smec128-turbo2-r20 | 40 | 0.900 | met |" in table
+    assert bench.code_bytes({"dims": (128,), "quantization": "turbo2"}, 384) == 40
+    assert bench.code_bytes({"dims": (), "quantization": "pq-x32"}, 384) == 48
