@@ -181,6 +181,14 @@ def render_scale(p: dict, rel: str) -> str:
     return cmd + "\n\n" + body
 
 
+def render_text(p: dict, rel: str) -> str:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from text import render
+
+    body = render(p).split("\n", 1)[1].strip()  # without its title; headings one level down
+    return body.replace("\n## ", "\n### ")
+
+
 def render_bytes(p: dict, rel: str) -> str:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bytes import report
@@ -206,7 +214,7 @@ RENDERERS: dict[str, Callable[[dict, str], str]] = {"demo": render_demo, "demo_s
                                                    "quality": render_quality, "speed": render_speed,
                                                    "qdrant": render_qdrant, "scale": render_scale,
                                                    "bytes": render_bytes, "code_choice": render_code_choice,
-                                                   "default_stage": render_default_stage}
+                                                   "default_stage": render_default_stage, "text": render_text}
 
 
 def regenerate(text: str) -> str:
@@ -283,6 +291,33 @@ def test_renderers_on_a_bench_payload(tmp_path, capsys):
     pca = next(r for r in payload["records"] if (r["method"], r["dim"], r["mode"]) == ("pca", 8, "supervised"))
     assert f"| pca | - | {pca['ndcg@10']:.4f} |" in text and "nDCG@10, supervised" in text
     capsys.readouterr()
+
+
+def _provenance(payload: dict) -> dict:
+    """The commit, dirty flag and command of a results JSON, wherever its writer put them (``with_provenance``
+    at the top, quality / train-time / threads runs in ``machine``, the demo in ``provenance``)."""
+    for where in (payload, payload.get("provenance") or {}, payload.get("machine") or {}):
+        if where.get("commit"):
+            return {"commit": where["commit"], "dirty": where.get("dirty"),
+                    "command": where.get("command") or where.get("command_line")}
+    return {"commit": None, "dirty": None, "command": None}
+
+
+@pytest.mark.parametrize("path", sorted(RESULTS.glob("*.json")), ids=lambda p: p.name)
+def test_every_result_records_a_clean_commit_on_heads_history(path):
+    """A published number names the commit that produced it, from a clean tree, on HEAD's history."""
+    prov = _provenance(json.loads(path.read_text(encoding="utf-8")))
+    assert prov["commit"], f"{path.name} records no git commit"
+    assert prov["dirty"] is False, f"{path.name} was produced by a tree with uncommitted changes ({prov['dirty']!r})"
+    assert prov["command"], f"{path.name} records no command line"
+    head = _git("rev-parse", "--is-shallow-repository")
+    if head is None or head.returncode != 0 or head.stdout.strip() == "true":
+        pytest.skip("no full git history here to check the commit against")
+    known = _git("cat-file", "-e", f"{prov['commit']}^{{commit}}")
+    assert known is not None and known.returncode == 0, f"{path.name}: commit {prov['commit'][:10]} is not in this repository"
+    ancestor = _git("merge-base", "--is-ancestor", prov["commit"], "HEAD")
+    assert ancestor is not None and ancestor.returncode == 0, \
+        f"{path.name}: commit {prov['commit'][:10]} is not on HEAD's history"
 
 
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
