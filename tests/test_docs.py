@@ -158,17 +158,24 @@ def render_speed(p: dict, rel: str) -> str:
 def render_qdrant(p: dict, rel: str) -> str:
     from smec_index.report import markdown_table
 
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from qdrant import CLASSIC, frontier, frontier_table
+
     command = p.get("command") or f"python benchmarks/qdrant.py --method {p['method']} --runs {p['runs']}"
     parts = [f"`{command}`: k={p['k']}, median of {p['runs']} rounds; {_commit(p)}.\n{_machine(p['machine'])}"]
     for ds in p["datasets"]:
         rows = [[r["label"], r["code_b_per_pt"], f"{r['recall@10']:.3f}",
                  "-" if r.get("ndcg@10") is None else f"{r['ndcg@10']:.4f}", f"{r['qps_b1']:,.0f}",
-                 f"{r['cpu_ms_b1']:.3f}", f"{r['disk_b_per_pt']:,.0f}"] for r in ds["records"]]
+                 f"{r['cpu_ms_b1']:.3f}", f"{r['disk_b_per_pt']:,.0f}"] for r in ds["records"] if r["config"] in CLASSIC]
         exact = ds.get("exact_ndcg@10")
         head = f"{ds['dataset']}: {ds['n']:,} points, {ds['d']} dims, {ds['queries']} queries" + (
             f", exact full-dim nDCG@10 {exact:.4f}" if exact is not None else "")
-        parts.append(head + "\n\n" + markdown_table(["configuration", "code B/point", "recall@10", "nDCG@10",
-                                                      "QPS batch 1", "CPU ms/query", "disk B/point"], rows))
+        part = head + "\n\n" + markdown_table(["configuration", "code B/point", "recall@10", "nDCG@10",
+                                                "QPS batch 1", "CPU ms/query", "disk B/point"], rows)
+        if frontier(ds):
+            part += "\n\nPer byte against Qdrant's quantization of the full vector (re-scoring as many points):\n\n" \
+                    + frontier_table(ds)
+        parts.append(part)
     return "\n\n".join(parts)
 
 
