@@ -6,6 +6,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import time
 from importlib import metadata
 from pathlib import Path
@@ -29,10 +30,16 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence], floatfmt: s
     return "\n".join(lines)
 
 
+_NUMBER_LIST = re.compile(r"\[\s*(-?[0-9][-+0-9.eE]*(?:,\s*-?[0-9][-+0-9.eE]*)*)\s*\]")
+
+
 def write_json(path: str | Path, payload: dict) -> Path:
-    """Write ``payload`` as indented JSON, atomically (``_fsutil.atomic_file``)."""
+    """Write ``payload`` as indented JSON, atomically (``_fsutil.atomic_file``); a list of plain numbers (a
+    per-query score, a curve) stays on one line, so 3,000 queries take one line, not 3,000."""
+    text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]",
+                            json.dumps(payload, indent=2))
     with atomic_file(path) as f:
-        f.write(json.dumps(payload, indent=2))
+        f.write(text)
     return Path(path)
 
 

@@ -409,3 +409,16 @@ def test_atomic_file_replaces_whole_or_leaves_the_old_file(tmp_path):
     with atomic_file(path, "wb") as f:
         f.write(b"\x00\x01")
     assert path.read_bytes() == b"\x00\x01" and sorted(p.name for p in path.parent.iterdir()) == ["b.json"]
+
+
+def test_write_json_keeps_number_lists_on_one_line(tmp_path):
+    """Per-query scores (3,000 a configuration) take one line each; everything else is indented JSON, and the
+    text reads back to the same payload (strings that look like numbers and nested lists included)."""
+    from smec_index.report import write_json
+
+    payload = {"per_query": [0.5, 1, -3e-05, 1e+20], "rows": [[1, 2], [3, 4]], "mixed": ["1", 2], "empty": [],
+               "nested": {"curve": [0.1, 0.2]}, "text": "[1, 2]"}
+    text = write_json(tmp_path / "r.json", payload).read_text()
+    assert json.loads(text) == payload
+    assert '"per_query": [0.5, 1, -3e-05, 1e+20]' in text and '"curve": [0.1, 0.2]' in text
+    assert '"mixed": [\n' in text  # not only numbers: one item a line, as json.dumps(indent=2) writes it
