@@ -310,15 +310,7 @@ def _provenance(payload: dict) -> dict:
     return {"commit": None, "dirty": None, "command": None}
 
 
-# runs of 2026-11-23, before results recorded their commit: each is re-run and leaves this list (strict: a file
-# that records its commit while still listed fails)
-BEFORE_PROVENANCE = {"speed-1000000.json", "speed-1000000-hnsw-ef.json",
-                     "speed-1000000-hnsw16sq8.json"}
-
-
-@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="run before provenance"))
-                                  if p.name in BEFORE_PROVENANCE else p for p in sorted(RESULTS.glob("*.json"))],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(RESULTS.glob("*.json")), ids=lambda p: p.name)
 def test_every_result_records_a_clean_commit_on_heads_history(path):
     """A published number names the commit that produced it, from a clean tree, on HEAD's history."""
     prov = _provenance(json.loads(path.read_text(encoding="utf-8")))
