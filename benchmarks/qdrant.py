@@ -122,16 +122,22 @@ PEER_QUANTIZATIONS = ("binary", "binary1.5", "binary2", "turbo1", "turbo1.5", "t
 SMEC_CODES = ((256, "binary"), (128, "binary2"), (256, "binary2"), (128, "turbo1"), (64, "turbo2"), (64, "turbo4"),
               (256, "turbo1"), (128, "turbo2"), (128, "turbo4"), (256, "turbo2"), (256, "turbo4"), (64, "int8"),
               (128, "int8"), (128, "pq-x32"), (128, "pq-x16"), (256, "pq-x32"))
-FRONTIER: tuple[str, ...] = ()
-for _c in RESCORED:
-    for _q in PEER_QUANTIZATIONS:
-        CONFIGS[f"peer-{_q}-r{_c}"] = {"label": f"full {_q}, re-scored {_c} (peer)", "rescored": _c,
-                                       "layout": {"dims": (), "quantization": _q},
-                                       "search": {"oversampling": _c / K}}
-    for _d, _q in SMEC_CODES:
-        CONFIGS[f"smec{_d}-{_q}-r{_c}"] = {"label": f"smec_{_d} {_q} -> full, re-scored {_c}", "rescored": _c,
-                                           "layout": {"dims": (_d,), "quantization": _q},
-                                           "search": {"candidates": _c}}
+
+
+def frontier_configs() -> dict[str, dict[str, Any]]:
+    """The frontier group: each peer and each SMEC stage code at each re-score count, by configuration name."""
+    out: dict[str, dict[str, Any]] = {}
+    for c in RESCORED:
+        for q in PEER_QUANTIZATIONS:
+            out[f"peer-{q}-r{c}"] = {"label": f"full {q}, re-scored {c} (peer)", "rescored": c,
+                                     "layout": {"dims": (), "quantization": q}, "search": {"oversampling": c / K}}
+        for d, q in SMEC_CODES:
+            out[f"smec{d}-{q}-r{c}"] = {"label": f"smec_{d} {q} -> full, re-scored {c}", "rescored": c,
+                                        "layout": {"dims": (d,), "quantization": q}, "search": {"candidates": c}}
+    return out
+
+
+CONFIGS.update(frontier_configs())
 FRONTIER = tuple(c for c in CONFIGS if c not in CLASSIC)
 
 
