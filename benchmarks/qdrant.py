@@ -139,6 +139,21 @@ def frontier_configs() -> dict[str, dict[str, Any]]:
 
 CONFIGS.update(frontier_configs())
 FRONTIER = tuple(c for c in CONFIGS if c not in CLASSIC)
+# a stage at half the input dim ("half": D // 2, resolved per data set; the fit needs --dims with "half"): at 2
+# bits a dim its codes take the bytes of 1 bit a dim of the full vector
+HALF_CODES = ("turbo2", "binary2")
+HALF = tuple(f"smechalf-{q}-r{c}" for c in RESCORED for q in HALF_CODES)
+CONFIGS.update({f"smechalf-{q}-r{c}": {"label": f"smec_D/2 {q} -> full, re-scored {c}", "rescored": c,
+                                       "layout": {"dims": ("half",), "quantization": q}, "search": {"candidates": c}}
+                for c in RESCORED for q in HALF_CODES})
+
+
+def resolve(cfg: dict[str, Any], D: int) -> dict[str, Any]:
+    """``cfg`` with a "half" stage dim as D // 2 (label included)."""
+    if "half" not in cfg["layout"]["dims"]:
+        return cfg
+    dims = tuple(D // 2 if d == "half" else d for d in cfg["layout"]["dims"])
+    return {**cfg, "label": cfg["label"].replace("D/2", str(D // 2)), "layout": {**cfg["layout"], "dims": dims}}
 
 
 # --------------------------------------------------------------------- data
@@ -298,13 +313,14 @@ def run_dataset(label: str, X: np.ndarray, Q: np.ndarray, smec: SMEC, configs: l
         out["exact_ndcg@10"] = ndcg(truth, *rel)
     cols: dict[str, tuple[QdrantCompressedCollection, dict[str, Any]]] = {}
     try:
-        for name in configs:
-            key = layout_key(CONFIGS[name]["layout"])
+        cfgs = {name: resolve(CONFIGS[name], X.shape[1]) for name in configs}
+        for name, cfg in cfgs.items():
+            key = layout_key(cfg["layout"])
             if key not in cols:
-                cols[key] = build(CONFIGS[name]["layout"], smec, X, workdir / f"c{len(cols)}", search_threads)
-            out["records"].append(measure(name, CONFIGS[name], *cols[key], Q, truth, rel))
-        searches = {name: (lambda q, c=cols[layout_key(CONFIGS[name]["layout"])][0], kw=CONFIGS[name]["search"]:
-                           c.search(q, k=K, **kw)) for name in configs}
+                cols[key] = build(cfg["layout"], smec, X, workdir / f"c{len(cols)}", search_threads)
+            out["records"].append(measure(name, cfg, *cols[key], Q, truth, rel))
+        searches = {name: (lambda q, c=cols[layout_key(cfg["layout"])][0], kw=cfg["search"]: c.search(q, k=K, **kw))
+                    for name, cfg in cfgs.items()}
         load = load_avg()
         timings = time_interleaved(searches, Q, runs)
         out["load_during_timing"] = [load, load_avg()]
@@ -320,13 +336,14 @@ def run_dataset(label: str, X: np.ndarray, Q: np.ndarray, smec: SMEC, configs: l
 
 
 # --------------------------------------------------------------------- compressor
-def fit_smec(X: np.ndarray, method: str, cache: Path | None, key: str) -> tuple[SMEC, float]:
-    """``SMEC(dims=DIMS, method, seed=0)`` fitted on X (unsupervised), from ``cache/key`` when there."""
+def fit_smec(X: np.ndarray, method: str, cache: Path | None, key: str,
+             dims: tuple[int, ...] = DIMS) -> tuple[SMEC, float]:
+    """``SMEC(dims, method, seed=0)`` fitted on X (unsupervised), from ``cache/key`` when there."""
     if cache is not None and (cache / key).is_dir():
         seconds = cache / f"{key}.train_s"
         return SMEC.load(cache / key), float(seconds.read_text()) if seconds.exists() else float("nan")
     t = time.perf_counter()
-    smec = SMEC(dims=DIMS, method=method, seed=0, progress=False).fit(X)
+    smec = SMEC(dims=dims, method=method, seed=0, progress=False).fit(X)
     train_s = time.perf_counter() - t
     if cache is not None:
         smec.save(cache / key)
@@ -433,7 +450,7 @@ def goals_table(res: dict[str, Any]) -> str:
 
 
 def report(payload: dict[str, Any]) -> str:
-    dims = tuple(payload.get("dims", (256, 64)))
+    dims = "(" + ", ".join(map(str, payload.get("dims", (256, 64)))) + ")"
     parts = [f"# SMEC on Qdrant Edge vs Qdrant's quantization\n\n{describe_machine(payload['machine'])}; "
              f"{commit_note(payload)}; qdrant-edge-py {payload['machine']['versions']['qdrant-edge-py']}. "
              f"Compressor: SMEC(dims={dims}, method={payload['method']!r}, seed=0), unsupervised; k={K}. Timing: "
@@ -473,13 +490,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated configuration names, or the groups 'classic' and 'frontier' (default: both "
                          "on the real sets, classic on the tiled one)")
     ap.add_argument("--runs", type=int, default=5, help="timing rounds")
+    ap.add_argument("--dims", default=",".join(map(str, DIMS)),
+                    help="the compressor's dims, comma-separated; 'half' is half the input dim (needed by the 'half' "
+                         "group)")
     ap.add_argument("--search-threads", type=int, default=1,
                     help="Edge's max_search_threads for every configuration (0: Edge's default, from the CPU count)")
     ap.add_argument("--cache", type=Path, default=None, help="directory to keep fitted compressors between runs")
     ap.add_argument("--workdir", type=Path, default=None, help="where collections are built (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=RESULTS / "qdrant")
     args = ap.parse_args(argv)
-    groups = {"classic": CLASSIC, "frontier": FRONTIER}
+    groups = {"classic": CLASSIC, "frontier": FRONTIER, "half": HALF}
     configs = None
     if args.configs is not None:
         configs = [n for c in args.configs.split(",") if c.strip() for n in groups.get(c.strip(), (c.strip(),))]
@@ -497,7 +517,10 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="smec-qdrant-bench-", dir=args.workdir))
     # one BLAS thread is how it is meant to run (each search projects one query; a spinning thread pool costs
     # more than the matmul): recorded so that a run without it is recognisable
-    payload: dict[str, Any] = {"machine": info, "method": args.method, "dims": list(DIMS), "runs": args.runs, "k": K,
+    dim_args = [d.strip() for d in args.dims.split(",") if d.strip()]
+    if any(d != "half" and not d.isdigit() for d in dim_args):
+        ap.error(f"--dims takes positive ints and 'half', got {args.dims!r}")
+    payload: dict[str, Any] = {"machine": info, "method": args.method, "dims": dim_args, "runs": args.runs, "k": K,
                                "datasets": [], "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                                "edge_max_search_threads": args.search_threads or None}
     try:
@@ -506,8 +529,9 @@ def main(argv: list[str] | None = None) -> int:
             folder, model = MODELS.get(label, MODELS["scifact-mpnet"])
             ds = load_beir(default_data_dir().parent / folder, model)
             if (folder, model) not in fitted:
+                dims = tuple(sorted({ds.dim // 2 if d == "half" else int(d) for d in dim_args}, reverse=True))
                 fitted[folder, model] = fit_smec(ds.corpus, args.method, args.cache,
-                                                 f"{args.method}-{folder}-{model}-{'-'.join(map(str, DIMS))}")
+                                                 f"{args.method}-{folder}-{model}-{'-'.join(map(str, dims))}", dims)
             smec, train_s = fitted[folder, model]
             Q, qids, qrels = ds.split_queries("test")
             if label == TILED:
