@@ -170,8 +170,8 @@ def render_qdrant(p: dict, rel: str) -> str:
         exact = ds.get("exact_ndcg@10")
         head = f"{ds['dataset']}: {ds['n']:,} points, {ds['d']} dims, {ds['queries']} queries" + (
             f", exact full-dim nDCG@10 {exact:.4f}" if exact is not None else "")
-        part = head + "\n\n" + markdown_table(["configuration", "code B/point", "recall@10", "nDCG@10",
-                                                "QPS batch 1", "CPU ms/query", "disk B/point"], rows)
+        part = head + ("\n\n" + markdown_table(["configuration", "code B/point", "recall@10", "nDCG@10",
+                                                 "QPS batch 1", "CPU ms/query", "disk B/point"], rows) if rows else "")
         if frontier(ds):
             part += "\n\nPer byte against Qdrant's quantization of the full vector (re-scoring as many points):\n\n" \
                     + frontier_table(ds)
