@@ -21,6 +21,8 @@ from typing import Any, Mapping, Sequence
 
 import faiss
 
+from ._qdrant import PQ_QUANTIZATIONS, TURBO_QUANTIZATIONS
+
 __all__ = ["Code", "CODES", "code_bytes", "code_options", "fits_dim", "default_first_stage", "LABEL_BYTES", "RAM_SHARE"]
 
 # per vector beside the code, reserved for the engine's int64 label: FAISS engines (sign codes included) hold none
@@ -79,10 +81,10 @@ CODES: dict[str, Code] = {c.name: c for c in (
          "Qdrant binary, 1.5 bits a dim, 8-bit queries"),
     Code("qdrant-binary2", "qdrant-edge", {"quantization": "binary2", "oversampling": 1.0},
          "Qdrant binary, 2 bits a dim, 8-bit queries"),
-    *(Code(f"qdrant-turbo{b}", "qdrant-edge", {"quantization": f"turbo{b}", "oversampling": 1.0},
-           f"Qdrant TurboQuant, {b} bit(s) a dim after a rotation") for b in ("1", "1.5", "2", "4", "8")),
-    *(Code(f"qdrant-pq-x{n}", "qdrant-edge", {"quantization": f"pq-x{n}", "oversampling": 1.0},
-           f"Qdrant product quantization, 1/{n} of the float32 bytes") for n in (4, 8, 16, 32, 64)),
+    *(Code(f"qdrant-{q}", "qdrant-edge", {"quantization": q, "oversampling": 1.0},
+           f"Qdrant TurboQuant, {q[len('turbo'):]} bit(s) a dim after a rotation") for q in TURBO_QUANTIZATIONS),
+    *(Code(f"qdrant-{q}", "qdrant-edge", {"quantization": q, "oversampling": 1.0},
+           f"Qdrant product quantization, 1/{q[len('pq-x'):]} of the float32 bytes") for q in PQ_QUANTIZATIONS),
 )}
 
 # bytes of one code at ``dim`` for codes not sized by FAISS itself. TurboQuant keeps 8 bytes a vector beside
@@ -90,8 +92,9 @@ CODES: dict[str, Code] = {c.name: c for c in (
 # 1-bit codes of the vector padded to 1.5 d; product quantization's codebooks are per collection, not counted.
 _QDRANT_BYTES = {"qdrant-int8": lambda d: d + 4, "qdrant-binary": lambda d: -(-d // 8),
                  "qdrant-binary1.5": lambda d: -(-3 * d // 16), "qdrant-binary2": lambda d: -(-d // 4),
-                 **{f"qdrant-turbo{b}": (lambda d, b=b: -(-int(2 * b) * d // 16) + 8) for b in (1, 1.5, 2, 4, 8)},
-                 **{f"qdrant-pq-x{n}": (lambda d, n=n: -(-4 * d // n)) for n in (4, 8, 16, 32, 64)}}
+                 **{f"qdrant-{q}": (lambda d, half_bits=int(2 * float(q[len("turbo"):])): -(-half_bits * d // 16) + 8)
+                    for q in TURBO_QUANTIZATIONS},
+                 **{f"qdrant-{q}": (lambda d, n=int(q[len("pq-x"):]): -(-4 * d // n)) for q in PQ_QUANTIZATIONS}}
 
 
 def fits_dim(code: str, dim: int) -> bool:

@@ -21,9 +21,10 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 import qdrant_edge as qe
 
-from ._qdrant import (DATATYPES, QUANTIZATIONS, CollectionSpec, QdrantEngineError, Stage, StageParams, VectorSpec,
-                      allocated_bytes, check_int, check_oversampling, copy_tree_sparse, nest_chain,
-                      stage_search_params, to_arrays, translate_error)
+from ._qdrant import (DATATYPES, PQ_QUANTIZATIONS, QUANTIZATIONS, TURBO_QUANTIZATIONS, CollectionSpec,
+                      QdrantEngineError, Stage, StageParams, VectorSpec, allocated_bytes, check_int,
+                      check_oversampling, copy_tree_sparse, nest_chain, stage_search_params, to_arrays,
+                      translate_error)
 from .base import pad_results
 
 __all__ = ["EdgeEngine", "QdrantEdgeBackend", "edge_filter"]
@@ -51,10 +52,10 @@ def _quantization(kind: str | None) -> Any:
 _BINARY_ENCODING = {"binary": qe.BinaryQuantizationEncoding.OneBit,
                     "binary1.5": qe.BinaryQuantizationEncoding.OneAndHalfBits,
                     "binary2": qe.BinaryQuantizationEncoding.TwoBits}
-_TURBO_BITS = {"turbo1": qe.TurboQuantBitSize.Bits1, "turbo1.5": qe.TurboQuantBitSize.Bits1_5,
-               "turbo2": qe.TurboQuantBitSize.Bits2, "turbo4": qe.TurboQuantBitSize.Bits4,
-               "turbo8": qe.TurboQuantBitSize.Bits8}
-_PQ_RATIO = {f"pq-x{n}": getattr(qe.CompressionRatio, f"X{n}") for n in (4, 8, 16, 32, 64)}
+# "turbo1.5" -> Bits1_5, "pq-x16" -> X16
+_TURBO_BITS = {q: getattr(qe.TurboQuantBitSize, "Bits" + q[len("turbo"):].replace(".", "_"))
+               for q in TURBO_QUANTIZATIONS}
+_PQ_RATIO = {q: getattr(qe.CompressionRatio, q[len("pq-"):].upper()) for q in PQ_QUANTIZATIONS}
 
 
 def _edge_config(spec: CollectionSpec, max_search_threads: int | None) -> qe.EdgeConfig:
@@ -312,8 +313,8 @@ class QdrantEdgeBackend:
     Options: HNSW ``m``, ``ef_construct`` and search-time ``hnsw_ef`` (at least k), ``full_scan_threshold_kb``,
     ``quantization`` (``"int8"``; ``"binary"`` / ``"binary1.5"`` / ``"binary2"``: 1, 1.5 or 2 bits a dim;
     ``"turbo1"`` / ``"turbo1.5"`` / ``"turbo2"`` / ``"turbo4"`` / ``"turbo8"``: TurboQuant; ``"pq-x4"`` ...
-    ``"pq-x64"``: product quantization; re-scored with the floats, ``oversampling`` times k read from the codes), ``datatype`` (``"float32"`` or
-    ``"float16"``) and ``max_search_threads`` (1, the default:
+    ``"pq-x64"``: product quantization; re-scored with the floats, ``oversampling`` times k read from the codes),
+    ``datatype`` (``"float32"`` or ``"float16"``) and ``max_search_threads`` (1, the default:
     each query on the calling thread; None: Edge's pool, see ``QdrantCompressedCollection.edge``).
     """
 

@@ -18,8 +18,9 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from ._qdrant import (CollectionSpec, QdrantEngineError, QdrantLayoutError, Stage, StageParams, VectorSpec,
-                      check_same_layout, nest_chain, stage_search_params, to_arrays, translate_error)
+from ._qdrant import (PQ_QUANTIZATIONS, TURBO_QUANTIZATIONS, CollectionSpec, QdrantEngineError, QdrantLayoutError,
+                      Stage, StageParams, VectorSpec, check_same_layout, nest_chain, stage_search_params, to_arrays,
+                      translate_error)
 
 __all__ = ["ServerEngine", "METADATA_KEY"]
 
@@ -35,10 +36,9 @@ _BINARY_ENCODING = {"binary": models.BinaryQuantizationEncoding.ONE_BIT,
                     "binary2": models.BinaryQuantizationEncoding.TWO_BITS}
 
 
-_TURBO_BITS = {"turbo1": models.TurboQuantBitSize.BITS1, "turbo1.5": models.TurboQuantBitSize.BITS1_5,
-               "turbo2": models.TurboQuantBitSize.BITS2, "turbo4": models.TurboQuantBitSize.BITS4,
-               "turbo8": models.TurboQuantBitSize.BITS8}
-_PQ_RATIO = {f"pq-x{n}": models.CompressionRatio(f"x{n}") for n in (4, 8, 16, 32, 64)}
+# "turbo1.5" -> "bits1_5", "pq-x16" -> "x16"
+_TURBO_BITS = {q: models.TurboQuantBitSize("bits" + q[len("turbo"):].replace(".", "_")) for q in TURBO_QUANTIZATIONS}
+_PQ_RATIO = {q: models.CompressionRatio(q[len("pq-"):]) for q in PQ_QUANTIZATIONS}
 
 
 def _quantization(kind: str | None) -> Any:
