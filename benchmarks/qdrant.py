@@ -57,8 +57,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (RESULTS, commit_note, describe_machine, load_avg, machine_info, markdown_table, recall,  # noqa: E402
-                    with_provenance, write_json)
+from common import (RESULTS, commit_note, describe_machine, load_avg, machine_info, markdown_table,  # noqa: E402
+                    recall, with_provenance, write_json)
 
 from smec_index import SMEC  # noqa: E402
 from smec_index.datasets import default_data_dir, load_beir  # noqa: E402
@@ -124,6 +124,13 @@ SMEC_CODES = ((256, "binary"), (128, "binary2"), (256, "binary2"), (128, "turbo1
               (128, "int8"), (128, "pq-x32"), (128, "pq-x16"), (256, "pq-x32"))
 
 
+def stage_config(d: int | str, q: str, c: int) -> tuple[str, dict[str, Any]]:
+    """One SMEC stage at dim ``d`` (or "half": D // 2, set per data set by ``resolve``) coded by Qdrant's ``q``,
+    re-scored at full dim over ``c`` points: its configuration name and entry."""
+    return f"smec{d}-{q}-r{c}", {"label": f"smec_{d} {q} -> full, re-scored {c}", "rescored": c,
+                                 "layout": {"dims": (d,), "quantization": q}, "search": {"candidates": c}}
+
+
 def frontier_configs() -> dict[str, dict[str, Any]]:
     """The frontier group: each peer and each SMEC stage code at each re-score count, by configuration name."""
     out: dict[str, dict[str, Any]] = {}
@@ -131,21 +138,17 @@ def frontier_configs() -> dict[str, dict[str, Any]]:
         for q in PEER_QUANTIZATIONS:
             out[f"peer-{q}-r{c}"] = {"label": f"full {q}, re-scored {c} (peer)", "rescored": c,
                                      "layout": {"dims": (), "quantization": q}, "search": {"oversampling": c / K}}
-        for d, q in SMEC_CODES:
-            out[f"smec{d}-{q}-r{c}"] = {"label": f"smec_{d} {q} -> full, re-scored {c}", "rescored": c,
-                                        "layout": {"dims": (d,), "quantization": q}, "search": {"candidates": c}}
+        out.update(stage_config(d, q, c) for d, q in SMEC_CODES)
     return out
 
 
 CONFIGS.update(frontier_configs())
 FRONTIER = tuple(c for c in CONFIGS if c not in CLASSIC)
-# a stage at half the input dim ("half": D // 2, resolved per data set; the fit needs --dims with "half"): at 2
-# bits a dim its codes take the bytes of 1 bit a dim of the full vector
+# a stage at half the input dim (the fit needs --dims with "half"): at 2 bits a dim its codes take the bytes of
+# 1 bit a dim of the full vector
 HALF_CODES = ("turbo2", "binary2")
-HALF = tuple(f"smechalf-{q}-r{c}" for c in RESCORED for q in HALF_CODES)
-CONFIGS.update({f"smechalf-{q}-r{c}": {"label": f"smec_D/2 {q} -> full, re-scored {c}", "rescored": c,
-                                       "layout": {"dims": ("half",), "quantization": q}, "search": {"candidates": c}}
-                for c in RESCORED for q in HALF_CODES})
+CONFIGS.update(stage_config("half", q, c) for c in RESCORED for q in HALF_CODES)
+HALF = tuple(c for c in CONFIGS if c not in CLASSIC and c not in FRONTIER)
 
 
 def resolve(cfg: dict[str, Any], D: int) -> dict[str, Any]:
@@ -153,7 +156,8 @@ def resolve(cfg: dict[str, Any], D: int) -> dict[str, Any]:
     if "half" not in cfg["layout"]["dims"]:
         return cfg
     dims = tuple(D // 2 if d == "half" else d for d in cfg["layout"]["dims"])
-    return {**cfg, "label": cfg["label"].replace("D/2", str(D // 2)), "layout": {**cfg["layout"], "dims": dims}}
+    return {**cfg, "label": cfg["label"].replace("smec_half", f"smec_{D // 2}"),
+            "layout": {**cfg["layout"], "dims": dims}}
 
 
 # --------------------------------------------------------------------- data
@@ -544,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
             res = run_dataset(name, X, Q, smec, names, work, args.runs, rel, args.search_threads or None)
             res["smec_train_s"] = train_s
             payload["datasets"].append(res)
-            write_json(args.out.with_suffix(".json"), with_provenance(payload, "qdrant.py", argv, info, load_start, prov))
+            write_json(args.out.with_suffix(".json"),
+                       with_provenance(payload, "qdrant.py", argv, info, load_start, prov))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     payload = with_provenance(payload, "qdrant.py", argv, info, load_start, prov)

@@ -41,7 +41,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, commit_note, describe_machine, load_avg, machine_info, markdown_table, recall, with_provenance, write_json  # noqa: E402
+from common import (RESULTS, commit_note, describe_machine, load_avg, machine_info, markdown_table,  # noqa: E402
+                    recall, with_provenance, write_json)
 
 MODEL = "all-mpnet-base-v2"
 SIGMA = 0.02

@@ -37,8 +37,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (RESULTS, commit_note, describe_machine, load_avg, machine_info, markdown_table, recall,  # noqa: E402
-                    save_figure, with_provenance, write_json)
+from common import (RESULTS, commit_note, describe_machine, load_avg, machine_info, markdown_table,  # noqa: E402
+                    recall, save_figure, with_provenance, write_json)
 
 import faiss  # noqa: E402
 from smec_index import SMEC, CompressedIndex  # noqa: E402
