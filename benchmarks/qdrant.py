@@ -510,6 +510,11 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [c for c in configs if c not in CONFIGS]
         if unknown:
             ap.error(f"unknown configs {unknown}; known: {list(CONFIGS)} or the groups {list(groups)}")
+    dim_args = [d.strip() for d in args.dims.split(",") if d.strip()]
+    if any(d != "half" and not d.isdigit() for d in dim_args):
+        ap.error(f"--dims takes positive ints and 'half', got {args.dims!r}")
+    if configs is not None and "half" not in dim_args and set(configs) & set(HALF):
+        ap.error("the 'half' configurations need a stage at half the input dim: add 'half' to --dims")
     datasets = [d.strip() for d in args.data.split(",") if d.strip()]
     bad = [d for d in datasets if d not in (*MODELS, TILED)]
     if bad:
@@ -521,9 +526,6 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="smec-qdrant-bench-", dir=args.workdir))
     # one BLAS thread is how it is meant to run (each search projects one query; a spinning thread pool costs
     # more than the matmul): recorded so that a run without it is recognisable
-    dim_args = [d.strip() for d in args.dims.split(",") if d.strip()]
-    if any(d != "half" and not d.isdigit() for d in dim_args):
-        ap.error(f"--dims takes positive ints and 'half', got {args.dims!r}")
     payload: dict[str, Any] = {"machine": info, "method": args.method, "dims": dim_args, "runs": args.runs, "k": K,
                                "datasets": [], "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                                "edge_max_search_threads": args.search_threads or None}
@@ -544,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 X, rel = ds.corpus, (ds.doc_ids, qids, qrels)
                 name = f"{'SciFact' if folder == 'scifact' else folder.capitalize()} {model}"
-            names = configs if configs is not None else list(CLASSIC if label == TILED else CONFIGS)
+            names = configs if configs is not None else list(CLASSIC if label == TILED else CLASSIC + FRONTIER)
             res = run_dataset(name, X, Q, smec, names, work, args.runs, rel, args.search_threads or None)
             res["smec_train_s"] = train_s
             payload["datasets"].append(res)

@@ -77,3 +77,15 @@ def test_frontier_picks_the_best_stage_within_the_peers_bytes_at_the_same_rescor
     assert table.count("\n") == 3 and "| smec128-turbo2-r20 | 40 | 0.900 | met |" in table
     assert bench.code_bytes({"dims": (128,), "quantization": "turbo2"}, 384) == 40
     assert bench.code_bytes({"dims": (), "quantization": "pq-x32"}, 384) == 48
+
+
+def test_half_dim_group_is_asked_for_and_needs_its_stage(tmp_path):
+    """The default run is the classic and frontier groups; the half-dim group needs 'half' in --dims, refused
+    before any work otherwise."""
+    assert set(bench.HALF).isdisjoint(bench.CLASSIC + bench.FRONTIER) and len(bench.HALF) == 6
+    with pytest.raises(SystemExit):
+        bench.main(["--configs", "half", "--out", str(tmp_path / "q"), "--workdir", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
+    cfg = bench.resolve(bench.CONFIGS["smechalf-turbo2-r20"], 384)
+    assert cfg["layout"]["dims"] == (192,) and cfg["label"] == "smec_192 turbo2 -> full, re-scored 20"
+    assert bench.code_bytes(cfg["layout"], 384) == 56  # the bytes of TurboQuant 1 bit on the full 384-d vector
