@@ -644,6 +644,17 @@ UNLABELLED_VAL_FRACTION = 0.2
 # in both seeds tried (early stopping and choices on 20 queries' recall), 40 of 200 gained 0.2 / 2.0 / 3.0
 UNLABELLED_MIN_VAL = 40
 
+# a fit with no queries at all scores its stages on this share of its rows' worth of mixed rows (at most
+# ``MIXED_VAL`` and ``max_val``; fewer than ``UNLABELLED_MIN_VAL``: held-out rows score), ``_mixed_rows``
+MIXED_FRACTION = 0.2
+MIXED_VAL = 400
+# a mixed row is a row and one of its this many nearest rows, weighted lam and 1 - lam, lam uniform in MIXED_LAMBDA
+MIXED_NEIGHBOURS = 10
+MIXED_LAMBDA = (0.3, 0.7)
+# mixed rows' recall keeps rising slowly where held-out rows' stalls (a stage trains about twice as long): the
+# patience of such fits unless the user set one (SciFact and debian training queries: as with 8, in 2/3 the time)
+MIXED_PATIENCE = 5
+
 RECURRENCE_MIN = 0.05  # between the development sets' 0.0 (debian) and 0.665 (SciFact); see docs/method.md
 
 
@@ -668,6 +679,22 @@ def _split_unlabelled(n: int, cfg: TrainConfig, rng: np.random.Generator) -> tup
     if n_val < UNLABELLED_MIN_VAL:
         n_val = 0
     return np.sort(order[n_val : n_val + cfg.max_train_rows]), np.sort(order[:n_val])
+
+
+def _mixed_rows(X: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` pseudo-queries made from the corpus ``X`` (L2-normalised rows): each a distinct random row mixed with
+    one of its ``MIXED_NEIGHBOURS`` nearest other rows at a weight drawn from ``MIXED_LAMBDA``, L2-normalised. A
+    point between two neighbouring documents stands for a query about both better than a document does: as the
+    held-out items of a fit without queries they raised training queries' nDCG@10 on every development set
+    (docs/method.md, "Mixed rows score a fit without queries")."""
+    a = np.sort(rng.choice(len(X), n, replace=False))
+    k = min(MIXED_NEIGHBOURS, len(X) - 1)
+    sims = X[a] @ X.T
+    sims[np.arange(n), a] = -np.inf
+    near = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    partner = near[np.arange(n), rng.integers(0, k, n)]
+    lam = rng.uniform(*MIXED_LAMBDA, (n, 1)).astype(np.float32)
+    return normalise_rows(lam * X[a] + (1 - lam) * X[partner])
 
 
 def _split_queries(positives: dict[int, list[tuple[int, float]]], fraction: float,
@@ -741,6 +768,16 @@ class _Trainer:
         self.unlabelled = None
         if pairs is None and Q is not None:
             self.unlabelled = _split_unlabelled(len(Q), self.cfg, np.random.default_rng([smec.seed, 1]))
+        # no queries at all: listwise fits (no code) score on mixed rows, which only score (no anchors)
+        self.mixed = False
+        if Q is None and smec.method == "smec" and self.cfg.sp_loss == "kl" and smec.code is None:
+            n_mixed = min(int(round(X.shape[0] * MIXED_FRACTION)), MIXED_VAL, self.cfg.max_val)
+            if n_mixed >= UNLABELLED_MIN_VAL:
+                self.Q = _mixed_rows(X, n_mixed, np.random.default_rng([smec.seed, 2]))
+                self.unlabelled = (np.empty(0, dtype=np.int64), np.arange(n_mixed))
+                self.mixed = True
+                if "patience" not in smec.train_options:
+                    self.cfg = replace(self.cfg, patience=MIXED_PATIENCE)
         if pairs is not None:
             positives: dict[int, list[tuple[int, float]]] = {}
             for q, d, r in pairs:
@@ -890,7 +927,7 @@ class _Trainer:
             # do not help on held-out queries
             candidates["unsupervised"] = self._trained(projections[src], src, d, teacher, False,
                                                        f"smec {src}->{d} (no labels)", offset, extra, self.unsup_cfg)
-        if self.unlabelled is not None:
+        if self.unlabelled is not None and not self.mixed:
             # the stage's trained candidates again without the queries in their loss (early-stopped on the held-out
             # queries like the rest): queries too noisy to anchor on must not make the map worse than no queries
             candidates["corpus-only"] = self._trained(projections[src], src, d, teacher, True,
@@ -1039,7 +1076,8 @@ class _Trainer:
         if sel is not None and d < proj.M.shape[0]:
             selections[d] = sel
         report.choice, report.candidates, report.tolerance = best, scores, tolerance
-        report.held_out = "labelled queries" if self.sup is not None else "queries" if self.scores_queries else "rows"
+        report.held_out = ("labelled queries" if self.sup is not None else "mixed rows" if self.mixed
+                           else "queries" if self.scores_queries else "rows")
 
     def _stage_teacher(self, projections) -> torch.Tensor:
         """The raw full vectors, or with labels the adapted ones (the frozen D -> D stage), projected once."""

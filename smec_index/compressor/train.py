@@ -253,8 +253,9 @@ class StageReport:
     # another one, which decides between the first two (``_Trainer._choose``)
     rule: str = "best"
     recurrence: float | None = None
-    # what the held-out scores ranked: "rows" (held-out corpus rows), "queries" (held-out unlabelled queries) or
-    # "labelled queries" (held-out training queries, nDCG)
+    # what the held-out scores ranked: "rows" (held-out corpus rows), "mixed rows" (pseudo-queries mixed from
+    # pairs of neighbouring rows, a fit without queries), "queries" (held-out unlabelled queries) or "labelled
+    # queries" (held-out training queries, nDCG)
     held_out: str = "rows"
 
     def to_dict(self) -> dict:
