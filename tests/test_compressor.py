@@ -16,7 +16,7 @@ from smec_index.compressor.api import candidate_ladder
 from smec_index.compressor.losses import ListwiseDistillationLoss, RankLoss, SimilarityPreservationLoss
 from smec_index.compressor.memory import CrossBatchMemory
 from smec_index.compressor.model import DimensionSelector, Projection, StageModel, relaxed_topk
-from smec_index.compressor.train import StageReport
+from smec_index.compressor.train import StageReport, TrainConfig
 from smec_index.metrics import evaluate_embeddings
 
 FAST = dict(max_epochs=3, ads_epochs=2, patience=2, batch_size=64, memory_size=200, neighbour_pool=20, progress=False)
@@ -1391,6 +1391,61 @@ def test_a_fit_without_queries_scores_its_stages_on_mixed_rows(synth):
     assert {r["held_out"] for r in SMEC((16,), seed=0, code="sq8", **FAST).fit(synth).reports_} == {"rows"}
     again = SMEC((16, 8), seed=0, **FAST).fit(synth)
     np.testing.assert_array_equal(again.transform(synth, 8), smec.transform(synth, 8))
+
+
+def test_unlabelled_fit_trains_its_corpus_only_maps_as_a_fit_without_queries(synth, monkeypatch):
+    """With unlabelled queries the stages trained without them stop on mixed rows with ``MIXED_PATIENCE``, as a fit
+    without queries does; the others stop on the held-out queries with the fit's patience."""
+    from smec_index.compressor import api
+
+    Q = _shifted_queries(synth, 300, seed=3)
+    seen = []
+    real = api.train_stage
+    monkeypatch.setattr(api, "train_stage", lambda model, data, cfg, seed, progress, desc: seen.append(
+        (desc, data.u_name, len(data.u_val), len(data.u_train), cfg.patience)) or real(model, data, cfg, seed, progress,
+                                                                                       desc))
+    SMEC((16, 8), seed=0, **{**FAST, "patience": 3}).fit(synth, queries=Q)
+    SMEC((16, 8), seed=0, **{k: v for k, v in FAST.items() if k != "patience"}).fit(synth, queries=Q)
+    n_mixed = round(len(synth) * api.MIXED_FRACTION)
+    quiet = [s for s in seen if "no queries" in s[0]]
+    assert len(quiet) == 6 and all(s[1:4] == ("mixed", n_mixed, 0) for s in quiet)
+    assert [s[4] for s in quiet] == [3, 3, 3, api.MIXED_PATIENCE, api.MIXED_PATIENCE, api.MIXED_PATIENCE]
+    loud = [s for s in seen if "no queries" not in s[0]]
+    assert loud and all(s[1:3] == ("queries", 60) and s[3] == 240 for s in loud)
+    assert {s[4] for s in loud} == {3, TrainConfig().patience}
+
+
+def test_unlabelled_choice_keeps_the_map_trained_without_queries_unless_beaten_by_a_standard_error(monkeypatch):
+    from smec_index.compressor import api
+    from smec_index.compressor.train import StageReport
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.8, 400)
+    noise = rng.normal(0, 0.05, 400)
+    se = float(np.std(noise, ddof=1) / np.sqrt(400))
+
+    def choose(per_item):
+        trainer = api._Trainer.__new__(api._Trainer)
+        trainer.sup, trainer.mixed = None, False
+        trainer.unlabelled = (np.arange(10), np.arange(400))
+        trainer.smec = SimpleNamespace(code=None)
+        monkeypatch.setattr(api._Trainer, "_score", lambda self, proj, d: per_item[proj])
+        report = StageReport((8,))
+        trainer._choose(report, 8, {n: (n, None) for n in per_item}, {}, {})
+        return report
+
+    near = {"trained": base + noise + 0.5 * se - noise.mean(), "corpus-only": base, "pca-input": base - 0.01}
+    r = choose(near)
+    assert (r.choice, r.rule) == ("corpus-only", "one-se") and r.candidates["trained"] > r.candidates["corpus-only"]
+    far = {**near, "trained": base + noise + 3 * se - noise.mean()}
+    assert choose(far).choice == "trained"
+    # without labels or queries (a fit scored on held-out or mixed rows) the best is kept
+    trainer = api._Trainer.__new__(api._Trainer)
+    trainer.sup, trainer.mixed, trainer.unlabelled, trainer.smec = None, True, (np.arange(0), np.arange(400)), \
+        SimpleNamespace(code=None)
+    report = StageReport((8,))
+    trainer._choose(report, 8, {n: (n, None) for n in near}, {}, {})
+    assert (report.choice, report.rule) == ("trained", "best")
 
 
 def test_unlabelled_queries_as_anchors_only_when_too_few_to_hold_out(synth, monkeypatch):

@@ -768,16 +768,20 @@ class _Trainer:
         self.unlabelled = None
         if pairs is None and Q is not None:
             self.unlabelled = _split_unlabelled(len(Q), self.cfg, np.random.default_rng([smec.seed, 1]))
-        # no queries at all: listwise fits (no code) score on mixed rows, which only score (no anchors)
-        self.mixed = False
-        if Q is None and smec.method == "smec" and self.cfg.sp_loss == "kl" and smec.code is None:
+        # listwise fits (no code) without labels: mixed rows, which only score (no anchors), score the fit without
+        # queries and, in a fit with unlabelled queries, the stages trained without them (``corpus-only``)
+        self.mixed = False  # the fit's held-out items are mixed rows
+        self.mixed_Q: np.ndarray | None = None
+        self.corpus_cfg = self.cfg
+        if pairs is None and smec.method == "smec" and self.cfg.sp_loss == "kl" and smec.code is None:
             n_mixed = min(int(round(X.shape[0] * MIXED_FRACTION)), MIXED_VAL, self.cfg.max_val)
             if n_mixed >= UNLABELLED_MIN_VAL:
-                self.Q = _mixed_rows(X, n_mixed, np.random.default_rng([smec.seed, 2]))
-                self.unlabelled = (np.empty(0, dtype=np.int64), np.arange(n_mixed))
-                self.mixed = True
+                self.mixed_Q = _mixed_rows(X, n_mixed, np.random.default_rng([smec.seed, 2]))
                 if "patience" not in smec.train_options:
-                    self.cfg = replace(self.cfg, patience=MIXED_PATIENCE)
+                    self.corpus_cfg = replace(self.cfg, patience=MIXED_PATIENCE)
+                if Q is None:
+                    self.Q, self.cfg, self.mixed = self.mixed_Q, self.corpus_cfg, True
+                    self.unlabelled = (np.empty(0, dtype=np.int64), np.arange(n_mixed))
         if pairs is not None:
             positives: dict[int, list[tuple[int, float]]] = {}
             for q, d, r in pairs:
@@ -819,7 +823,13 @@ class _Trainer:
         # every stage of a fit shares one of two teachers (the raw or the adapted full vectors): rank their
         # neighbours once per fit, not once per stage
         data.share_teacher_cache(self._teacher_caches.setdefault(id(teacher), {}))
-        if self.unlabelled is not None:
+        if self.unlabelled is not None and not anchors and self.mixed_Q is not None:
+            # trained without the queries: scored as a fit without queries is, on mixed rows
+            data.u_inputs = torch.as_tensor(proj_in.raw(self.mixed_Q), device=self.device)
+            data.u_teacher = torch.as_tensor(self.mixed_Q, device=self.device)
+            data.u_train, data.u_val = np.empty(0, dtype=np.int64), np.arange(len(self.mixed_Q))
+            data.u_name = "mixed"
+        elif self.unlabelled is not None:
             data.u_inputs = torch.as_tensor(proj_in.raw(self.Q), device=self.device)
             data.u_teacher = torch.as_tensor(self.Q, device=self.device)
             data.u_train, data.u_val = self.unlabelled
@@ -931,11 +941,12 @@ class _Trainer:
             # the stage's trained candidates again without the queries in their loss (early-stopped on the held-out
             # queries like the rest): queries too noisy to anchor on must not make the map worse than no queries
             candidates["corpus-only"] = self._trained(projections[src], src, d, teacher, True,
-                                                      f"smec {src}->{d} (no queries)", offset, extra, anchors=False)
+                                                      f"smec {src}->{d} (no queries)", offset, extra, self.corpus_cfg,
+                                                      anchors=False)
             if "from-full" in candidates:
                 candidates["from-full-corpus-only"] = self._trained(self._ident, D, d, self.X_t, True,
                                                                     f"smec {D}->{d} (raw, no queries)", offset, extra,
-                                                                    anchors=False)
+                                                                    self.corpus_cfg, anchors=False)
         report.train_s += sum(r.train_s for r in extra)
         candidates["pca-input"] = (self._pca_after(projections[src], d), None)
         if src != D or self.sup is not None:
@@ -1044,7 +1055,10 @@ class _Trainer:
         held-out queries cannot tell two candidates apart the one listed first (the trained chain, then the other
         maps trained with labels) is kept (SciFact: 66.5% of training queries share a judged document with
         another, and 196 of its 300 test queries hit a training positive). Where judged documents do not recur
-        (debian: none of 6,000), the best is kept.
+        (debian: none of 6,000), the best is kept. With unlabelled queries (not mixed rows) the same one-standard-
+        error rule with the maps trained without the queries listed first (``corpus-only``, stopped on mixed rows
+        as a fit without queries is): queries keep a map trained with them only where the held-out queries see it
+        ahead (docs/method.md, "Mixed rows score a fit without queries").
 
         With a ``code``: PCA of the full vector ("pca-full", at the first stage "pca-input", the same map) unless
         the best is ahead of it by more than ``CODE_SE`` standard errors of their per-row difference. Held-out
@@ -1059,6 +1073,11 @@ class _Trainer:
             report.rule = "pca-2se"
         else:
             report.rule = "one-se" if self.sup is not None and self.sup["recurrence"] >= RECURRENCE_MIN else "best"
+            if self.unlabelled is not None and not self.mixed:
+                # unlabelled queries: the maps trained without them first, kept unless one trained with them (or
+                # PCA) is ahead by a standard error on the held-out queries
+                report.rule = "one-se"
+                names = sorted(names, key=lambda name: "corpus-only" not in name)
         if report.rule == "pca-2se":
             pca = "pca-full" if "pca-full" in items else "pca-input"
             se = difference_se(items[best], items[pca])

@@ -114,6 +114,9 @@ class TrainData:
     u_teacher: torch.Tensor | None = None
     u_train: np.ndarray | None = None
     u_val: np.ndarray | None = None
+    # which held-out items ``u_val`` are ("queries", or "mixed" rows): stages sharing a teacher cache keep the
+    # exact neighbours of each apart
+    u_name: str = "queries"
 
     _cache: dict = field(default_factory=dict, repr=False)
 
@@ -192,12 +195,13 @@ class TrainData:
         """Each held-out item's exact teacher top-10 among the training rows (positions), computed once: the
         held-out unlabelled queries' when ``scores_queries``, else the held-out rows'."""
         if self.scores_queries:
-            if "val_exact_queries" not in self._cache:
+            key = ("val_exact", self.u_name)
+            if key not in self._cache:
                 train_rows = torch.as_tensor(self.train_rows)
                 held = self.u_teacher[torch.as_tensor(self.u_val)]
-                self._cache["val_exact_queries"] = _nearest_rows(held, self.teacher, train_rows,
-                                                                 min(10, len(train_rows)), positions=True)[0]
-            return self._cache["val_exact_queries"]
+                self._cache[key] = _nearest_rows(held, self.teacher, train_rows, min(10, len(train_rows)),
+                                                 positions=True)[0]
+            return self._cache[key]
         if "val_exact" not in self._cache:
             val, train_rows = torch.as_tensor(self.val_rows), torch.as_tensor(self.train_rows)
             k = min(10, len(train_rows))
