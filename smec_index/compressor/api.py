@@ -938,8 +938,8 @@ class _Trainer:
             candidates["unsupervised"] = self._trained(projections[src], src, d, teacher, False,
                                                        f"smec {src}->{d} (no labels)", offset, extra, self.unsup_cfg)
         if self.unlabelled is not None and not self.mixed:
-            # the stage's trained candidates again without the queries in their loss (early-stopped on the held-out
-            # queries like the rest): queries too noisy to anchor on must not make the map worse than no queries
+            # the stage's trained candidates again without the queries, as a fit without queries trains them (stopped
+            # on mixed rows): queries too noisy to anchor on must not make the map worse than no queries
             candidates["corpus-only"] = self._trained(projections[src], src, d, teacher, True,
                                                       f"smec {src}->{d} (no queries)", offset, extra, self.corpus_cfg,
                                                       anchors=False)
