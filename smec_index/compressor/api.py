@@ -772,16 +772,18 @@ class _Trainer:
         # queries and, in a fit with unlabelled queries, the stages trained without them (``corpus-only``)
         self.mixed = False  # the fit's held-out items are mixed rows
         self.mixed_Q: np.ndarray | None = None
+        self.mixed_split: tuple[np.ndarray, np.ndarray] | None = None  # (no anchors, every mixed row held out)
         self.corpus_cfg = self.cfg
         if pairs is None and smec.method == "smec" and self.cfg.sp_loss == "kl" and smec.code is None:
             n_mixed = min(int(round(X.shape[0] * MIXED_FRACTION)), MIXED_VAL, self.cfg.max_val)
             if n_mixed >= UNLABELLED_MIN_VAL:
                 self.mixed_Q = _mixed_rows(X, n_mixed, np.random.default_rng([smec.seed, 2]))
+                self.mixed_split = (np.empty(0, dtype=np.int64), np.arange(n_mixed))
                 if "patience" not in smec.train_options:
                     self.corpus_cfg = replace(self.cfg, patience=MIXED_PATIENCE)
                 if Q is None:
                     self.Q, self.cfg, self.mixed = self.mixed_Q, self.corpus_cfg, True
-                    self.unlabelled = (np.empty(0, dtype=np.int64), np.arange(n_mixed))
+                    self.unlabelled = self.mixed_split
         if pairs is not None:
             positives: dict[int, list[tuple[int, float]]] = {}
             for q, d, r in pairs:
@@ -823,18 +825,14 @@ class _Trainer:
         # every stage of a fit shares one of two teachers (the raw or the adapted full vectors): rank their
         # neighbours once per fit, not once per stage
         data.share_teacher_cache(self._teacher_caches.setdefault(id(teacher), {}))
-        if self.unlabelled is not None and not anchors and self.mixed_Q is not None:
-            # trained without the queries: scored as a fit without queries is, on mixed rows
-            data.u_inputs = torch.as_tensor(proj_in.raw(self.mixed_Q), device=self.device)
-            data.u_teacher = torch.as_tensor(self.mixed_Q, device=self.device)
-            data.u_train, data.u_val = np.empty(0, dtype=np.int64), np.arange(len(self.mixed_Q))
-            data.u_name = "mixed"
-        elif self.unlabelled is not None:
-            data.u_inputs = torch.as_tensor(proj_in.raw(self.Q), device=self.device)
-            data.u_teacher = torch.as_tensor(self.Q, device=self.device)
-            data.u_train, data.u_val = self.unlabelled
-            if not anchors:
-                data.u_train = np.empty(0, dtype=np.int64)
+        if self.unlabelled is not None:
+            # trained without the queries: scored as a fit without queries is, on its mixed rows
+            quiet = not anchors and self.mixed_Q is not None
+            held, (u_train, u_val) = (self.mixed_Q, self.mixed_split) if quiet else (self.Q, self.unlabelled)
+            data.u_inputs = torch.as_tensor(proj_in.raw(held), device=self.device)
+            data.u_teacher = torch.as_tensor(held, device=self.device)
+            data.u_train = u_train if anchors else np.empty(0, dtype=np.int64)
+            data.u_val, data.u_name = u_val, "mixed" if quiet else "queries"
         if self.sup is not None and supervised:
             data.q_inputs = torch.as_tensor(proj_in.raw(self.Q), device=self.device)
             data.positives = self.sup["positives"]
