@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -115,7 +115,8 @@ def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
             fh.write(json.dumps(r) + "\n")
 
 
-def build(out: Path, roots: list[Path] | None = None, n_docs: int = 20_000, seed: int = 0, model=None) -> dict:
+def build(out: Path, roots: list[Path] | None = None, n_docs: int = 20_000, seed: int = 0,
+          model: Any = None) -> dict:
     """Write the set to ``out`` in BEIR layout with the model's vectors; returns (and writes to
     ``out/emb/<model>/meta.json``) what it holds and where it came from."""
     if n_docs < 3:
