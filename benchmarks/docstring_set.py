@@ -85,7 +85,7 @@ def extract(roots: Iterable[Path]) -> list[Doc]:
         for f in _files(root):
             try:
                 tree = ast.parse(f.read_text(encoding="utf-8", errors="ignore"))
-            except (SyntaxError, ValueError):
+            except (SyntaxError, ValueError, RecursionError):
                 continue
             for node in ast.walk(tree):
                 if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
