@@ -25,6 +25,7 @@ import random
 import sys
 import sysconfig
 import time
+from collections import Counter
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -97,9 +98,7 @@ def extract(roots: Iterable[Path]) -> list[Doc]:
                 summary, body = " ".join(parts[0].split()), " ".join(parts[1].split())[:BODY_MAX]
                 if SUMMARY_CHARS[0] <= len(summary) <= SUMMARY_CHARS[1] and len(body) >= BODY_MIN:
                     found.append((f"{root.name}:{node.name}", body, summary))
-    counts: dict[str, int] = {}
-    for _, _, s in found:
-        counts[s.lower()] = counts.get(s.lower(), 0) + 1
+    counts = Counter(summary.lower() for _, _, summary in found)
     docs, bodies = [], set()
     for name, body, summary in found:
         h = hashlib.sha1(body.encode()).hexdigest()
@@ -127,7 +126,7 @@ def build(out: Path, roots: list[Path] | None = None, n_docs: int = 20_000, seed
     docs = extract(roots)
     n_found = len(docs)
     if n_found < 3:
-        raise SystemExit(f"docstring_set: {len(docs)} docstrings found under {len(roots)} roots; at least 3 needed")
+        raise SystemExit(f"docstring_set: {n_found} docstrings found under {len(roots)} roots; at least 3 needed")
     random.Random(seed).shuffle(docs)
     docs = docs[:n_docs]
     asked = docs[: len(docs) // 3]

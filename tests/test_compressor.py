@@ -951,7 +951,6 @@ def test_with_labels_the_first_listed_candidate_within_one_standard_error_of_the
     more than the standard error of their per-query difference; without labels, or with labels whose documents
     never recur, the best is kept."""
     from smec_index.compressor import api
-    from smec_index.compressor.train import StageReport
 
     rng = np.random.default_rng(0)
     base = rng.uniform(0.2, 0.8, 400)
@@ -1417,7 +1416,6 @@ def test_unlabelled_fit_trains_its_corpus_only_maps_as_a_fit_without_queries(syn
 
 def test_unlabelled_choice_keeps_the_map_trained_without_queries_unless_beaten_by_a_standard_error(monkeypatch):
     from smec_index.compressor import api
-    from smec_index.compressor.train import StageReport
 
     rng = np.random.default_rng(0)
     base = rng.uniform(0.2, 0.8, 400)
