@@ -1517,3 +1517,67 @@ def test_a_listwise_stage_keeps_no_cross_batch_memory(synth, queries):
     stepper = _Stepper(StageModel(48, (16,), False), data, TrainConfig(sp_loss="kl", xbm=True),
                        np.random.default_rng(0), torch.Generator())
     assert stepper.memory is None and stepper.u_anchors == queries
+
+
+def _graded(n: int = 600, D: int = 48, seed: int = 0) -> np.ndarray:
+    """Rows with a decaying spectrum (distinct principal axes), L2-normalised."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, D)).astype(np.float32) * np.linspace(2, 0.1, D).astype(np.float32)
+    return X / np.linalg.norm(X, axis=1, keepdims=True)
+
+
+def _adapter_widths(monkeypatch) -> list[int]:
+    """The input width of every stage model the fits below build."""
+    widths: list[int] = []
+    make = api._Trainer._model
+
+    def spy(self, n_in, *args, **kwargs):
+        widths.append(n_in)
+        return make(self, n_in, *args, **kwargs)
+
+    monkeypatch.setattr(api._Trainer, "_model", spy)
+    return widths
+
+
+def test_a_wide_input_trains_its_full_vector_stages_in_the_top_principal_axes(monkeypatch):
+    X = _graded()
+    widths = _adapter_widths(monkeypatch)
+    wide = SMEC((16, 8), seed=0, progress=False, max_epochs=2, max_adapter_dim=24).fit(X)
+    assert max(widths) == 24 and 16 in widths  # the 8-dim stage from the 16-dim one; nothing 48 x 48
+    # every map from the raw vector then lies in the span of the corpus's top 24 principal axes
+    _, vecs = np.linalg.eigh(np.cov(X.astype(np.float64), rowvar=False))
+    tail = vecs[:, :24]  # eigh sorts ascending: the 24 smallest axes
+    for d in (16, 8):
+        M = wide.projection(d).M
+        assert np.abs(tail.T @ M).max() < 1e-4 * np.abs(M).max()
+    assert wide.transform(X[:5], dim=8).shape == (5, 8)
+    # at or above D nothing changes: the default (1,024) and a width of D give the same floats
+    widths.clear()
+    a = SMEC((16, 8), seed=0, progress=False, max_epochs=2).fit(X)
+    assert max(widths) == 48
+    b = SMEC((16, 8), seed=0, progress=False, max_epochs=2, max_adapter_dim=48).fit(X)
+    assert np.array_equal(a.transform(X, dim=8), b.transform(X, dim=8))
+    assert not np.allclose(a.transform(X, dim=8), wide.transform(X, dim=8))
+
+
+def test_a_stage_wider_than_max_adapter_dim_and_a_labelled_fit_still_train(monkeypatch):
+    X = _graded()
+    widths = _adapter_widths(monkeypatch)
+    s = SMEC((16, 8), seed=0, progress=False, max_epochs=2, max_adapter_dim=4).fit(X)
+    assert sorted(set(widths)) == [8, 16]  # the 16-dim stage in 16 axes, the 8-dim from-full candidate in 8
+    assert s.transform(X[:3], dim=16).shape == (3, 16)
+    rng = np.random.default_rng(1)
+    Q = X[:40] + 0.05 * rng.standard_normal((40, 48)).astype(np.float32)
+    widths.clear()
+    sup = SMEC((16, 8), seed=0, progress=False, max_epochs=2, max_adapter_dim=12).fit(X, Q, [(i, i, 1.0) for i in range(40)])
+    assert sup.transform(Q, dim=8).shape == (40, 8) and sup.transform(Q, dim=48).shape == (40, 48)
+    # the adapted full vector keeps its 48 x 48 adapter (its output is the full vector); every other stage,
+    # the chain's first from the adapted vector included, trains on at most max(12, its dim) principal axes
+    assert widths.count(48) == 1 and max(w for w in widths if w != 48) == 16 and 12 in widths
+
+
+@pytest.mark.parametrize("value, error", [(0, ValueError), (-3, ValueError), ("8", TypeError), (True, TypeError),
+                                          (8.0, TypeError)])
+def test_max_adapter_dim_is_checked_when_the_compressor_is_made(value, error):
+    with pytest.raises(error, match="max_adapter_dim must be"):
+        SMEC((16,), max_adapter_dim=value)

@@ -176,6 +176,13 @@ class SMEC:
             raise ValueError(f"SMEC: sp_loss must be one of {SP_LOSSES}, got {train_options['sp_loss']!r}")
         if "code_candidates" in train_options:
             candidate_ladder(train_options["code_candidates"], "SMEC: code_candidates")
+        if "max_adapter_dim" in train_options:
+            n = train_options["max_adapter_dim"]
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+                raise TypeError(f"SMEC: max_adapter_dim must be an int (principal axes a stage from the full "
+                                f"vector works in), got {n!r}")
+            if n < 1:
+                raise ValueError(f"SMEC: max_adapter_dim must be >= 1, got {n}")
         if "kl_queries" in train_options:
             n = train_options["kl_queries"]
             if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
@@ -754,6 +761,7 @@ class _Trainer:
         self.eval_rows: np.ndarray | None = None
         self._eval_X: np.ndarray | None = None
         self._ident = Projection.identity(X.shape[1])
+        self._wide: dict[tuple[int, int], tuple[Projection, Projection]] = {}  # ``_narrowed``
         # what depends only on a teacher (its neighbour lists, validation truth), per teacher tensor held above
         self._teacher_caches: dict[int, dict] = {}
         if smec.code is not None:
@@ -957,10 +965,22 @@ class _Trainer:
         """A src -> d stage trained on ``proj_in``'s output (with the rank loss when ``supervised`` and the fit
         has labels; with the unlabelled queries as anchors unless ``anchors=False``) with ``cfg`` (None: the
         fit's own), as (projection from the raw input, ADS selection or None)."""
+        width = max(self.cfg.max_adapter_dim, d)
+        if src > width:
+            proj_in, src = self._narrowed(proj_in, width), width
         data = self._data(proj_in, teacher, supervised, anchors)
         model = self._model(src, (d,), self.ads, proj_in, cfg)
         self._train(model, data, desc, reports, offset, cfg)
         return self._composed(model, proj_in, d)
+
+    def _narrowed(self, proj_in: Projection, width: int) -> Projection:
+        """A stage input wider than ``max_adapter_dim`` (and than the stage's dim): ``proj_in`` followed by the top
+        ``width`` principal axes of its output, one map per input and width, so that the stages trained on it
+        share its output and its PCA."""
+        key = (id(proj_in), width)
+        if key not in self._wide or self._wide[key][0] is not proj_in:
+            self._wide[key] = (proj_in, self._pca_after(proj_in, width))
+        return self._wide[key][1]
 
     def _composed(self, model: StageModel, proj_in: Projection, d: int) -> tuple[Projection, np.ndarray | None]:
         """A trained single-output stage as (projection from the raw input, ADS selection or None)."""

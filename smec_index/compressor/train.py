@@ -62,6 +62,12 @@ class TrainConfig:
     # at 256 / 64: 8192 -> 154 s, 0.912 / 0.569; 16384 -> 213 s, 0.948 / 0.612; 32768 -> 421 s, 0.964 / 0.610
     # (shorter ticks let patience stop the D -> 256 stage while it was still improving)
     epoch_rows: int = 32768
+    # a stage whose input is wider (the full vector of a wide model) trains on the top this-many principal axes
+    # of it (or the stage's dim, if larger): its adapter is max_adapter_dim^2, not D^2 (100k x 4,096 took 213 s
+    # unsupervised and 1,359 s supervised at D^2 on two threads). No measured set is wider, so none changes; on
+    # SciFact mpnet (768) 256 to 512 axes kept the training queries' nDCG@10 within noise (docs/method.md,
+    # "Wide inputs"). The adapted full vector of a labelled fit stays D x D (its output is the full vector)
+    max_adapter_dim: int = 1024
     # ``SMEC(code=...)``: a stage candidate's held-out score is the share of each held-out row's exact top-10
     # found among its nearest by the coded stage vectors (recall@10 after an exact rerank of them), averaged over
     # 10, 20, 50 and this many candidates (``api.candidate_ladder``)
