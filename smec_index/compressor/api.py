@@ -135,6 +135,10 @@ class SMEC:
     kept; PCA of the full vector is kept unless another map is ahead by two standard errors. Build the index
     with the same code.
 
+    ``train_options`` are ``TrainConfig``'s fields (lr, max_epochs, patience, ...). One matters for wide models:
+    ``max_adapter_dim`` (1,024): a stage whose input is wider (a 4,096-dim model's full vector) trains on that
+    input's top principal axes, so its adapter is 1,024 x 1,024, not D x D (docs/method.md, "Wide inputs").
+
     Example::
 
         smec = SMEC(dims=(128, 64), seed=0).fit(corpus)
