@@ -50,8 +50,8 @@ def lift(x: np.ndarray, dim: int, seed: int = 0, stream: int = 0) -> np.ndarray:
     rng = np.random.default_rng([seed, stream])
     out = np.empty((n, dim), dtype=np.float32)
     for s in range(0, n, 20_000):
-        y = x[s : s + 20_000] @ basis.T + LIFT_SIGMA * rng.standard_normal((min(n, s + 20_000) - s, dim),
-                                                                          dtype=np.float32)
+        y = x[s : s + 20_000] @ basis.T
+        y += LIFT_SIGMA * rng.standard_normal(y.shape, dtype=np.float32)
         out[s : s + 20_000] = y / np.linalg.norm(y, axis=1, keepdims=True)
     return out
 

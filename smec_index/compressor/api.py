@@ -180,19 +180,13 @@ class SMEC:
             raise ValueError(f"SMEC: sp_loss must be one of {SP_LOSSES}, got {train_options['sp_loss']!r}")
         if "code_candidates" in train_options:
             candidate_ladder(train_options["code_candidates"], "SMEC: code_candidates")
-        if "max_adapter_dim" in train_options:
-            n = train_options["max_adapter_dim"]
+        for name, what in (("max_adapter_dim", "principal axes a wider stage input is cut to"),
+                           ("kl_queries", "unlabelled queries per listwise step")):
+            n = train_options.get(name, 1)
             if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-                raise TypeError(f"SMEC: max_adapter_dim must be an int (principal axes a stage from the full "
-                                f"vector works in), got {n!r}")
+                raise TypeError(f"SMEC: {name} must be an int ({what}), got {n!r}")
             if n < 1:
-                raise ValueError(f"SMEC: max_adapter_dim must be >= 1, got {n}")
-        if "kl_queries" in train_options:
-            n = train_options["kl_queries"]
-            if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-                raise TypeError(f"SMEC: kl_queries must be an int (unlabelled queries per listwise step), got {n!r}")
-            if n < 1:
-                raise ValueError(f"SMEC: kl_queries must be >= 1 (unlabelled queries per listwise step), got {n}")
+                raise ValueError(f"SMEC: {name} must be >= 1 ({what}), got {n}")
         self.method = method
         defaults = _FLAG_DEFAULTS.get(method, dict(sequential=False, ads=False, xbm=False))
         self.sequential = bool(given.get("sequential", defaults["sequential"]))
